@@ -1,0 +1,16 @@
+"""cubecast: Earth-observation cubes as video streams, packed into TACO shards."""
+
+from pipeline.codec import decode_cube, encode_cube
+from pipeline.encoded import EncodedCube
+from pipeline.errors import CubecastError
+from pipeline.planning import EncodeOptions, GroupSpec
+
+__all__ = [
+    "CubecastError",
+    "EncodeOptions",
+    "EncodedCube",
+    "GroupSpec",
+    "decode_cube",
+    "encode_cube",
+]
+__version__ = "0.1.0"

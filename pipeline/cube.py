@@ -1,0 +1,200 @@
+"""Reading an input Dataset as a cube: which dims are time/y/x, which variables are image
+stacks, how they split into channels (one 2-D plane per time step), and what is valid."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import xarray as xr
+
+from pipeline.errors import InvalidCubeError
+from pipeline.manifest import Role
+
+TIME_NAMES = ("time", "t", "date")
+Y_NAMES = ("y", "lat", "latitude", "rows", "row")
+X_NAMES = ("x", "lon", "longitude", "cols", "col")
+FLAG_ATTRS = ("flag_values", "flag_meanings", "flag_masks")
+NODATA_ATTRS = ("_FillValue", "nodata", "missing_value")
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    variable: str
+    band_index: int | None
+    role: Role
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    vmin: float
+    vmax: float
+    n_valid: int
+    n_invalid: int
+
+
+@dataclass
+class CubeLayout:
+    time_dim: str
+    y_dim: str
+    x_dim: str
+    image_vars: list[str]
+    aux_vars: list[str]
+    roles: dict[str, Role]
+    band_dims: dict[str, str | None]
+    nodata: dict[str, float | int | None]
+    channels: list[Channel] = field(default_factory=list)
+
+    def channels_of(self, variable: str) -> list[Channel]:
+        return [c for c in self.channels if c.variable == variable]
+
+
+def _find_dim(ds: xr.Dataset, names: tuple[str, ...], what: str, override: str | None) -> str:
+    if override:
+        if override not in ds.dims:
+            raise InvalidCubeError(f"dataset has no dimension {override!r} (given as {what} dim)")
+        return override
+    for n in names:
+        if n in ds.dims:
+            return n
+    raise InvalidCubeError(
+        f"dataset has no {what} dimension: expected one of {', '.join(names)}; "
+        f"found dims {', '.join(map(str, ds.dims)) or 'none'}"
+    )
+
+
+def _guess_role(da: xr.DataArray) -> Role:
+    if da.dtype == bool:
+        return "categorical"
+    if any(a in da.attrs for a in FLAG_ATTRS):
+        return "categorical"
+    return "continuous"
+
+
+def _channel_label(da: xr.DataArray, band_dim: str, i: int) -> str:
+    if band_dim in da.coords:
+        label = da[band_dim].values[i]
+        return f"{da.name}[{label}]" if np.asarray(label).dtype.kind not in "US" else str(label)
+    return f"{da.name}[{i}]"
+
+
+def analyse(
+    ds: xr.Dataset,
+    roles: Mapping[str, Role] | None = None,
+    nodata: Mapping[str, float | int] | None = None,
+    time_dim: str | None = None,
+    y_dim: str | None = None,
+    x_dim: str | None = None,
+) -> CubeLayout:
+    """Classify the dataset's variables; raise InvalidCubeError for anything we cannot encode."""
+    roles = dict(roles or {})
+    nodata = dict(nodata or {})
+    t = _find_dim(ds, TIME_NAMES, "time", time_dim)
+    y = _find_dim(ds, Y_NAMES, "y", y_dim)
+    x = _find_dim(ds, X_NAMES, "x", x_dim)
+    if ds.sizes[t] == 0:
+        raise InvalidCubeError(f"dataset has zero frames along {t!r}")
+    if ds.sizes[y] == 0 or ds.sizes[x] == 0:
+        raise InvalidCubeError(f"dataset has an empty frame ({ds.sizes[y]} x {ds.sizes[x]})")
+    unknown = set(roles) - set(map(str, ds.data_vars))
+    if unknown:
+        raise InvalidCubeError(f"roles given for unknown variables: {', '.join(sorted(unknown))}")
+
+    layout = CubeLayout(t, y, x, [], [], {}, {}, {})
+    seen_names: set[str] = set()
+    for name in map(str, ds.data_vars):
+        da = ds[name]
+        if not {t, y, x} <= set(map(str, da.dims)) or da.ndim not in (3, 4):
+            layout.aux_vars.append(name)
+            continue
+        if da.dtype.kind not in "biuf":
+            raise InvalidCubeError(
+                f"variable {name!r} has unsupported dtype {da.dtype}: "
+                "expected bool, integer or float"
+            )
+        role = roles.get(name) or _guess_role(da)
+        if role == "categorical" and da.dtype.kind == "f":
+            raise InvalidCubeError(
+                f"variable {name!r} is categorical but has float dtype {da.dtype}: "
+                "cast class labels to an integer type"
+            )
+        band_dim = next((str(d) for d in da.dims if d not in (t, y, x)), None)
+        layout.image_vars.append(name)
+        layout.roles[name] = role
+        layout.band_dims[name] = band_dim
+        nd = nodata.get(name)
+        if nd is None and da.dtype.kind in "iu" and role == "continuous":
+            nd = next((da.attrs[a] for a in NODATA_ATTRS if a in da.attrs), None)
+        layout.nodata[name] = nd
+        n_bands = da.sizes[band_dim] if band_dim else 1
+        for i in range(n_bands):
+            label = _channel_label(da, band_dim, i) if band_dim else name
+            if label in seen_names:
+                label = f"{name}[{label}]"
+            seen_names.add(label)
+            layout.channels.append(Channel(label, name, i if band_dim else None, role))
+    if not layout.image_vars:
+        raise InvalidCubeError(
+            f"dataset has no image variable with dims ({t}, {y}, {x}) or ({t}, band, {y}, {x})"
+        )
+    return layout
+
+
+def channel_array(ds: xr.Dataset, layout: CubeLayout, ch: Channel) -> xr.DataArray:
+    """The channel as a lazily indexed (time, y, x) DataArray."""
+    da = ds[ch.variable]
+    band_dim = layout.band_dims[ch.variable]
+    if band_dim is not None:
+        da = da.isel({band_dim: ch.band_index})
+    return da.transpose(layout.time_dim, layout.y_dim, layout.x_dim)
+
+
+def valid_mask(values: np.ndarray, nodata: float | int | None) -> np.ndarray:
+    if values.dtype.kind == "f":
+        valid = np.isfinite(values)
+        if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+            valid &= values != nodata
+        return valid
+    if nodata is None:
+        return np.ones(values.shape, dtype=bool)
+    return values != nodata
+
+
+def channel_stats(ds: xr.Dataset, layout: CubeLayout, ch: Channel, block: int = 32) -> ChannelStats:
+    """Min/max over valid pixels, read a block of frames at a time so memory stays bounded."""
+    da = channel_array(ds, layout, ch)
+    nodata = layout.nodata[ch.variable]
+    vmin, vmax = np.inf, -np.inf
+    n_valid = n_invalid = 0
+    n_t = da.sizes[layout.time_dim]
+    for start in range(0, n_t, block):
+        vals = np.asarray(da.isel({layout.time_dim: slice(start, start + block)}).values)
+        valid = valid_mask(vals, nodata)
+        nv = int(valid.sum())
+        n_valid += nv
+        n_invalid += valid.size - nv
+        if nv:
+            v = vals[valid]
+            vmin = min(vmin, float(v.min()))
+            vmax = max(vmax, float(v.max()))
+    if n_valid == 0:
+        raise InvalidCubeError(
+            f"variable {ch.variable!r} channel {ch.name!r} has no valid pixels (all NaN/nodata)"
+        )
+    _check_declared_range(ds[ch.variable], ch, vmin, vmax)
+    return ChannelStats(vmin, vmax, n_valid, n_invalid)
+
+
+def _check_declared_range(da: xr.DataArray, ch: Channel, vmin: float, vmax: float) -> None:
+    lo = hi = None
+    if "valid_range" in da.attrs:
+        lo, hi = (float(v) for v in np.asarray(da.attrs["valid_range"]).ravel()[:2])
+    lo = float(da.attrs["valid_min"]) if "valid_min" in da.attrs else lo
+    hi = float(da.attrs["valid_max"]) if "valid_max" in da.attrs else hi
+    if (lo is not None and vmin < lo) or (hi is not None and vmax > hi):
+        raise InvalidCubeError(
+            f"variable {ch.variable!r} channel {ch.name!r} has values [{vmin:g}, {vmax:g}] "
+            f"outside its declared valid range [{lo}, {hi}]"
+        )

@@ -1,0 +1,167 @@
+"""The manifest: everything needed to turn an encoded cube's streams back into a Dataset.
+
+It is plain JSON so that any reader (a browser, duckdb, another language) can inspect a cube
+without our code; pydantic validates it once when it is read.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import ManifestError
+
+FORMAT = "cubecast-cube"
+FORMAT_VERSION = 1
+
+Role = Literal["continuous", "categorical"]
+StreamKind = Literal["continuous", "categorical", "mask"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CoordInfo(_Model):
+    dims: list[str]
+    dtype: str
+    values: Any
+    attrs: dict[str, Any] = Field(default_factory=dict)
+    encoding: dict[str, Any] = Field(default_factory=dict)
+
+
+class ChannelInfo(_Model):
+    """One 2-D plane per time step: a band of a variable, or the whole variable."""
+
+    name: str
+    variable: str
+    band_index: int | None = None
+    stream: str
+    plane: int
+    offset: float = 0.0
+    scale: float = 1.0
+    mask_stream: str | None = None
+    mask_bit: int | None = None
+    valid_min: float | None = None
+    valid_max: float | None = None
+
+
+class VariableInfo(_Model):
+    name: str
+    dims: list[str]
+    dtype: str
+    role: Role
+    band_dim: str | None = None
+    channels: list[str]
+    nodata: Any = None
+    attrs: dict[str, Any] = Field(default_factory=dict)
+    encoding: dict[str, Any] = Field(default_factory=dict)
+
+
+class PcaInfo(_Model):
+    """Decorrelating transform applied across a stream's planes before quantisation."""
+
+    mean: list[float]
+    components: list[list[float]]
+    comp_offset: list[float]
+    comp_scale: list[float]
+
+
+class StreamInfo(_Model):
+    name: str
+    file: str
+    kind: StreamKind
+    codec: str
+    pix_fmt: str
+    planes: list[str]
+    bits: int
+    lossless: bool = False
+    crf: float | None = None
+    preset: str | None = None
+    x265_params: str = ""
+    keyint: int
+    backend: str = "pyav"
+    nbytes: int = 0
+    sha256: str = ""
+    pca: PcaInfo | None = None
+    chunk_offsets: list[int] | None = None
+
+
+class AuxInfo(_Model):
+    """Variables that are not (time, y, x) image stacks, stored losslessly as netCDF."""
+
+    file: str
+    variables: list[str]
+    nbytes: int
+    sha256: str
+    attrs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    encodings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class Manifest(_Model):
+    format: Literal["cubecast-cube"] = FORMAT
+    version: int = FORMAT_VERSION
+    cube_id: str
+    time_dim: str
+    y_dim: str
+    x_dim: str
+    sizes: dict[str, int]
+    pad: tuple[int, int] = (0, 0)
+    coords: dict[str, CoordInfo]
+    attrs: dict[str, Any] = Field(default_factory=dict)
+    variables: list[VariableInfo]
+    channels: list[ChannelInfo]
+    streams: list[StreamInfo]
+    aux: AuxInfo | None = None
+    data_vars_order: list[str]
+
+    def stream(self, name: str) -> StreamInfo:
+        for s in self.streams:
+            if s.name == name:
+                return s
+        raise ManifestError(f"manifest of cube {self.cube_id!r} has no stream {name!r}")
+
+    def channel(self, name: str) -> ChannelInfo:
+        for c in self.channels:
+            if c.name == name:
+                return c
+        raise ManifestError(f"manifest of cube {self.cube_id!r} has no channel {name!r}")
+
+    def variable(self, name: str) -> VariableInfo:
+        for v in self.variables:
+            if v.name == name:
+                return v
+        raise ManifestError(f"manifest of cube {self.cube_id!r} has no image variable {name!r}")
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self.sizes[self.y_dim], self.sizes[self.x_dim]
+
+    @property
+    def n_frames(self) -> int:
+        return self.sizes[self.time_dim]
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=1)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str = "manifest") -> Manifest:
+        try:
+            raw = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{source}: not valid JSON ({exc})") from exc
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise ManifestError(f"{source}: not a cubecast manifest (format != {FORMAT!r})")
+        if raw.get("version", 0) > FORMAT_VERSION:
+            raise ManifestError(
+                f"{source}: manifest version {raw.get('version')} is newer than this cubecast "
+                f"supports ({FORMAT_VERSION}); upgrade cubecast"
+            )
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise ManifestError(f"{source}: invalid manifest at {loc}: {first['msg']}") from exc

@@ -1,0 +1,159 @@
+"""In-process video engine (PyAV): planar uint16 frames in, Matroska bytes out, and back.
+
+Frames are (planes, H, W) arrays.  For 3-plane streams plane 0 lands in x265's luma slot
+(gbrp's G), which is where the encoder spends its mode decisions, so the planner puts the
+most informative band (or principal component) first.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from pipeline.errors import CorruptStreamError, InvalidCubeError
+
+# Plane p of ours -> index in PyAV's (H, W, 3) RGB ndarray for gbrp formats.
+_GBRP_INDEX = (1, 2, 0)
+CONTAINER = "matroska"
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    codec: str  # "libx265" or "ffv1"
+    pix_fmt: str
+    crf: float | None = 20.0
+    preset: str = "medium"
+    lossless: bool = False
+    keyint: int = 64
+    x265_params: str = ""
+    threads: int = 0
+
+    def x265_param_string(self) -> str:
+        params = [
+            "log-level=error",
+            f"keyint={self.keyint}",
+            f"min-keyint={min(self.keyint, 8)}",
+            "open-gop=0",
+        ]
+        if self.threads:
+            params.append(f"pools={self.threads}")
+        if self.lossless:
+            params.append("lossless=1")
+        if self.x265_params:
+            params.append(self.x265_params)
+        return ":".join(params)
+
+    def options(self) -> dict[str, str]:
+        if self.codec == "libx265":
+            opts = {"preset": self.preset, "tune": "psnr", "x265-params": self.x265_param_string()}
+            if not self.lossless and self.crf is not None:
+                opts["crf"] = f"{self.crf:g}"
+            return opts
+        if self.codec == "ffv1":
+            return {"level": "3", "coder": "1", "context": "1", "slicecrc": "1", "g": "1"}
+        raise InvalidCubeError(f"codec {self.codec!r} is not available in the PyAV backend")
+
+
+def n_planes(pix_fmt: str) -> int:
+    return 3 if pix_fmt.startswith(("gbrp", "yuv444")) else 1
+
+
+def _to_frame(planes: np.ndarray, pix_fmt: str) -> av.VideoFrame:
+    if planes.shape[0] == 1:
+        arr = planes[0]
+    else:
+        arr = np.empty(planes.shape[1:] + (3,), dtype=planes.dtype)
+        for p, idx in enumerate(_GBRP_INDEX):
+            arr[..., idx] = planes[p]
+    dtype = np.uint8 if pix_fmt in ("gray", "gbrp") else np.uint16
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(arr, dtype=dtype), format=pix_fmt)
+
+
+def _from_frame(frame: av.VideoFrame, planes: int) -> np.ndarray:
+    arr = frame.to_ndarray()
+    if planes == 1:
+        return arr[np.newaxis]
+    return np.stack([arr[..., idx] for idx in _GBRP_INDEX])
+
+
+def encode_frames(
+    frames: Iterable[np.ndarray], height: int, width: int, settings: VideoSettings
+) -> bytes:
+    """Encode frames into a Matroska byte string; frames are consumed lazily."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=CONTAINER) as container:
+        stream = container.add_stream(settings.codec, rate=1)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = settings.pix_fmt
+        stream.options = settings.options()
+        if settings.codec == "ffv1" and settings.threads:
+            stream.thread_count = settings.threads
+        for i, planes in enumerate(frames):
+            frame = _to_frame(planes, settings.pix_fmt)
+            frame.pts = i
+            frame.time_base = Fraction(1, 1)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+@dataclass
+class DecodeStats:
+    """How much work a decode did; tests use it to check that seeking skips frames."""
+
+    frames_decoded: int = 0
+    seeks: list[int] = field(default_factory=list)
+
+
+def decode_frames(
+    data: bytes,
+    n_planes_: int,
+    start: int = 0,
+    stop: int | None = None,
+    name: str = "stream",
+    stats: DecodeStats | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (frame index, planes) for frames in [start, stop).
+
+    With start > 0 the demuxer seeks to the nearest keyframe at or before start, so a window
+    late in a long cube costs at most one GOP of extra decoding.
+    """
+    stats = stats if stats is not None else DecodeStats()
+    try:
+        container = av.open(io.BytesIO(data), "r", format=CONTAINER)
+    except (av.FFmpegError, OSError) as exc:
+        raise CorruptStreamError(f"{name}: not a readable video stream ({exc})") from exc
+    with container:
+        vstream = container.streams.video[0]
+        vstream.thread_type = "AUTO"
+        tb = vstream.time_base or Fraction(1, 1000)
+        frame_ticks = Fraction(1, 1) / tb  # rate=1 frame per second of stream time
+
+        def index_of(frame: av.VideoFrame) -> int:
+            return round(frame.pts / frame_ticks)
+
+        if start > 0:
+            container.seek(int(start * frame_ticks), stream=vstream, backward=True)
+            stats.seeks.append(start)
+        expected = None
+        try:
+            for frame in container.decode(vstream):
+                stats.frames_decoded += 1
+                idx = index_of(frame)
+                if expected is not None and idx != expected:
+                    raise CorruptStreamError(
+                        f"{name}: frame {expected} is missing (next decoded frame is {idx})"
+                    )
+                expected = idx + 1
+                if idx < start:
+                    continue
+                if stop is not None and idx >= stop:
+                    break
+                yield idx, _from_frame(frame, n_planes_)
+        except av.FFmpegError as exc:
+            raise CorruptStreamError(f"{name}: stream does not decode ({exc})") from exc
