@@ -1,0 +1,41 @@
+"""xarray backend: ``xr.open_dataset(path, engine="cubecast")`` on an encoded cube."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+from xarray.backends import BackendEntrypoint
+
+from pipeline.codec import decode_cube
+from pipeline.encoded import MANIFEST_FILE, EncodedCube
+
+
+class CubecastBackendEntrypoint(BackendEntrypoint):
+    description = "Open cubecast encoded cubes (folder with manifest.json, or .tar)"
+    url = "https://pypi.org/project/cubecast/"
+    open_dataset_parameters = ("filename_or_obj", "drop_variables", "variables")
+
+    def open_dataset(  # type: ignore[override]
+        self,
+        filename_or_obj: str | os.PathLike[Any],
+        *,
+        drop_variables: str | Iterable[str] | None = None,
+        variables: list[str] | None = None,
+    ) -> xr.Dataset:
+        enc = EncodedCube.open(filename_or_obj)
+        ds = decode_cube(enc, variables=variables)
+        if drop_variables:
+            drop = [drop_variables] if isinstance(drop_variables, str) else list(drop_variables)
+            ds = ds.drop_vars(drop, errors="ignore")
+        return ds
+
+    def guess_can_open(self, filename_or_obj: Any) -> bool:
+        try:
+            p = Path(filename_or_obj)
+        except TypeError:
+            return False
+        return (p / MANIFEST_FILE).is_file()

@@ -1,0 +1,132 @@
+"""The ``cubecast`` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import xarray as xr
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.codec import decode_cube, encode_cube
+from pipeline.encoded import EncodedCube
+from pipeline.errors import CubecastError
+from pipeline.metrics import bpppb
+from pipeline.planning import EncodeOptions
+
+app = typer.Typer(
+    help="Compress Earth-observation cubes as video streams, pack them into TACO shards, "
+    "verify and publish.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def open_input(path: str) -> xr.Dataset:
+    """netCDF, zarr, or anything xarray opens; lazily, so large cubes stream."""
+    p = Path(path)
+    if not p.exists() and "://" not in path:
+        raise CubecastError(f"{path}: no such file or folder")
+    try:
+        if p.is_dir() or path.endswith(".zarr"):
+            return xr.open_zarr(path, chunks=None, decode_coords="all")
+        return xr.open_dataset(path, decode_coords="all")
+    except CubecastError:
+        raise
+    except Exception as exc:  # xarray raises many types; the user needs the path and cause
+        raise CubecastError(f"{path}: cannot open as a dataset ({exc})") from exc
+
+
+def write_netcdf(ds: xr.Dataset, out: Path) -> None:
+    """Write through a temporary name so a failure leaves no partial file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.part")
+    try:
+        ds.to_netcdf(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@app.command()
+def encode(
+    input: Annotated[str, typer.Argument(help="netCDF file or zarr store")],
+    output: Annotated[Path, typer.Argument(help="output folder (or .tar file)")],
+    crf: Annotated[float | None, typer.Option(help="x265 constant rate factor (0-51)")] = None,
+    lossless: Annotated[bool, typer.Option("--lossless", help="FFV1 16-bit for every band")] = False,
+    psnr: Annotated[
+        float | None, typer.Option(help="target PSNR floor in dB: search the cheapest CRF")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="x265 preset")] = "medium",
+    keyint: Annotated[int, typer.Option(help="max frames between keyframes")] = 64,
+    workers: Annotated[int, typer.Option(help="streams encoded concurrently")] = 1,
+) -> None:
+    """Encode a cube into video streams plus a manifest."""
+    if sum(x is not None and x is not False for x in (crf, psnr, lossless or None)) > 1:
+        raise CubecastError("choose one of --crf, --psnr, --lossless")
+    ds = open_input(input)
+    opts = EncodeOptions(
+        crf=12.0 if crf is None else crf, psnr=psnr, lossless=lossless, preset=preset,
+        keyint=keyint, workers=workers,
+    )
+    enc = encode_cube(ds, opts, cube_id=Path(input).stem, progress=sys.stderr.isatty())
+    if output.suffix == ".tar":
+        tmp = output.with_name(f".{output.name}.part")
+        tmp.write_bytes(enc.to_bytes())
+        os.replace(tmp, output)
+    else:
+        enc.to_folder(output)
+    console.print(f"{output}: {enc.nbytes} bytes, {bpppb(enc):.3f} bpppb, "
+                  f"{len(enc.manifest.streams)} streams")
+
+
+@app.command()
+def decode(
+    input: Annotated[Path, typer.Argument(help="encoded cube folder or .tar")],
+    output: Annotated[Path, typer.Argument(help="output netCDF file")],
+    variables: Annotated[
+        list[str] | None, typer.Option("--var", "-v", help="decode only these variables")
+    ] = None,
+) -> None:
+    """Decode an encoded cube to netCDF with the original dtypes, attrs and encodings."""
+    enc = EncodedCube.open(input)
+    ds = decode_cube(enc, variables=variables or None)
+    write_netcdf(ds, output)
+    console.print(f"{output}: {', '.join(map(str, ds.data_vars))}")
+
+
+@app.command()
+def info(input: Annotated[Path, typer.Argument(help="encoded cube folder or .tar")]) -> None:
+    """Show an encoded cube's streams, sizes, bpppb and settings."""
+    enc = EncodedCube.open(input)
+    m = enc.manifest
+    h, w = m.frame_shape
+    console.print(f"cube {m.cube_id}: {m.n_frames} x {h} x {w}, {len(m.channels)} bands, "
+                  f"{enc.nbytes} bytes, {bpppb(enc):.3f} bpppb")
+    table = Table("stream", "kind", "codec", "pix_fmt", "bands", "bytes", "bpppb", "settings")
+    for s in m.streams:
+        bands = len(s.planes)
+        settings = "lossless" if s.lossless else (f"crf={s.crf:g} preset={s.preset}"
+                                                  if s.crf is not None else "")
+        table.add_row(s.name, s.kind, s.codec, s.pix_fmt, ", ".join(s.planes), str(s.nbytes),
+                      f"{8 * s.nbytes / (m.n_frames * h * w * bands):.3f}", settings)
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except CubecastError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import xarray as xr
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True,
+                          text=True)
+
+
+def test_encode_info_decode_netcdf(eolearn, tmp_path):
+    src = tmp_path / "cube.nc"
+    eolearn.to_netcdf(src)
+    r = run("encode", str(src), str(tmp_path / "enc"), "--psnr", "45")
+    assert r.returncode == 0, r.stderr
+    r = run("info", str(tmp_path / "enc"))
+    assert r.returncode == 0 and "ndvi" in r.stdout and "bpppb" in r.stdout
+    r = run("decode", str(tmp_path / "enc"), str(tmp_path / "out.nc"))
+    assert r.returncode == 0, r.stderr
+    out = xr.open_dataset(tmp_path / "out.nc")
+    assert out.CLM.dtype == np.uint8 and out.NDVI.dtype == np.float32
+    np.testing.assert_array_equal(out.CLM.values, eolearn.CLM.values)
+    ds = xr.open_dataset(tmp_path / "enc", engine="cubecast")
+    assert list(ds.data_vars) == list(eolearn.data_vars)
+
+
+def test_encode_zarr_input(s2cube, tmp_path):
+    s2cube.to_zarr(tmp_path / "in.zarr")
+    r = run("encode", str(tmp_path / "in.zarr"), str(tmp_path / "enc.tar"), "--crf", "20")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "enc.tar").is_file()
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = run("encode", str(tmp_path / "missing.nc"), str(tmp_path / "o"))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr
+    assert not (tmp_path / "o").exists()
+    bad = tmp_path / "bad.nc"
+    xr.Dataset({"a": (("step", "y", "x"), np.zeros((2, 2, 2)))}).to_netcdf(bad)
+    r = run("encode", str(bad), str(tmp_path / "o"))
+    assert r.returncode == 2 and "no time dimension" in r.stderr
+    assert not (tmp_path / "o").exists()
