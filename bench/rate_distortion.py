@@ -38,8 +38,11 @@ def synthetic_s2(t: int = 48, size: int = 128) -> xr.Dataset:
     refl[np.broadcast_to((clouds | shadows)[:, None], refl.shape)] = np.nan
     return xr.Dataset(
         {b: (("time", "y", "x"), refl[:, i]) for i, b in enumerate(S2_BANDS[:6])},
-        coords={"time": pd.date_range("2021-01-01", periods=t, freq="5D"),
-                "y": np.arange(size) * -20.0, "x": np.arange(size) * 20.0},
+        coords={
+            "time": pd.date_range("2021-01-01", periods=t, freq="5D"),
+            "y": np.arange(size) * -20.0,
+            "x": np.arange(size) * 20.0,
+        },
     )
 
 
@@ -88,8 +91,10 @@ def run_zstd(bands: list[np.ndarray], level: int) -> tuple[int, list[np.ndarray]
     t0 = time.perf_counter()
     blobs = [zstandard.ZstdCompressor(level=level).compress(b.tobytes()) for b in bands]
     t1 = time.perf_counter()
-    dec = [np.frombuffer(zstandard.ZstdDecompressor().decompress(x), dtype=np.float32)
-           .reshape(b.shape) for x, b in zip(blobs, bands, strict=True)]
+    dec = [
+        np.frombuffer(zstandard.ZstdDecompressor().decompress(x), dtype=np.float32).reshape(b.shape)
+        for x, b in zip(blobs, bands, strict=True)
+    ]
     return sum(map(len, blobs)), dec, t1 - t0, time.perf_counter() - t1
 
 
@@ -101,8 +106,9 @@ def _codes16(b: np.ndarray) -> tuple[np.ndarray, float, float]:
     return np.clip(np.rint((f - lo) / scale), 0, 65535).astype(np.uint16), lo, scale
 
 
-def run_image_codec(bands: list[np.ndarray], codec: str, param: float
-                    ) -> tuple[int, list[np.ndarray], float, float]:
+def run_image_codec(
+    bands: list[np.ndarray], codec: str, param: float
+) -> tuple[int, list[np.ndarray], float, float]:
     import imagecodecs
 
     enc_t = dec_t = 0.0
@@ -118,8 +124,11 @@ def run_image_codec(bands: list[np.ndarray], codec: str, param: float
             else:
                 blob = imagecodecs.jpegxl_encode(codes[t], distance=param, effort=5)
             t1 = time.perf_counter()
-            dec = imagecodecs.jpeg2k_decode(blob) if codec == "jpeg2k" else \
-                imagecodecs.jpegxl_decode(blob)
+            dec = (
+                imagecodecs.jpeg2k_decode(blob)
+                if codec == "jpeg2k"
+                else imagecodecs.jpegxl_decode(blob)
+            )
             dec_t += time.perf_counter() - t1
             enc_t += t1 - t0
             nbytes += len(blob)
@@ -169,8 +178,7 @@ def run_zfp(bands: list[np.ndarray], rel: float) -> tuple[int, list[np.ndarray],
     return nbytes, decoded, enc_t, dec_t
 
 
-def run_ours(ds: xr.Dataset, crf: float, preset: str
-             ) -> tuple[int, list[np.ndarray], float, float]:
+def run_ours(ds: xr.Dataset, crf: float, preset: str) -> tuple[int, list[np.ndarray], float, float]:
     t0 = time.perf_counter()
     enc = encode_cube(ds, EncodeOptions(crf=crf, preset=preset))
     t1 = time.perf_counter()
@@ -185,11 +193,14 @@ def sweep(quick: bool) -> list[dict]:
         bands = bands_of(ds)
         raw_mb = sum(b.nbytes for b in bands) / 1e6
         runs: list[tuple[str, float, Callable[[], tuple]]] = []
-        crfs = [0, 10, 20, 30, 40, 51] if quick else [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 45, 51]
-        for preset in (["medium"] if quick else ["medium", "slow"]):
+        crfs = (
+            [0, 10, 20, 30, 40, 51] if quick else [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 45, 51]
+        )
+        for preset in ["medium"] if quick else ["medium", "slow"]:
             for crf in crfs:
-                runs.append((f"cubecast-x265-{preset}", crf,
-                             lambda c=crf, p=preset: run_ours(ds, c, p)))
+                runs.append(
+                    (f"cubecast-x265-{preset}", crf, lambda c=crf, p=preset: run_ours(ds, c, p))
+                )
         runs.append(("zstd-lossless", 19, lambda: run_zstd(bands, 19)))
         for level in [20, 30, 40, 50, 60, 70]:
             runs.append(("jpeg2000", level, lambda q=level: run_image_codec(bands, "jpeg2k", q)))
@@ -201,12 +212,23 @@ def sweep(quick: bool) -> list[dict]:
         for method, param, fn in runs:
             nbytes, decoded, enc_s, dec_s = fn()
             bits, p = score(bands, decoded, nbytes)
-            rows.append(dict(cube=cube_name, method=method, param=param, bpppb=bits, psnr=p,
-                             encode_mb_s=raw_mb / max(enc_s, 1e-9),
-                             decode_mb_s=raw_mb / max(dec_s, 1e-9)))
-            print(f"{cube_name:14s} {method:24s} {param!s:>7} {bits:8.3f} bpppb "
-                  f"{p:7.2f} dB  enc {rows[-1]['encode_mb_s']:7.1f} MB/s "
-                  f"dec {rows[-1]['decode_mb_s']:7.1f} MB/s", flush=True)
+            rows.append(
+                dict(
+                    cube=cube_name,
+                    method=method,
+                    param=param,
+                    bpppb=bits,
+                    psnr=p,
+                    encode_mb_s=raw_mb / max(enc_s, 1e-9),
+                    decode_mb_s=raw_mb / max(dec_s, 1e-9),
+                )
+            )
+            print(
+                f"{cube_name:14s} {method:24s} {param!s:>7} {bits:8.3f} bpppb "
+                f"{p:7.2f} dB  enc {rows[-1]['encode_mb_s']:7.1f} MB/s "
+                f"dec {rows[-1]['decode_mb_s']:7.1f} MB/s",
+                flush=True,
+            )
     return rows
 
 
@@ -223,13 +245,17 @@ def psnr_at(df: pd.DataFrame, target_bpppb: float) -> float:
 
 def summarise(rows: list[dict], out: Path) -> str:
     df = pd.DataFrame(rows)
-    lines = ["| cube | method | PSNR @0.1 bpppb | PSNR @1 bpppb | encode MB/s | decode MB/s |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| cube | method | PSNR @0.1 bpppb | PSNR @1 bpppb | encode MB/s | decode MB/s |",
+        "|---|---|---|---|---|---|",
+    ]
     for (cube, method), g in df.groupby(["cube", "method"], sort=False):
         p01, p1 = psnr_at(g, 0.1), psnr_at(g, 1.0)
         fmt = lambda v: "n/a" if math.isnan(v) else f"{v:.2f}"  # noqa: E731
-        lines.append(f"| {cube} | {method} | {fmt(p01)} | {fmt(p1)} | "
-                     f"{g.encode_mb_s.median():.1f} | {g.decode_mb_s.median():.1f} |")
+        lines.append(
+            f"| {cube} | {method} | {fmt(p01)} | {fmt(p1)} | "
+            f"{g.encode_mb_s.median():.1f} | {g.decode_mb_s.median():.1f} |"
+        )
     text = "\n".join(lines)
     (out / "rate_distortion_summary.md").write_text(text + "\n")
     return text

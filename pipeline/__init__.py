@@ -4,6 +4,7 @@ from pipeline.codec import decode_cube, encode_cube
 from pipeline.encoded import EncodedCube
 from pipeline.errors import CubecastError
 from pipeline.planning import EncodeOptions, GroupSpec
+from pipeline.reader import iter_samples, open_sample
 
 __all__ = [
     "CubecastError",
@@ -12,5 +13,7 @@ __all__ = [
     "GroupSpec",
     "decode_cube",
     "encode_cube",
+    "iter_samples",
+    "open_sample",
 ]
 __version__ = "0.1.0"

@@ -60,7 +60,9 @@ def encode(
     input: Annotated[str, typer.Argument(help="netCDF file or zarr store")],
     output: Annotated[Path, typer.Argument(help="output folder (or .tar file)")],
     crf: Annotated[float | None, typer.Option(help="x265 constant rate factor (0-51)")] = None,
-    lossless: Annotated[bool, typer.Option("--lossless", help="FFV1 16-bit for every band")] = False,
+    lossless: Annotated[
+        bool, typer.Option("--lossless", help="FFV1 16-bit for every band")
+    ] = False,
     psnr: Annotated[
         float | None, typer.Option(help="target PSNR floor in dB: search the cheapest CRF")
     ] = None,
@@ -73,8 +75,12 @@ def encode(
         raise CubecastError("choose one of --crf, --psnr, --lossless")
     ds = open_input(input)
     opts = EncodeOptions(
-        crf=12.0 if crf is None else crf, psnr=psnr, lossless=lossless, preset=preset,
-        keyint=keyint, workers=workers,
+        crf=12.0 if crf is None else crf,
+        psnr=psnr,
+        lossless=lossless,
+        preset=preset,
+        keyint=keyint,
+        workers=workers,
     )
     enc = encode_cube(ds, opts, cube_id=Path(input).stem, progress=sys.stderr.isatty())
     if output.suffix == ".tar":
@@ -83,8 +89,9 @@ def encode(
         os.replace(tmp, output)
     else:
         enc.to_folder(output)
-    console.print(f"{output}: {enc.nbytes} bytes, {bpppb(enc):.3f} bpppb, "
-                  f"{len(enc.manifest.streams)} streams")
+    console.print(
+        f"{output}: {enc.nbytes} bytes, {bpppb(enc):.3f} bpppb, {len(enc.manifest.streams)} streams"
+    )
 
 
 @app.command()
@@ -108,16 +115,89 @@ def info(input: Annotated[Path, typer.Argument(help="encoded cube folder or .tar
     enc = EncodedCube.open(input)
     m = enc.manifest
     h, w = m.frame_shape
-    console.print(f"cube {m.cube_id}: {m.n_frames} x {h} x {w}, {len(m.channels)} bands, "
-                  f"{enc.nbytes} bytes, {bpppb(enc):.3f} bpppb")
+    console.print(
+        f"cube {m.cube_id}: {m.n_frames} x {h} x {w}, {len(m.channels)} bands, "
+        f"{enc.nbytes} bytes, {bpppb(enc):.3f} bpppb"
+    )
     table = Table("stream", "kind", "codec", "pix_fmt", "bands", "bytes", "bpppb", "settings")
     for s in m.streams:
         bands = len(s.planes)
-        settings = "lossless" if s.lossless else (f"crf={s.crf:g} preset={s.preset}"
-                                                  if s.crf is not None else "")
-        table.add_row(s.name, s.kind, s.codec, s.pix_fmt, ", ".join(s.planes), str(s.nbytes),
-                      f"{8 * s.nbytes / (m.n_frames * h * w * bands):.3f}", settings)
+        settings = (
+            "lossless"
+            if s.lossless
+            else (f"crf={s.crf:g} preset={s.preset}" if s.crf is not None else "")
+        )
+        table.add_row(
+            s.name,
+            s.kind,
+            s.codec,
+            s.pix_fmt,
+            ", ".join(s.planes),
+            str(s.nbytes),
+            f"{8 * s.nbytes / (m.n_frames * h * w * bands):.3f}",
+            settings,
+        )
     console.print(table)
+
+
+@app.command()
+def pack(
+    input: Annotated[Path, typer.Argument(help="folder of cubes (.nc files or .zarr stores)")],
+    output: Annotated[Path, typer.Argument(help="output folder for the .tacozip shards")],
+    dataset_id: Annotated[str, typer.Option("--id", help="dataset id")] = "cubes",
+    crf: Annotated[float, typer.Option(help="x265 constant rate factor")] = 12.0,
+    psnr: Annotated[float | None, typer.Option(help="PSNR floor in dB (overrides --crf)")] = None,
+    split_size: Annotated[str, typer.Option(help="max shard size, e.g. 4GB")] = "4GB",
+) -> None:
+    """Encode every cube in a folder and pack them into TACO shards."""
+    from pipeline.packing import DatasetInfo, encode_sample, pack_shards
+
+    inputs = sorted(p for p in input.iterdir() if p.suffix in (".nc", ".zarr"))
+    if not inputs:
+        raise CubecastError(f"{input}: no .nc files or .zarr stores to pack")
+    opts = EncodeOptions(crf=crf, psnr=psnr)
+    samples = [encode_sample(open_input(str(p)), opts, cube_id=p.stem) for p in inputs]
+    paths = pack_shards(samples, output, DatasetInfo(id=dataset_id), split_size=split_size)
+    for p in paths:
+        console.print(str(p))
+
+
+@app.command("ls")
+def list_samples(
+    shards: Annotated[list[str], typer.Argument(help="shard files, or a .tacocat folder")],
+) -> None:
+    """List the samples of TACO shards with their PSNR, bpppb and ratio."""
+    import tacoreader
+
+    source = shards[0] if len(shards) == 1 and Path(shards[0]).is_dir() else shards
+    table = tacoreader.load(source).data.to_arrow().to_pylist()
+    out = Table("id", "shape", "min PSNR dB", "bpppb", "ratio", "split")
+    for row in table:
+        out.add_row(
+            row["id"],
+            row.get("shape", ""),
+            f"{row.get('psnr_min', float('nan')):.2f}",
+            f"{row.get('bpppb', float('nan')):.3f}",
+            f"{row.get('ratio', 0):.1f}x",
+            row.get("split") or "",
+        )
+    console.print(out)
+
+
+@app.command()
+def get(
+    shard: Annotated[str, typer.Argument(help="shard file, URL or .tacocat folder")],
+    sample: Annotated[str, typer.Argument(help="sample id")],
+    output: Annotated[Path, typer.Argument(help="output netCDF file")],
+    variables: Annotated[
+        list[str] | None, typer.Option("--var", "-v", help="decode only these variables")
+    ] = None,
+) -> None:
+    """Decode one sample of a shard to netCDF."""
+    from pipeline.reader import open_sample
+
+    write_netcdf(open_sample(shard, sample, variables or None), output)
+    console.print(str(output))
 
 
 @app.command()
@@ -141,8 +221,15 @@ def demo(
         q = compare(ds, decode_cube(EncodedCube.from_folder(target)))
         lossy = [b.psnr for b in q if b.role == "continuous"]
         exact = all(b.exact for b in q if b.role == "categorical")
-        table.add_row(name, str(len(q)), f"{min(lossy):.2f}", str(exact), f"{bpppb(enc):.3f}",
-                      f"{compression_ratio(ds, enc):.1f}x", str(target))
+        table.add_row(
+            name,
+            str(len(q)),
+            f"{min(lossy):.2f}",
+            str(exact),
+            f"{bpppb(enc):.3f}",
+            f"{compression_ratio(ds, enc):.1f}x",
+            str(target),
+        )
     console.print(table)
 
 

@@ -19,13 +19,18 @@ def synthetic_cube(t: int = 36, size: int = 96, seed: int = 0) -> xr.Dataset:
     refl[np.broadcast_to(clouds[:, None], refl.shape)] = np.nan
     ds = xr.Dataset(
         {b: (("time", "y", "x"), refl[:, i], {"units": "1"}) for i, b in enumerate(S2_BANDS)},
-        coords={"time": pd.date_range("2021-01-01", periods=t, freq="5D"),
-                "y": 5e6 - 20.0 * np.arange(size), "x": 4e5 + 20.0 * np.arange(size)},
+        coords={
+            "time": pd.date_range("2021-01-01", periods=t, freq="5D"),
+            "y": 5e6 - 20.0 * np.arange(size),
+            "x": 4e5 + 20.0 * np.arange(size),
+        },
         attrs={"id": "synthetic-s2"},
     )
-    ds["cloudmask"] = (("time", "y", "x"), (clouds + 2 * shadows).astype(np.uint8),
-                       {"flag_values": np.array([0, 1, 2], dtype=np.uint8),
-                        "flag_meanings": "clear cloud shadow"})
+    ds["cloudmask"] = (
+        ("time", "y", "x"),
+        (clouds + 2 * shadows).astype(np.uint8),
+        {"flag_values": np.array([0, 1, 2], dtype=np.uint8), "flag_meanings": "clear cloud shadow"},
+    )
     ds["landcover"] = (("y", "x"), classes)
     return ds.rio.write_crs("EPSG:32633")
 

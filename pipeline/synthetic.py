@@ -9,17 +9,21 @@ import numpy as np
 
 # Mean surface reflectance per land-cover class for S2 bands B02 B03 B04 B05 B06 B07 B8A.
 S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B8A")
-_CLASS_REFLECTANCE = np.array([
-    [0.10, 0.11, 0.12, 0.14, 0.16, 0.17, 0.18],  # built-up
-    [0.04, 0.07, 0.05, 0.10, 0.25, 0.30, 0.35],  # cropland (seasonal)
-    [0.02, 0.04, 0.02, 0.06, 0.20, 0.25, 0.28],  # forest
-    [0.03, 0.05, 0.04, 0.06, 0.10, 0.12, 0.14],  # wetland
-    [0.12, 0.15, 0.18, 0.20, 0.22, 0.23, 0.25],  # bare soil
-    [0.03, 0.04, 0.02, 0.02, 0.01, 0.01, 0.01],  # water
-])
+_CLASS_REFLECTANCE = np.array(
+    [
+        [0.10, 0.11, 0.12, 0.14, 0.16, 0.17, 0.18],  # built-up
+        [0.04, 0.07, 0.05, 0.10, 0.25, 0.30, 0.35],  # cropland (seasonal)
+        [0.02, 0.04, 0.02, 0.06, 0.20, 0.25, 0.28],  # forest
+        [0.03, 0.05, 0.04, 0.06, 0.10, 0.12, 0.14],  # wetland
+        [0.12, 0.15, 0.18, 0.20, 0.22, 0.23, 0.25],  # bare soil
+        [0.03, 0.04, 0.02, 0.02, 0.01, 0.01, 0.01],  # water
+    ]
+)
 
 
-def fractal_noise(shape: tuple[int, int], rng: np.random.Generator, beta: float = 2.2) -> np.ndarray:
+def fractal_noise(
+    shape: tuple[int, int], rng: np.random.Generator, beta: float = 2.2
+) -> np.ndarray:
     """Smooth random field with a 1/f^beta spectrum, scaled to [0, 1]."""
     h, w = shape
     fy = np.fft.fftfreq(h)[:, None]
@@ -61,7 +65,10 @@ def cloud_masks(
 
 
 def reflectance_cube(
-    n_frames: int, shape: tuple[int, int], seed: int = 0, n_bands: int = 7,
+    n_frames: int,
+    shape: tuple[int, int],
+    seed: int = 0,
+    n_bands: int = 7,
     doy: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Surface reflectance (T, bands, H, W) float32 in [0, 1] and its land-cover map."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
 from pipeline.errors import SourceError
@@ -40,16 +41,24 @@ def s2_like(t: int = 12, h: int = 32, w: int = 30, seed: int = 0) -> xr.Dataset:
     invalid = cloud & blob
     scl = np.where(invalid, 9, 4).astype(np.uint8)
     ds = xr.Dataset(
-        {b: (("time", "y", "x"), np.where(invalid, np.nan, a), {"units": "1"})
-         for b, a in bands.items()},
-        coords={"time": pd.date_range("2020-01-01", periods=t, freq="5D"),
-                "y": 5_000_000 - 20.0 * np.arange(h), "x": 400_000 + 20.0 * np.arange(w)},
+        {
+            b: (("time", "y", "x"), np.where(invalid, np.nan, a), {"units": "1"})
+            for b, a in bands.items()
+        },
+        coords={
+            "time": pd.date_range("2020-01-01", periods=t, freq="5D"),
+            "y": 5_000_000 - 20.0 * np.arange(h),
+            "x": 400_000 + 20.0 * np.arange(w),
+        },
         attrs={"id": "s2like", "title": "synthetic"},
     )
     ds["SCL"] = (("time", "y", "x"), scl, {"flag_values": np.arange(12, dtype=np.uint8)})
     for b in bands:
-        ds[b].encoding = {"dtype": np.dtype("int16"), "scale_factor": 0.0001,
-                          "_FillValue": np.int16(-9999)}
+        ds[b].encoding = {
+            "dtype": np.dtype("int16"),
+            "scale_factor": 0.0001,
+            "_FillValue": np.int16(-9999),
+        }
     return ds.rio.write_crs("EPSG:32633")
 
 

@@ -8,8 +8,9 @@ import xarray as xr
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True,
-                          text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True
+    )
 
 
 def test_encode_info_decode_netcdf(eolearn, tmp_path):
@@ -45,3 +46,18 @@ def test_cli_errors_are_one_line(tmp_path):
     r = run("encode", str(bad), str(tmp_path / "o"))
     assert r.returncode == 2 and "no time dimension" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_pack_ls_get(s2cube, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        s2cube.isel(time=slice(i, i + 6)).to_netcdf(src / f"cube{i}.nc")
+    r = run("pack", str(src), str(tmp_path / "shards"), "--id", "twins", "--crf", "10")
+    assert r.returncode == 0, r.stderr
+    shard = tmp_path / "shards" / "twins.tacozip"
+    r = run("ls", str(shard))
+    assert r.returncode == 0 and "cube0" in r.stdout and "cube1" in r.stdout, r.stderr
+    r = run("get", str(shard), "cube1", str(tmp_path / "c1.nc"), "-v", "SCL")
+    assert r.returncode == 0, r.stderr
+    assert list(xr.open_dataset(tmp_path / "c1.nc").data_vars) == ["SCL"]

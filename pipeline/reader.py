@@ -1,0 +1,201 @@
+"""Reading samples back out of TACO shards, locally or over HTTP(S) range requests.
+
+A shard is a stored (uncompressed) ZIP whose members are ``DATA/<sample>/<child>``.  The
+central directory tells where each child's bytes are, so decoding RGB from a remote shard
+fetches the directory and the RGB stream, nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+import xarray as xr
+
+from pipeline.codec import decode_cube
+from pipeline.encoded import MANIFEST_FILE, EncodedCube
+from pipeline.errors import CorruptStreamError, ManifestError, SourceError
+from pipeline.manifest import Manifest
+from pipeline.packing import child_id
+
+
+class HttpRangeFile(io.RawIOBase):
+    """Seekable read-only file over HTTP Range requests; ``ranges`` records what was fetched."""
+
+    def __init__(
+        self,
+        url: str,
+        session: requests.Session | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.url = url
+        self.session = session or requests.Session()
+        self.headers = headers or {}
+        self.pos = 0
+        self.ranges: list[tuple[int, int]] = []
+        try:
+            r = self.session.head(url, allow_redirects=True, headers=self.headers, timeout=30)
+        except requests.RequestException as exc:
+            raise SourceError(f"{url}: unreachable ({exc.__class__.__name__})") from exc
+        if r.status_code >= 400:
+            raise SourceError(f"{url}: HTTP {r.status_code}")
+        self.size = int(r.headers.get("Content-Length", 0))
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = max(base + offset, 0)
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.pos + n, self.size)
+        if end <= self.pos:
+            return b""
+        headers = {**self.headers, "Range": f"bytes={self.pos}-{end - 1}"}
+        try:
+            r = self.session.get(self.url, headers=headers, timeout=60)
+        except requests.RequestException as exc:
+            raise SourceError(f"{self.url}: read failed ({exc.__class__.__name__})") from exc
+        if r.status_code not in (200, 206):
+            raise SourceError(f"{self.url}: HTTP {r.status_code} for range {self.pos}-{end - 1}")
+        data = r.content if r.status_code == 206 else r.content[self.pos : end]
+        self.ranges.append((self.pos, end))
+        self.pos += len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+class ShardStore:
+    """Reads one sample's children out of an open shard ZIP."""
+
+    def __init__(self, archive: zipfile.ZipFile, sample_id: str, source: str) -> None:
+        self.archive = archive
+        self.prefix = f"DATA/{sample_id}/"
+        self.source = source
+
+    def read(self, filename: str) -> bytes:
+        try:
+            return self.archive.read(self.prefix + child_id(filename))
+        except KeyError:
+            raise CorruptStreamError(
+                f"{self.source}: sample {self.prefix[5:-1]!r} has no child "
+                f"{child_id(filename)!r} (missing stream)"
+            ) from None
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise CorruptStreamError(f"{self.source}: cannot read {filename} ({exc})") from exc
+
+
+def _open_archive(shard: str | os.PathLike[str]) -> tuple[zipfile.ZipFile, Any]:
+    s = str(shard)
+    try:
+        if s.startswith(("http://", "https://")):
+            token = os.environ.get("HF_TOKEN")
+            headers = {"Authorization": f"Bearer {token}"} if token and "huggingface" in s else {}
+            fh: Any = HttpRangeFile(s, headers=headers)
+        else:
+            if not Path(s).is_file():
+                raise SourceError(f"{s}: no such shard")
+            fh = open(s, "rb")  # noqa: SIM115  (closed by the caller with the archive)
+        return zipfile.ZipFile(fh), fh
+    except zipfile.BadZipFile as exc:
+        raise CorruptStreamError(f"{s}: not a TACO shard, or truncated ({exc})") from exc
+
+
+def sample_ids(archive: zipfile.ZipFile) -> list[str]:
+    seen: dict[str, None] = {}
+    for name in archive.namelist():
+        parts = name.split("/")
+        if len(parts) == 3 and parts[0] == "DATA" and parts[2] == child_id(MANIFEST_FILE):
+            seen[parts[1]] = None
+    return list(seen)
+
+
+def _shards_of(source: Any) -> list[str]:
+    """Shard paths/URLs from a path, URL, list, .tacocat folder or tacoreader dataset."""
+    if isinstance(source, list | tuple):
+        return [str(s) for s in source]
+    if hasattr(source, "data") and hasattr(source.data, "to_arrow"):  # tacoreader dataset
+        table = source.data.to_arrow()
+        paths = []
+        for vsi in table.column("internal:gdal_vsi").to_pylist():
+            path = vsi.split(",", 1)[1] if vsi.startswith("/vsisubfile/") else vsi
+            for prefix in ("/vsicurl/",):
+                path = path.removeprefix(prefix)
+            paths.append(path)
+        return list(dict.fromkeys(paths))
+    s = str(source)
+    p = Path(s)
+    if p.is_dir():
+        zips = sorted(p.glob("*.tacozip")) or sorted(p.parent.glob("*.tacozip"))
+        if not zips:
+            raise SourceError(f"{s}: no .tacozip shards in or beside this folder")
+        return [str(z) for z in zips]
+    return [s]
+
+
+def open_sample(
+    source: Any, sample: str | int, variables: Sequence[str] | None = None
+) -> xr.Dataset:
+    """Decode one sample of a shard (or shard list / .tacocat / tacoreader dataset).
+
+    ``sample`` is a sample id, or a row number over all shards in order.  Only the manifest,
+    the streams holding ``variables`` and their masks are read.
+    """
+    idx = sample if isinstance(sample, int) else None
+    for shard in _shards_of(source):
+        archive, fh = _open_archive(shard)
+        with archive, fh:
+            ids = sample_ids(archive)
+            if idx is not None:
+                if idx >= len(ids):
+                    idx -= len(ids)
+                    continue
+                sid = ids[idx]
+            elif sample in ids:
+                sid = str(sample)
+            else:
+                continue
+            return _decode_sample(archive, sid, shard, variables)
+    raise SourceError(f"sample {sample!r} not found in {source}")
+
+
+def _decode_sample(
+    archive: zipfile.ZipFile, sid: str, shard: str, variables: Sequence[str] | None
+) -> xr.Dataset:
+    store = ShardStore(archive, sid, shard)
+    manifest = Manifest.from_json(store.read(MANIFEST_FILE), source=f"{shard}:{sid}")
+    if manifest.cube_id != sid:
+        raise ManifestError(
+            f"{shard}: sample {sid!r} carries the manifest of cube {manifest.cube_id!r}"
+        )
+    return decode_cube(EncodedCube(manifest, store, source=f"{shard}:{sid}"), variables)
+
+
+def iter_samples(
+    source: Any, ids: Sequence[str] | None = None, variables: Sequence[str] | None = None
+) -> Iterator[tuple[str, xr.Dataset]]:
+    """Decode samples one at a time (memory holds one cube) for training loops."""
+    wanted = set(ids) if ids is not None else None
+    for shard in _shards_of(source):
+        archive, fh = _open_archive(shard)
+        with archive, fh:
+            for sid in sample_ids(archive):
+                if wanted is None or sid in wanted:
+                    yield sid, _decode_sample(archive, sid, shard, variables)

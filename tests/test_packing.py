@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import tacoreader
+
+from pipeline import EncodeOptions
+from pipeline.errors import CorruptStreamError, ManifestError
+from pipeline.packing import DatasetInfo, encode_sample, pack_shards
+from pipeline.reader import iter_samples, open_sample
+from tests.conftest import s2_like
+from tests.rangeserver import RangeServer
+
+INFO = DatasetInfo(id="twins", title="twin cubes")
+
+
+@pytest.fixture(scope="module")
+def cubes():
+    out = []
+    for i in range(4):
+        ds = s2_like(t=10, h=24, w=24, seed=i)
+        ds.attrs["id"] = f"cube_{i}"
+        out.append(ds)
+    return out
+
+
+@pytest.fixture(scope="module")
+def shards(cubes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    samples = [
+        encode_sample(ds, EncodeOptions(crf=8), split="test" if i == 3 else "train")
+        for i, ds in enumerate(cubes)
+    ]
+    paths = pack_shards(samples, out, INFO, split_size="40KB")
+    return out, paths, samples
+
+
+def test_several_shards_and_tacocat(shards):
+    out, paths, _ = shards
+    assert len(paths) >= 2 and all(p.suffix == ".tacozip" for p in paths)
+    assert (out / ".tacocat").is_dir()
+    assert not [p for p in out.iterdir() if p.name.startswith(".pack-")]
+
+
+def test_tacoreader_loads_filters_and_open_sample_decodes(shards, cubes):
+    out, paths, samples = shards
+    for source in ([str(p) for p in paths], str(out / ".tacocat")):
+        ds = tacoreader.load(source)
+        table = ds.data.to_arrow()
+        assert sorted(table.column("id").to_pylist()) == [f"cube_{i}" for i in range(4)]
+        assert set(table.column_names) >= {"psnr_min", "bpppb", "ratio", "split", "bbox_west"}
+    test = tacoreader.load([str(p) for p in paths]).sql("SELECT * FROM data WHERE split = 'test'")
+    assert test.column("id").to_pylist() == ["cube_3"]
+    for i, cube in enumerate(cubes):
+        dec = open_sample([str(p) for p in paths], f"cube_{i}")
+        np.testing.assert_array_equal(dec.SCL.values, cube.SCL.values)
+        np.testing.assert_array_equal(np.isnan(dec.B02.values), np.isnan(cube.B02.values))
+        psnr_min = min(q.psnr for q in samples[i].quality if q.role == "continuous")
+        assert psnr_min > 40
+    row = open_sample(tacoreader.load([str(p) for p in paths]), 3, variables=["SCL"])
+    assert list(row.data_vars) == ["SCL"]
+    assert [sid for sid, _ in iter_samples([str(p) for p in paths])] == [
+        f"cube_{i}" for i in range(4)
+    ]
+
+
+def test_http_subset_reads_only_needed_children(shards):
+    out, paths, _ = shards
+    shard = paths[0]
+    with zipfile.ZipFile(shard) as z:
+        sid = next(n.split("/")[1] for n in z.namelist() if n.startswith("DATA/"))
+        info = {i.filename: i for i in z.infolist()}
+    with RangeServer(out) as srv:
+        dec = open_sample(f"{srv.url}/{shard.name}", sid, variables=["SCL"])
+        assert list(dec.data_vars) == ["SCL"]
+        fetched = [(a, b) for name, a, b in srv.ranges if name == shard.name]
+    big = {name: i for name, i in info.items() if name.startswith(f"DATA/{sid}/")}
+    touched = {
+        name
+        for name, i in big.items()
+        if any(
+            a < i.header_offset + 30 + len(name) + i.file_size and b > i.header_offset
+            for a, b in fetched
+        )
+    }
+    assert touched == {f"DATA/{sid}/manifest_json", f"DATA/{sid}/scl_mkv"}
+    total = sum(b - a for a, b in fetched)
+    assert total < shard.stat().st_size / 2
+
+
+def test_truncated_shard_error(shards, tmp_path):
+    _, paths, _ = shards
+    bad = tmp_path / "bad.tacozip"
+    bad.write_bytes(paths[0].read_bytes()[:-2000])
+    with pytest.raises(CorruptStreamError, match="not a TACO shard, or truncated"):
+        open_sample(str(bad), 0)
+
+
+def _rewrite(src, dst, drop=None, replace=None):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            if drop and item.filename.endswith(drop):
+                continue
+            data = zin.read(item.filename)
+            if replace and item.filename in replace:
+                data = replace[item.filename]
+            zout.writestr(item, data)
+
+
+def test_missing_child_error(shards, tmp_path):
+    _, paths, _ = shards
+    with zipfile.ZipFile(paths[0]) as z:
+        sid = next(n.split("/")[1] for n in z.namelist() if n.startswith("DATA/"))
+    bad = tmp_path / "missing.tacozip"
+    _rewrite(paths[0], bad, drop=f"{sid}/scl_mkv")
+    with pytest.raises(CorruptStreamError, match="has no child 'scl_mkv'"):
+        open_sample(str(bad), sid)
+
+
+def test_manifest_from_another_cube_error(shards, tmp_path):
+    _, paths, _ = shards
+
+    def first_id(path):
+        with zipfile.ZipFile(path) as z:
+            return next(n.split("/")[1] for n in z.namelist() if n.startswith("DATA/"))
+
+    sid, other_id = first_id(paths[0]), first_id(paths[-1])
+    with zipfile.ZipFile(paths[-1]) as z:
+        other = z.read(f"DATA/{other_id}/manifest_json")
+    bad = tmp_path / "swapped.tacozip"
+    _rewrite(paths[0], bad, replace={f"DATA/{sid}/manifest_json": other})
+    with pytest.raises(ManifestError, match="carries the manifest of cube"):
+        open_sample(str(bad), sid)
