@@ -6,7 +6,6 @@ quantised, gap-filled and handed to the encoder, so memory holds a few frames pe
 
 from __future__ import annotations
 
-import hashlib
 import math
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -489,8 +488,3 @@ def decode_cube(
         ds[n].attrs, ds[n].encoding = data_vars[n].attrs, data_vars[n].encoding
     ds.attrs = jsonvalues.dict_from_json(m.attrs)
     return ds
-
-
-def cube_fingerprint(enc: EncodedCube) -> str:
-    """Content hash of an encoded cube: the same for byte-identical encodings."""
-    return hashlib.sha256(enc.manifest.to_json().encode()).hexdigest()[:16]
