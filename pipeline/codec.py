@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -26,7 +26,6 @@ from pipeline.manifest import (
     ChannelInfo,
     CoordInfo,
     Manifest,
-    Role,
     StreamInfo,
     VariableInfo,
 )
@@ -67,9 +66,27 @@ def _blocks(indices: Sequence[int]) -> Iterator[Sequence[int]]:
         yield indices[i : i + READ_BLOCK]
 
 
+X265_CTU = 64
+
+
+def stream_pad(ctx: _Context, plan: StreamPlan) -> tuple[int, int]:
+    """Rows/cols of edge padding for a stream.
+
+    x265 frames are padded to whole 64-px CTUs: the libx265 in PyAV's wheels encodes noisy
+    content in partial CTUs non-deterministically, with errors of half the code range and
+    at times heap corruption (seen at 32, 48 and 96 px; never at multiples of 64).
+    Edge-replicated padding costs almost no bits. FFV1 only needs even sizes.
+    """
+    h, w = ctx.ds.sizes[ctx.layout.y_dim], ctx.ds.sizes[ctx.layout.x_dim]
+    if plan.settings.codec == "libx265":
+        return (-h % X265_CTU, -w % X265_CTU)
+    return ctx.pad
+
+
 def _plan_frames(ctx: _Context, plan: StreamPlan, indices: Sequence[int]) -> Iterator[np.ndarray]:
     """Frames (planes, H, W) for one stream over the given time indices."""
     h, w = ctx.ds.sizes[ctx.layout.y_dim], ctx.ds.sizes[ctx.layout.x_dim]
+    pad = stream_pad(ctx, plan)
     if plan.kind == "mask":
         for block in _blocks(indices):
             invalid = np.empty((len(block), len(plan.mask_of), h, w), dtype=bool)
@@ -96,7 +113,7 @@ def _plan_frames(ctx: _Context, plan: StreamPlan, indices: Sequence[int]) -> Ite
         for p in range(len(plan.channels), planes.shape[1]):
             planes[:, p] = 0
         for frame in planes:
-            yield pad_even(frame, ctx.pad)
+            yield pad_even(frame, pad)
 
 
 def _stream_errors(
@@ -143,7 +160,8 @@ def _sample_indices(n_frames: int, frame_pixels: int, budget: int = 2_000_000) -
 
 def _encode_plan(ctx: _Context, plan: StreamPlan) -> tuple[bytes, VideoSettings, list[int] | None]:
     n_t = ctx.ds.sizes[ctx.layout.time_dim]
-    h, w = ctx.ds.sizes[ctx.layout.y_dim] + ctx.pad[0], ctx.ds.sizes[ctx.layout.x_dim] + ctx.pad[1]
+    pad = stream_pad(ctx, plan)
+    h, w = ctx.ds.sizes[ctx.layout.y_dim] + pad[0], ctx.ds.sizes[ctx.layout.x_dim] + pad[1]
     all_idx = list(range(n_t))
     if plan.kind == "mask":
         data, offsets = encode_masks(_plan_frames(ctx, plan, all_idx), plan.settings.keyint)
@@ -197,7 +215,7 @@ def encode_cube(
     options: EncodeOptions | None = None,
     *,
     cube_id: str | None = None,
-    roles: dict[str, Role] | None = None,
+    roles: Mapping[str, str] | None = None,
     nodata: dict[str, float | int] | None = None,
     progress: bool = False,
 ) -> EncodedCube:

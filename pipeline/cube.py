@@ -82,7 +82,7 @@ def _channel_label(da: xr.DataArray, band_dim: str, i: int) -> str:
 
 def analyse(
     ds: xr.Dataset,
-    roles: Mapping[str, Role] | None = None,
+    roles: Mapping[str, str] | None = None,
     nodata: Mapping[str, float | int] | None = None,
     time_dim: str | None = None,
     y_dim: str | None = None,
@@ -106,6 +106,9 @@ def analyse(
     seen_names: set[str] = set()
     for name in map(str, ds.data_vars):
         da = ds[name]
+        if roles.get(name) == "metadata":
+            layout.aux_vars.append(name)
+            continue
         if not {t, y, x} <= set(map(str, da.dims)) or da.ndim not in (3, 4):
             layout.aux_vars.append(name)
             continue
@@ -114,7 +117,9 @@ def analyse(
                 f"variable {name!r} has unsupported dtype {da.dtype}: "
                 "expected bool, integer or float"
             )
-        role = roles.get(name) or _guess_role(da)
+        role: Role = roles[name] if name in roles else _guess_role(da)  # type: ignore[assignment]
+        if role not in ("continuous", "categorical"):
+            raise InvalidCubeError(f"variable {name!r}: unknown role {role!r}")
         if role == "categorical" and da.dtype.kind == "f":
             raise InvalidCubeError(
                 f"variable {name!r} is categorical but has float dtype {da.dtype}: "

@@ -28,7 +28,13 @@ def packing_encoding(encoding: dict) -> dict:
 def dataset_to_bytes(ds: xr.Dataset) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "aux.nc"
-        ds.to_netcdf(path, engine="netcdf4")
+        # zlib keeps static class maps and label stacks small; numbers stay bit-exact
+        enc = {
+            n: {"zlib": True, "complevel": 4}
+            for n, v in ds.variables.items()
+            if v.dtype.kind in "biuf" and v.ndim > 0 and "zlib" not in v.encoding
+        }
+        ds.to_netcdf(path, engine="netcdf4", encoding=enc)
         return path.read_bytes()
 
 

@@ -104,6 +104,20 @@ def _crs_of(m: Any) -> str:
         return wkt
 
 
+def crs_string(ds: xr.Dataset) -> str:
+    """``EPSG:<code>`` when the rioxarray CRS has one, else its WKT, else ''."""
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    try:
+        crs = ds.rio.crs
+    except Exception:  # a malformed grid mapping means: no CRS we can state
+        return ""
+    if crs is None:
+        return ""
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
 def footprint(
     ds: xr.Dataset, y_dim: str = "y", x_dim: str = "x"
 ) -> tuple[float, float, float, float] | None:

@@ -43,25 +43,73 @@ def land_cover(shape: tuple[int, int], rng: np.random.Generator, n_classes: int 
     return np.digitize(field, edges).astype(np.uint8)
 
 
+class CloudField:
+    """Clouds and their shadows, one frame at a time: blobs drifting with the wind.
+
+    Frame-wise so full-size twins (1024 x 1024 x 730 days) never hold the whole stack.
+    """
+
+    def __init__(self, shape: tuple[int, int], rng: np.random.Generator, cover: float = 0.3):
+        h, w = shape
+        self.shape = shape
+        self.cover = cover
+        self.rng = rng
+        self.big = fractal_noise((2 * h, 2 * w), rng, beta=2.6)
+        self.vy, self.vx = rng.integers(-3, 4, size=2)
+
+    def frame(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        h, w = self.shape
+        clouds = np.zeros((h, w), dtype=bool)
+        shadows = np.zeros_like(clouds)
+        frame_cover = self.cover * self.rng.choice([0.0, 0.5, 1.0, 2.0], p=[0.4, 0.2, 0.25, 0.15])
+        if frame_cover <= 0:
+            return clouds, shadows
+        oy, ox = (t * self.vy) % h, (t * self.vx) % w
+        window = self.big[oy : oy + h, ox : ox + w]
+        thr = np.quantile(window, 1 - min(frame_cover, 1.0))
+        clouds = window > thr
+        shadows = np.roll(clouds, (h // 20 + 1, w // 20 + 1), axis=(0, 1)) & ~clouds
+        return clouds, shadows
+
+
 def cloud_masks(
     n_frames: int, shape: tuple[int, int], rng: np.random.Generator, cover: float = 0.3
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(clouds, shadows) as bool (T, H, W): blobs drifting with the wind, shadows offset."""
-    h, w = shape
-    big = fractal_noise((2 * h, 2 * w), rng, beta=2.6)
-    clouds = np.zeros((n_frames, h, w), dtype=bool)
+    """(clouds, shadows) as bool (T, H, W)."""
+    field = CloudField(shape, rng, cover)
+    clouds = np.zeros((n_frames, *shape), dtype=bool)
     shadows = np.zeros_like(clouds)
-    vy, vx = rng.integers(-3, 4, size=2)
     for t in range(n_frames):
-        frame_cover = cover * rng.choice([0.0, 0.5, 1.0, 2.0], p=[0.4, 0.2, 0.25, 0.15])
-        if frame_cover <= 0:
-            continue
-        oy, ox = (t * vy) % h, (t * vx) % w
-        window = big[oy : oy + h, ox : ox + w]
-        thr = np.quantile(window, 1 - min(frame_cover, 1.0))
-        clouds[t] = window > thr
-        shadows[t] = np.roll(clouds[t], (h // 20 + 1, w // 20 + 1), axis=(0, 1)) & ~clouds[t]
+        clouds[t], shadows[t] = field.frame(t)
     return clouds, shadows
+
+
+class Surface:
+    """A textured land surface whose vegetation follows the seasons, one frame at a time."""
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        seed: int = 0,
+        bands: tuple[int, ...] | int = 7,
+        noise: float = 0.001,
+    ) -> None:
+        idx = list(range(bands)) if isinstance(bands, int) else list(bands)
+        self.rng = np.random.default_rng(seed)
+        self.noise = noise
+        self.classes = land_cover(shape, self.rng)
+        texture = fractal_noise(shape, self.rng, beta=1.8) - 0.5
+        table = _CLASS_REFLECTANCE[:, idx]
+        self.base = table[self.classes] * (1 + 0.15 * texture[..., None])  # (H, W, bands)
+        self.veg = np.isin(self.classes, (1, 2)).astype(np.float32)[..., None]
+        self.nir_gain = np.linspace(-0.3, 1.0, 7)[idx][None, None, :]
+
+    def frame(self, doy: float) -> np.ndarray:
+        """(bands, H, W) float32 reflectance in [0, 1] on day-of-year ``doy``."""
+        season = np.sin(2 * np.pi * (doy - 100) / 365.0)
+        frame = self.base * (1 + 0.25 * season * self.veg * self.nir_gain)
+        frame += self.rng.normal(0, self.noise, frame.shape)
+        return np.clip(np.moveaxis(frame, -1, 0), 0, 1).astype(np.float32)
 
 
 def reflectance_cube(
@@ -72,19 +120,10 @@ def reflectance_cube(
     doy: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Surface reflectance (T, bands, H, W) float32 in [0, 1] and its land-cover map."""
-    rng = np.random.default_rng(seed)
-    classes = land_cover(shape, rng)
-    texture = fractal_noise(shape, rng, beta=1.8) - 0.5
-    base = _CLASS_REFLECTANCE[classes][..., :n_bands]  # (H, W, bands)
+    surface = Surface(shape, seed, n_bands)
     if doy is None:
         doy = np.linspace(0, 365 * n_frames / 73, n_frames)
-    season = np.sin(2 * np.pi * (np.asarray(doy, dtype=float) - 100) / 365.0)  # (T,)
-    veg = np.isin(classes, (1, 2)).astype(np.float32)
-    nir_gain = np.linspace(-0.3, 1.0, n_bands)  # visible darkens, NIR brightens in summer
     out = np.empty((n_frames, n_bands, *shape), dtype=np.float32)
     for t in range(n_frames):
-        s = 0.25 * season[t] * veg[..., None] * nir_gain[None, None, :]
-        frame = base * (1 + s) * (1 + 0.15 * texture[..., None])
-        frame += rng.normal(0, 0.001, frame.shape)
-        out[t] = np.clip(np.moveaxis(frame, -1, 0), 0, 1)
-    return out, classes
+        out[t] = surface.frame(float(doy[t]))
+    return out, surface.classes

@@ -1,4 +1,8 @@
-"""A tiny HTTP server on 127.0.0.1 that honours Range requests and records them."""
+"""A tiny HTTP server on 127.0.0.1 that honours Range requests and records them.
+
+``drop_once[name] = n`` makes the next GET of that file send ``n`` bytes of the body and
+then cut the connection, as a flaky network would.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ class RangeServer:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.ranges: list[tuple[str, int, int]] = []
+        self.drop_once: dict[str, int] = {}
+        self.requests: list[tuple[str, dict[str, str]]] = []
         server = self
 
         class Handler(SimpleHTTPRequestHandler):
@@ -22,7 +28,8 @@ class RangeServer:
                 pass
 
             def do_GET(self):
-                path = server.root / self.path.lstrip("/")
+                path = server.root / self.path.lstrip("/").split("?")[0]
+                server.requests.append((self.path, dict(self.headers)))
                 rng = self.headers.get("Range")
                 if not path.is_file():
                     self.send_error(404)
@@ -42,6 +49,13 @@ class RangeServer:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                cut = server.drop_once.pop(path.name, None)
+                if cut is not None:
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
                 self.wfile.write(body)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

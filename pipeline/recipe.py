@@ -1,0 +1,265 @@
+"""Dataset recipes: one declarative TOML file per dataset, validated once here.
+
+A recipe names where the cubes come from, how each variable is treated, the codec settings
+per band group, the quality the published shards must reach, and the dataset's metadata.
+Everything downstream takes the typed :class:`Recipe`, never the raw TOML.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import RecipeError
+from pipeline.packing import DatasetInfo
+from pipeline.planning import EncodeOptions, GroupSpec
+
+RECIPES_ENV = "CUBECAST_RECIPES"
+_SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB)$", re.IGNORECASE)
+_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CubeSelection(_Strict):
+    """Which cubes to take: explicit ids, the first ``count``, or ids listed in a file."""
+
+    ids: list[str] | None = None
+    count: Annotated[int, Field(gt=0)] | None = None
+    sample_list: str | None = None
+
+
+class SourceSpec(_Strict):
+    adapter: Literal["deepextremecubes", "dynamicearthnet"]
+    location: str = Field(
+        description="local folder, hf://datasets/ORG/NAME[/sub], http(s):// base URL, "
+        "or any fsspec URL"
+    )
+    pattern: str | None = Field(None, description="glob for cube stores/areas below location")
+    cubes: CubeSelection = CubeSelection()
+    split_file: str | None = Field(None, description="'<id>,<split>' per line, under location")
+    index: str = Field("SHA256SUMS", description="file list (+checksums) for HTTP mirrors")
+    revision: str | None = None
+    cache: str | None = Field(None, description="download cache folder (default ~/.cache)")
+
+    @field_validator("location")
+    @classmethod
+    def _location_given(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return os.path.expandvars(os.path.expanduser(v))
+
+
+class VariablesSpec(_Strict):
+    """Roles by variable name; unnamed image variables are guessed from dtype and attrs."""
+
+    continuous: list[str] = []
+    categorical: list[str] = []
+    metadata: list[str] = Field([], description="image stacks kept losslessly as metadata")
+    drop: list[str] = []
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> VariablesSpec:
+        seen: dict[str, str] = {}
+        for role in ("continuous", "categorical", "metadata", "drop"):
+            for name in getattr(self, role):
+                if name in seen:
+                    raise ValueError(f"{name!r} is listed as both {seen[name]} and {role}")
+                seen[name] = role
+        return self
+
+
+class GroupRecipe(_Strict):
+    name: str
+    bands: Annotated[list[str], Field(min_length=1, max_length=3)]
+    crf: Annotated[float, Field(ge=0, le=51)] | None = None
+    psnr: Annotated[float, Field(gt=0, le=120)] | None = None
+    lossless: bool | None = None
+
+
+class CodecSpec(_Strict):
+    preset: Literal[
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"
+    ] = "medium"
+    crf: Annotated[float, Field(ge=0, le=51)] = 12.0
+    psnr: Annotated[float, Field(gt=0, le=120)] | None = None
+    keyint: Annotated[int, Field(ge=1, le=1000)] = 64
+    x265_params: str = ""
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    groups: list[GroupRecipe] = []
+
+
+class VerifySpec(_Strict):
+    psnr_min: Annotated[float, Field(gt=0, le=120)]
+    bands: dict[str, Annotated[float, Field(gt=0, le=120)]] = {}
+
+    def threshold(self, band: str) -> float:
+        return self.bands.get(band, self.psnr_min)
+
+
+class ShardSpec(_Strict):
+    split_size: str = "4GB"
+
+    @field_validator("split_size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        if not _SIZE.match(v.strip()):
+            raise ValueError(f"{v!r} is not a size like '512MB' or '4GB'")
+        return v.strip().upper().replace(" ", "")
+
+
+class TacoSpec(_Strict):
+    id: str
+    version: str = "0.1.0"
+    title: str
+    description: str
+    licenses: Annotated[list[str], Field(min_length=1)]
+    providers: Annotated[list[str], Field(min_length=1)]
+    tasks: list[str] = []
+    keywords: list[str] = []
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError(f"{v!r}: use lower-case letters, digits, '-' and '_'")
+        return v
+
+
+class PublishSpec(_Strict):
+    repo_id: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+    private: bool = False
+    schedule: str = Field("0 3 * * 1", description="cron for the Prefect deployment")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError(f"{v!r} is not a 5-field cron expression")
+        return v
+
+
+class Recipe(_Strict):
+    name: str
+    source: SourceSpec
+    variables: VariablesSpec = VariablesSpec()
+    codec: CodecSpec = CodecSpec()
+    verify: VerifySpec
+    shards: ShardSpec = ShardSpec()
+    taco: TacoSpec
+    publish: PublishSpec
+    path: str | None = Field(None, description="where the recipe was loaded from")
+
+    @model_validator(mode="after")
+    def _groups_are_continuous(self) -> Recipe:
+        other = set(self.variables.categorical) | set(self.variables.metadata)
+        other |= set(self.variables.drop)
+        for g in self.codec.groups:
+            bad = [b for b in g.bands if b in other]
+            if bad:
+                raise ValueError(f"group {g.name!r} lists non-continuous bands {bad}")
+        return self
+
+    def encode_options(self, **overrides: object) -> EncodeOptions:
+        c = self.codec
+        groups = tuple(
+            GroupSpec(tuple(g.bands), name=g.name, crf=g.crf, psnr=g.psnr, lossless=g.lossless)
+            for g in c.groups
+        )
+        opts = EncodeOptions(
+            crf=c.crf,
+            preset=c.preset,
+            psnr=c.psnr,
+            groups=groups,
+            keyint=c.keyint,
+            x265_params=c.x265_params,
+            workers=c.workers,
+        )
+        from dataclasses import replace
+
+        return replace(opts, **overrides) if overrides else opts
+
+    def roles(self) -> dict[str, str]:
+        v = self.variables
+        roles = {n: "continuous" for n in v.continuous}
+        roles |= {n: "categorical" for n in v.categorical}
+        roles |= {n: "metadata" for n in v.metadata}
+        return roles
+
+    def dataset_info(self) -> DatasetInfo:
+        t = self.taco
+        return DatasetInfo(
+            id=t.id,
+            version=t.version,
+            title=t.title,
+            description=t.description,
+            licenses=tuple(t.licenses),
+            providers=tuple(t.providers),
+            tasks=tuple(t.tasks),
+            keywords=tuple(t.keywords),
+        )
+
+
+def recipe_dirs() -> list[Path]:
+    """Where recipe names are looked up: $CUBECAST_RECIPES, ./datasets, the source tree's."""
+    dirs = [Path(p) for p in os.environ.get(RECIPES_ENV, "").split(os.pathsep) if p]
+    dirs += [Path.cwd() / "datasets", Path(__file__).resolve().parents[1] / "datasets"]
+    return [d for i, d in enumerate(dirs) if d.is_dir() and d not in dirs[:i]]
+
+
+def available_recipes() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in recipe_dirs():
+        for p in sorted(d.glob("*.toml")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "<top level>"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_recipe(data: dict, origin: str = "<recipe>") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(f"{origin}: {_format_errors(exc)}") from None
+
+
+def load_recipe(name_or_path: str | os.PathLike[str], **source_overrides: str) -> Recipe:
+    """Load a recipe by file path or by name (``dynamicearthnet`` -> ``datasets/....toml``).
+
+    ``source_overrides`` replace keys of ``[source]`` (e.g. ``location`` to point the recipe
+    at another mirror) before validation.
+    """
+    p = Path(name_or_path)
+    if not p.is_file():
+        known = available_recipes()
+        if str(name_or_path) not in known:
+            names = ", ".join(known) or "none found"
+            raise RecipeError(
+                f"{name_or_path}: no such recipe file, and not a recipe name (available: {names})"
+            )
+        p = known[str(name_or_path)]
+    try:
+        data = tomllib.loads(p.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RecipeError(f"{p}: cannot read recipe ({exc})") from None
+    data.setdefault("name", p.stem)
+    if source_overrides:
+        given = {k: v for k, v in source_overrides.items() if v}
+        data["source"] = {**data.get("source", {}), **given}
+    recipe = parse_recipe(data, str(p))
+    return recipe.model_copy(update={"path": str(p)})

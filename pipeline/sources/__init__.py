@@ -1,0 +1,134 @@
+"""Source adapters: turn a dataset's files into ``xarray.Dataset`` cubes, one at a time.
+
+An adapter knows one file layout. It lists cube ids in a :class:`Mirror` and loads one cube
+lazily, so memory holds one cube (or, for image stacks read frame by frame, a few frames).
+Adding a dataset with a known layout needs only a recipe; a new layout needs one adapter
+module registered in :data:`ADAPTERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import xarray as xr
+
+from pipeline.errors import SourceError
+from pipeline.recipe import Recipe, SourceSpec
+from pipeline.sources.mirror import Mirror, open_mirror
+
+
+@dataclass
+class SourceCube:
+    id: str
+    dataset: xr.Dataset
+    bbox: tuple[float, float, float, float] | None  # west, south, east, north (EPSG:4326)
+    crs: str
+    time_range: tuple[str, str]
+    split: str | None = None
+
+
+class Adapter(Protocol):
+    def list_ids(self, mirror: Mirror, spec: SourceSpec) -> list[str]: ...
+
+    def load(self, mirror: Mirror, spec: SourceSpec, cube_id: str) -> xr.Dataset: ...
+
+
+def _adapters() -> dict[str, Callable[[], Adapter]]:
+    from pipeline.sources.deepextremecubes import DeepExtremeCubes
+    from pipeline.sources.dynamicearthnet import DynamicEarthNet
+
+    return {"deepextremecubes": DeepExtremeCubes, "dynamicearthnet": DynamicEarthNet}
+
+
+def adapter_for(spec: SourceSpec) -> Adapter:
+    return _adapters()[spec.adapter]()
+
+
+def mirror_for(spec: SourceSpec, progress: bool = True) -> Mirror:
+    return open_mirror(
+        spec.location, spec.cache, index=spec.index, revision=spec.revision, progress=progress
+    )
+
+
+def _read_lines(mirror: Mirror, name: str) -> list[str]:
+    p = Path(name) if Path(name).is_absolute() else mirror.fetch(name)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise SourceError(f"{name}: cannot read ({exc})") from exc
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def read_splits(mirror: Mirror, spec: SourceSpec) -> dict[str, str]:
+    """``<id>,<split>`` lines (a header line ``id,split`` is allowed)."""
+    if not spec.split_file:
+        return {}
+    splits: dict[str, str] = {}
+    for n, line in enumerate(_read_lines(mirror, spec.split_file), 1):
+        parts = [p.strip() for p in line.replace("\t", ",").split(",")]
+        if len(parts) != 2:
+            raise SourceError(f"{spec.split_file}: line {n} is not '<id>,<split>': {line!r}")
+        if (parts[0], parts[1]) != ("id", "split"):
+            splits[parts[0]] = parts[1]
+    return splits
+
+
+def select_ids(mirror: Mirror, spec: SourceSpec) -> list[str]:
+    """The recipe's cube selection applied to what the mirror holds, in a stable order."""
+    available = adapter_for(spec).list_ids(mirror, spec)
+    if not available:
+        raise SourceError(f"{spec.location}: no {spec.adapter} cubes found")
+    sel = spec.cubes
+    wanted = list(sel.ids or [])
+    if sel.sample_list:
+        wanted += _read_lines(mirror, sel.sample_list)
+    if wanted:
+        missing = [i for i in wanted if i not in available]
+        if missing:
+            raise SourceError(
+                f"{spec.location}: cubes not found: {', '.join(missing[:5])}"
+                + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+            )
+        ids = list(dict.fromkeys(wanted))
+    else:
+        ids = available
+    return ids[: sel.count] if sel.count else ids
+
+
+def describe(cube_id: str, ds: xr.Dataset, split: str | None) -> SourceCube:
+    from pipeline.packing import crs_string, footprint
+
+    crs = crs_string(ds)
+    t = ds["time"].values
+    return SourceCube(
+        id=cube_id,
+        dataset=ds,
+        bbox=footprint(ds),
+        crs=crs,
+        time_range=(str(t[0])[:10], str(t[-1])[:10]),
+        split=split,
+    )
+
+
+def load_cube(recipe: Recipe, cube_id: str, mirror: Mirror | None = None) -> SourceCube:
+    spec = recipe.source
+    mirror = mirror or mirror_for(spec)
+    ds = adapter_for(spec).load(mirror, spec, cube_id)
+    drop = [v for v in recipe.variables.drop if v in ds.variables]
+    if drop:
+        ds = ds.drop_vars(drop)
+    return describe(cube_id, ds, read_splits(mirror, spec).get(cube_id))
+
+
+def cube_ids(recipe: Recipe, mirror: Mirror | None = None) -> list[str]:
+    return select_ids(mirror or mirror_for(recipe.source), recipe.source)
+
+
+def open_source(recipe: Recipe, progress: bool = True) -> Iterator[SourceCube]:
+    """The recipe's cubes, loaded one at a time as the caller asks for them."""
+    mirror = mirror_for(recipe.source, progress=progress)
+    for cid in cube_ids(recipe, mirror):
+        yield load_cube(recipe, cid, mirror)
