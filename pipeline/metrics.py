@@ -7,6 +7,7 @@ band; bpppb = compressed bits / (T * H * W * bands).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -69,45 +70,125 @@ def ssim(original: np.ndarray, decoded: np.ndarray, valid: np.ndarray, data_rang
     return float(np.mean(scores))
 
 
+class QualityAccumulator:
+    """Per-band error statistics gathered window by window, so a cube of any length is
+    compared with a few frames in memory."""
+
+    def __init__(
+        self,
+        original: xr.Dataset,
+        roles: Mapping[str, str] | None = None,
+        nodata: dict | None = None,
+        with_ssim: bool = False,
+    ) -> None:
+        self.layout = analyse(original, roles=roles, nodata=nodata)
+        self.with_ssim = with_ssim
+        self.state: dict[str, dict] = {}
+
+    def update(self, original: xr.Dataset, decoded: xr.Dataset) -> None:
+        for ch in self.layout.channels:
+            if ch.variable not in decoded:
+                continue
+            o = np.asarray(channel_array(original, self.layout, ch).values)
+            d = np.asarray(channel_array(decoded, self.layout, ch).values)
+            nd = self.layout.nodata[ch.variable]
+            valid_o = valid_mask(o, nd)
+            ov, dv = o[valid_o].astype(np.float64), d[valid_o].astype(np.float64)
+            err = np.abs(ov - dv)
+            st = self.state.setdefault(
+                ch.name,
+                {
+                    "sse": 0.0,
+                    "n": 0,
+                    "lo": math.inf,
+                    "hi": -math.inf,
+                    "max": 0.0,
+                    "exact": True,
+                    "ssim": 0.0,
+                    "frames": 0,
+                    "windows": [],
+                },
+            )
+            st["sse"] += float(np.dot(err, err))
+            st["n"] += int(err.size)
+            if ov.size:
+                st["lo"], st["hi"] = min(st["lo"], float(ov.min())), max(st["hi"], float(ov.max()))
+                st["max"] = max(st["max"], float(err.max()))
+            st["exact"] &= bool(np.array_equal(valid_o, valid_mask(d, nd)))
+            st["exact"] &= bool(np.array_equal(ov, dv))
+            if self.with_ssim:
+                st["windows"].append((o, d, valid_o))
+
+    def result(self) -> list[BandQuality]:
+        out = []
+        for ch in self.layout.channels:
+            st = self.state.get(ch.name)
+            if st is None:
+                continue
+            rng = st["hi"] - st["lo"] if st["n"] else 0.0
+            mse = st["sse"] / st["n"] if st["n"] else 0.0
+            value = math.inf if mse == 0 else 20 * math.log10((rng or 1.0) / math.sqrt(mse))
+            score = None
+            if self.with_ssim:
+                scores = [ssim(o, d, v, rng) * len(o) for o, d, v in st["windows"]]
+                score = float(sum(scores) / sum(len(o) for o, _, _ in st["windows"]))
+            out.append(
+                BandQuality(
+                    channel=ch.name,
+                    variable=ch.variable,
+                    role=ch.role,
+                    psnr=value if st["n"] else math.nan,
+                    rmse=math.sqrt(mse),
+                    max_abs_error=st["max"],
+                    data_range=rng,
+                    exact=st["exact"],
+                    ssim=score,
+                )
+            )
+        return out
+
+
 def compare(
-    original: xr.Dataset, decoded: xr.Dataset, with_ssim: bool = False, nodata: dict | None = None
+    original: xr.Dataset,
+    decoded: xr.Dataset,
+    with_ssim: bool = False,
+    nodata: dict | None = None,
+    roles: Mapping[str, str] | None = None,
 ) -> list[BandQuality]:
     """Per-band quality of ``decoded`` against ``original`` (image variables only)."""
-    layout = analyse(original, nodata=nodata)
-    out = []
-    for ch in layout.channels:
-        if ch.variable not in decoded:
-            continue
-        o = np.asarray(channel_array(original, layout, ch).values)
-        d = np.asarray(channel_array(decoded, layout, ch).values)
-        nd = layout.nodata[ch.variable]
-        valid_o = valid_mask(o, nd)
-        valid_d = valid_mask(d, nd)
-        mask_exact = bool(np.array_equal(valid_o, valid_d))
-        ov, dv = o[valid_o].astype(np.float64), d[valid_o].astype(np.float64)
-        rng = float(ov.max() - ov.min()) if ov.size else 0.0
-        err = np.abs(ov - dv)
-        rmse = float(np.sqrt(np.mean(err**2))) if err.size else 0.0
-        out.append(
-            BandQuality(
-                channel=ch.name,
-                variable=ch.variable,
-                role=ch.role,
-                psnr=psnr(o, d, valid_o, rng),
-                rmse=rmse,
-                max_abs_error=float(err.max()) if err.size else 0.0,
-                data_range=rng,
-                exact=mask_exact and bool(np.array_equal(ov, dv)),
-                ssim=ssim(o, d, valid_o, rng) if with_ssim else None,
-            )
-        )
-    return out
+    acc = QualityAccumulator(original, roles=roles, nodata=nodata, with_ssim=with_ssim)
+    acc.update(original, decoded)
+    return acc.result()
+
+
+def compare_encoded(
+    original: xr.Dataset,
+    enc: EncodedCube,
+    roles: Mapping[str, str] | None = None,
+    window: int = 64,
+) -> list[BandQuality]:
+    """Quality of an encoded cube against its source, decoded ``window`` frames at a time."""
+    from pipeline.codec import decode_cube
+
+    acc = QualityAccumulator(original, roles=roles)
+    tdim = acc.layout.time_dim
+    n = original.sizes[tdim]
+    for start in range(0, n, window):
+        sl = slice(start, min(start + window, n))
+        acc.update(original.isel({tdim: sl}), decode_cube(enc, time=sl))
+    return acc.result()
 
 
 def raw_nbytes(ds: xr.Dataset) -> int:
-    """In-memory size of the image variables, the denominator of the compression ratio."""
+    """Size of the image variables as stored at the source (int16 for scaled S2 bands, not
+    the float they decode to): the denominator of the compression ratio."""
     layout = analyse(ds)
-    return int(sum(ds[v].size * ds[v].dtype.itemsize for v in layout.image_vars))
+    return int(
+        sum(
+            ds[v].size * np.dtype(ds[v].encoding.get("dtype", ds[v].dtype)).itemsize
+            for v in layout.image_vars
+        )
+    )
 
 
 def n_band_pixels(ds_or_enc: xr.Dataset | EncodedCube) -> int:

@@ -139,20 +139,67 @@ def footprint(
     return float(min(lon)), float(min(lat)), float(max(lon)), float(max(lat))
 
 
-def _taco_sample(sample: CubeSample) -> Any:
+SAMPLE_META = "sample.json"
+
+
+@dataclass(frozen=True)
+class StagedSample:
+    """An encoded cube written to disk with its metadata row, ready to pack.
+
+    Staging keeps memory flat (a shard is packed from files, not from bytes held in RAM)
+    and lets separate processes or Dask workers hand samples to the packer by path.
+    """
+
+    folder: Path
+
+    @property
+    def id(self) -> str:
+        return self.folder.name
+
+    def metadata(self) -> dict[str, Any]:
+        return json.loads((self.folder / SAMPLE_META).read_text())
+
+    def files(self) -> list[Path]:
+        skip = (MANIFEST_FILE, SAMPLE_META)
+        rest = sorted(
+            p for p in self.folder.iterdir() if p.name not in skip and not p.name.startswith(".")
+        )
+        return [self.folder / MANIFEST_FILE, *rest]
+
+
+def stage_sample(sample: CubeSample, root: str | Path) -> StagedSample:
+    """Write ``root/<id>/`` (streams, manifest, ``sample.json``) atomically."""
+    root = Path(root)
+    dest = root / sample.id
+    tmp = root / f".{sample.id}.part"
+    shutil.rmtree(tmp, ignore_errors=True)
+    sample.encoded.to_folder(tmp)
+    (tmp / SAMPLE_META).write_text(json.dumps(sample.metadata(), indent=1, default=str))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return StagedSample(dest)
+
+
+def _taco_sample(sample: CubeSample | StagedSample) -> Any:
     from tacotoolbox.sample.datamodel import Sample
     from tacotoolbox.tortilla.datamodel import Tortilla
 
-    files = sample.encoded.files()
-    names = [MANIFEST_FILE] + sample.encoded.filenames()
-    kids = [Sample(id=child_id(n), path=files[n]) for n in names]
+    if isinstance(sample, StagedSample):
+        kids = [Sample(id=child_id(p.name), path=p) for p in sample.files()]
+    else:
+        files = sample.encoded.files()
+        names = [MANIFEST_FILE] + sample.encoded.filenames()
+        kids = [Sample(id=child_id(n), path=files[n]) for n in names]
     s = Sample(id=sample.id, path=Tortilla(samples=kids))
     s.extend_with(sample.metadata())
     return s
 
 
 def pack_shards(
-    samples: Iterable[CubeSample], out: Path, info: DatasetInfo, split_size: str = "4GB"
+    samples: Iterable[CubeSample | StagedSample],
+    out: Path,
+    info: DatasetInfo,
+    split_size: str = "4GB",
 ) -> list[Path]:
     """Write ``out/<id>.tacozip`` (or ``<id>_partNNNN.tacozip`` + ``.tacocat``) atomically.
 
@@ -189,6 +236,9 @@ def pack_shards(
         tacotoolbox.verbose(False)
         created = tacotoolbox.create(taco, tmp / f"{info.id}.tacozip", split_size=split_size)
         final = []
+        for stale in [*out.glob(f"{info.id}.tacozip"), *out.glob(f"{info.id}_part*.tacozip")]:
+            stale.unlink()
+        shutil.rmtree(out / ".tacocat", ignore_errors=True)
         for item in sorted(tmp.iterdir()):
             dest = out / item.name
             if dest.exists():
@@ -202,13 +252,19 @@ def pack_shards(
 
 
 def encode_sample(
-    ds: xr.Dataset, options: Any = None, cube_id: str | None = None, split: str | None = None
+    ds: xr.Dataset,
+    options: Any = None,
+    cube_id: str | None = None,
+    split: str | None = None,
+    roles: dict[str, str] | None = None,
+    bbox: tuple[float, float, float, float] | None = None,
 ) -> CubeSample:
-    """Encode a cube and measure it: the unit of work before packing."""
-    from pipeline.codec import decode_cube, encode_cube
-    from pipeline.metrics import compare, raw_nbytes
+    """Encode a cube and measure it against its source: the unit of work before packing."""
+    from pipeline.codec import encode_cube
+    from pipeline.metrics import compare_encoded, raw_nbytes
 
-    enc = encode_cube(ds, options, cube_id=cube_id)
-    quality = compare(ds, decode_cube(enc))
+    enc = encode_cube(ds, options, cube_id=cube_id, roles=roles)
+    quality = compare_encoded(ds, enc, roles=roles)
     m = enc.manifest
-    return CubeSample(enc, quality, raw_nbytes(ds), split, footprint(ds, m.y_dim, m.x_dim))
+    where = bbox if bbox is not None else footprint(ds, m.y_dim, m.x_dim)
+    return CubeSample(enc, quality, raw_nbytes(ds), split, where)

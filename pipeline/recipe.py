@@ -115,6 +115,31 @@ class ShardSpec(_Strict):
         return v.strip().upper().replace(" ", "")
 
 
+TacoTask = Literal[
+    "regression",
+    "classification",
+    "scene-classification",
+    "detection",
+    "object-detection",
+    "segmentation",
+    "semantic-segmentation",
+    "instance-segmentation",
+    "panoptic-segmentation",
+    "similarity-search",
+    "generative",
+    "image-captioning",
+    "super-resolution",
+    "denoising",
+    "inpainting",
+    "colorization",
+    "style-transfer",
+    "deblurring",
+    "dehazing",
+    "foundation-model",
+    "other",
+]  # the task vocabulary tacotoolbox accepts
+
+
 class TacoSpec(_Strict):
     id: str
     version: str = "0.1.0"
@@ -122,7 +147,7 @@ class TacoSpec(_Strict):
     description: str
     licenses: Annotated[list[str], Field(min_length=1)]
     providers: Annotated[list[str], Field(min_length=1)]
-    tasks: list[str] = []
+    tasks: list[TacoTask] = []
     keywords: list[str] = []
 
     @field_validator("id")

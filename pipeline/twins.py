@@ -262,3 +262,9 @@ def write_dynamicearthnet(
     (root / "splits.csv").write_text("id,split\n" + "\n".join(splits) + "\n")
     write_index(root)
     return written
+
+
+TWIN_WRITERS = {
+    "deepextremecubes": write_deepextremecubes,
+    "dynamicearthnet": write_dynamicearthnet,
+}

@@ -1,0 +1,176 @@
+"""The ``publish-dataset`` flow: fetch -> encode -> pack -> verify -> publish, one recipe.
+
+Each task wraps a plain function of :mod:`pipeline.build`; cubes are encoded concurrently
+on a thread pool or a Dask cluster. Encoded cubes are cached on what determines them (the
+recipe's source, variables and codec settings and the cube id), so a re-run skips them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import TaskRunContext
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
+
+from pipeline.build import encode_step, fingerprint, pack_step, verify_step
+from pipeline.packing import StagedSample
+from pipeline.publish import PublishResult, publish
+from pipeline.recipe import Recipe, load_recipe
+from pipeline.sources import select_ids
+from pipeline.sources.mirror import open_mirror
+from pipeline.verify import Verification
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+Runner = Literal["threads", "dask"]
+
+
+def _recipe(name: str, source: str | None, cubes: int | None) -> Recipe:
+    recipe = load_recipe(name, location=source or "")
+    if cubes:
+        sel = recipe.source.cubes.model_copy(update={"count": cubes})
+        recipe = recipe.model_copy(
+            update={"source": recipe.source.model_copy(update={"cubes": sel})}
+        )
+    return recipe
+
+
+@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5))
+def list_cubes(recipe: Recipe) -> list[str]:
+    s = recipe.source
+    mirror = open_mirror(s.location, s.cache, index=s.index, revision=s.revision, progress=False)
+    return select_ids(mirror, s)
+
+
+def _encode_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Same recipe settings + cube + output folder = same staged sample."""
+    recipe, cube_id, out = parameters["recipe"], parameters["cube_id"], parameters["out"]
+    return f"encode-{fingerprint(recipe, cube_id)}-{Path(out).resolve()}"
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    cache_key_fn=_encode_cache_key,
+    persist_result=True,
+)
+def encode_cube(recipe: Recipe, cube_id: str, out: str) -> str:
+    """Download one source cube, encode it and stage it on disk; returns the staged folder."""
+    return str(encode_step(recipe, cube_id, out).folder)
+
+
+@task
+def pack(recipe: Recipe, staged: list[str], out: str) -> list[str]:
+    samples = []
+    for folder in map(Path, staged):
+        if not (folder / ".fingerprint").is_file():  # cached result whose files were removed
+            folder = encode_step(recipe, folder.name, out).folder
+        samples.append(StagedSample(folder))
+    return [str(p) for p in pack_step(recipe, samples, out)]
+
+
+@task
+def verify(recipe: Recipe, shards: list[str], out: str) -> Verification:
+    verification = verify_step(recipe, shards, out, progress=False)
+    rows = []
+    for sid, meta in verification.samples.items():
+        checks = [c for c in verification.checks if c.sample == sid]
+        lossy = [c.psnr for c in checks if c.role == "continuous"]
+        rows.append(
+            {
+                "cube": sid,
+                "min_psnr_db": round(min(lossy), 2) if lossy else None,
+                "bpppb": round(float(meta.get("bpppb") or 0), 4),
+                "ratio": round(float(meta.get("ratio") or 0), 1),
+                "passed": all(c.passed for c in checks),
+            }
+        )
+    create_table_artifact(rows, key=f"{recipe.name}-quality", description="per-cube quality")
+    create_markdown_artifact(
+        (Path(out) / "REPORT.md").read_text(),
+        key=f"{recipe.name}-report",
+        description="verification report",
+    )
+    verification.raise_for_failures()
+    return verification
+
+
+@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=10))
+def push(out: str, target: str, dry_run: bool, private: bool) -> PublishResult:
+    return publish(out, target, dry_run=dry_run, private=private)
+
+
+def task_runner(runner: Runner, workers: int, dask_address: str | None) -> Any:
+    if runner == "dask" or dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True},
+        )
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
+@flow(name="encode-cubes")
+def encode_cubes(recipe: Recipe, cube_ids: list[str], out: str) -> list[str]:
+    futures = [encode_cube.submit(recipe, cid, out) for cid in cube_ids]
+    wait(futures)
+    return [f.result() for f in futures]
+
+
+@flow(name="publish-dataset", log_prints=True)
+def publish_dataset(
+    recipe: str = "dynamicearthnet",
+    source: str | None = None,
+    out: str | None = None,
+    target: str | None = None,
+    cubes: int | None = None,
+    workers: int = 2,
+    runner: Runner = "threads",
+    dask_address: str | None = None,
+    synthesize: bool = False,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Publish one dataset from its recipe.
+
+    ``source`` overrides the recipe's mirror; with ``synthesize`` a synthetic twin is written
+    there first when it does not exist (the embedded default). ``target`` defaults to
+    ``out/published/<recipe>``; give ``hf://datasets/ORG/NAME`` to push to the hub.
+    """
+    log = get_run_logger()
+    if synthesize and source and not Path(source).exists():
+        from pipeline.twins import TWIN_WRITERS
+
+        log.info("writing a synthetic %s twin to %s", recipe, source)
+        TWIN_WRITERS[recipe](source, cubes=cubes or 2, frames=48, size=64, progress=False)
+    spec = _recipe(recipe, source, cubes)
+    out = out or f"out/{spec.name}"
+    target = target or f"out/published/{spec.name}"
+    ids = list_cubes(spec)
+    log.info("%d cubes from %s", len(ids), spec.source.location)
+    encoder = encode_cubes.with_options(task_runner=task_runner(runner, workers, dask_address))
+    staged = encoder(spec, ids, out)
+    shards = pack(spec, staged, out)
+    verification = verify(spec, shards, out)
+    result = push(out, target, dry_run, spec.publish.private)
+    log.info(result.summary())
+    return {
+        "shards": shards,
+        "verified": verification.passed,
+        "target": result.target,
+        "uploaded": result.uploaded,
+        "unchanged": result.unchanged,
+    }
+
+
+if __name__ == "__main__":
+    publish_dataset()
