@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 from prefect.futures import wait
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from pipeline.build import encode_step, fingerprint, pack_step, verify_step
@@ -29,7 +29,7 @@ from pipeline.verify import Verification
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-Runner = Literal["threads", "dask"]
+Runner = Literal["processes", "threads", "dask"]
 
 
 def _recipe(name: str, source: str | None, cubes: int | None) -> Recipe:
@@ -117,7 +117,11 @@ def task_runner(runner: Runner, workers: int, dask_address: str | None) -> Any:
             cluster_class="distributed.LocalCluster",
             cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True},
         )
-    return ThreadPoolTaskRunner(max_workers=workers)
+    if runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    # One process per concurrent cube: concurrent libx265 encoders in one process have
+    # crashed the flow process (SIGSEGV) with PyAV's wheels.
+    return ProcessPoolTaskRunner(max_workers=workers)
 
 
 @flow(name="encode-cubes")
@@ -135,7 +139,7 @@ def publish_dataset(
     target: str | None = None,
     cubes: int | None = None,
     workers: int = 2,
-    runner: Runner = "threads",
+    runner: Runner = "processes",
     dask_address: str | None = None,
     synthesize: bool = False,
     dry_run: bool = False,

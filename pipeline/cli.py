@@ -140,26 +140,160 @@ def info(input: Annotated[Path, typer.Argument(help="encoded cube folder or .tar
     console.print(table)
 
 
+def _is_recipe(arg: str) -> bool:
+    from pipeline.recipe import available_recipes
+
+    return arg.endswith(".toml") or (not Path(arg).is_dir() and arg in available_recipes())
+
+
+SourceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--source", help="override the recipe's source: folder, hf://datasets/..., http(s) URL"
+    ),
+]
+
+
 @app.command()
 def pack(
-    input: Annotated[Path, typer.Argument(help="folder of cubes (.nc files or .zarr stores)")],
+    input: Annotated[str, typer.Argument(help="recipe (name or .toml), or a folder of cubes")],
     output: Annotated[Path, typer.Argument(help="output folder for the .tacozip shards")],
-    dataset_id: Annotated[str, typer.Option("--id", help="dataset id")] = "cubes",
-    crf: Annotated[float, typer.Option(help="x265 constant rate factor")] = 12.0,
-    psnr: Annotated[float | None, typer.Option(help="PSNR floor in dB (overrides --crf)")] = None,
-    split_size: Annotated[str, typer.Option(help="max shard size, e.g. 4GB")] = "4GB",
+    source: SourceOpt = None,
+    dataset_id: Annotated[str, typer.Option("--id", help="dataset id (folder input)")] = "cubes",
+    crf: Annotated[float, typer.Option(help="x265 CRF (folder input)")] = 12.0,
+    psnr: Annotated[float | None, typer.Option(help="PSNR floor in dB (folder input)")] = None,
+    split_size: Annotated[str, typer.Option(help="max shard size (folder input)")] = "4GB",
 ) -> None:
-    """Encode every cube in a folder and pack them into TACO shards."""
+    """Encode a recipe's cubes (or every cube in a folder) and pack them into TACO shards."""
     from pipeline.packing import DatasetInfo, encode_sample, pack_shards
 
-    inputs = sorted(p for p in input.iterdir() if p.suffix in (".nc", ".zarr"))
-    if not inputs:
-        raise CubecastError(f"{input}: no .nc files or .zarr stores to pack")
-    opts = EncodeOptions(crf=crf, psnr=psnr)
-    samples = [encode_sample(open_input(str(p)), opts, cube_id=p.stem) for p in inputs]
-    paths = pack_shards(samples, output, DatasetInfo(id=dataset_id), split_size=split_size)
+    if _is_recipe(input):
+        from pipeline.build import encode_step, pack_step
+        from pipeline.recipe import load_recipe
+        from pipeline.sources import cube_ids, mirror_for
+
+        recipe = load_recipe(input, location=source or "")
+        mirror = mirror_for(recipe.source)
+        ids = cube_ids(recipe, mirror)
+        staged = [encode_step(recipe, cid, output, mirror) for cid in ids]
+        paths = pack_step(recipe, staged, output)
+    else:
+        folder = Path(input)
+        if not folder.is_dir():
+            raise CubecastError(f"{input}: neither a recipe nor a folder of cubes")
+        inputs = sorted(p for p in folder.iterdir() if p.suffix in (".nc", ".zarr"))
+        if not inputs:
+            raise CubecastError(f"{input}: no .nc files or .zarr stores to pack")
+        opts = EncodeOptions(crf=crf, psnr=psnr)
+        samples = [encode_sample(open_input(str(p)), opts, cube_id=p.stem) for p in inputs]
+        paths = pack_shards(samples, output, DatasetInfo(id=dataset_id), split_size=split_size)
     for p in paths:
         console.print(str(p))
+
+
+@app.command()
+def verify(
+    shards: Annotated[list[str], typer.Argument(help="shard files, or their folder")],
+    recipe: Annotated[str, typer.Option(help="recipe name or .toml (thresholds, sources)")],
+    source: SourceOpt = None,
+) -> None:
+    """Decode every sample from the shards, check PSNR per band against the recipe, and write
+    verification.json, REPORT.md, report/*.png and the dataset card next to the shards."""
+    from pipeline.build import verify_step
+    from pipeline.recipe import load_recipe
+
+    spec = load_recipe(recipe, location=source or "")
+    result = verify_step(spec, shards if len(shards) > 1 else shards[0])
+    console.print(result.summary(), highlight=False)
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command("publish")
+def publish_cmd(
+    folder: Annotated[Path, typer.Argument(help="verified folder (shards, report, card)")],
+    to: Annotated[str, typer.Option("--to", help="hf://datasets/ORG/NAME, a folder or URL")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would change")] = False,
+    private: Annotated[bool, typer.Option(help="create the hub repo as private")] = False,
+) -> None:
+    """Upload the changed files of a verified dataset folder (token from HF_TOKEN)."""
+    from pipeline.publish import publish
+
+    result = publish(
+        folder, to, dry_run=dry_run, private=private, progress=lambda f: console.print(f"  {f}")
+    )
+    if dry_run:
+        for f in result.uploaded:
+            console.print(f"  would upload {f}")
+    console.print(result.summary(), highlight=False)
+
+
+@app.command()
+def synth(
+    dataset: Annotated[str, typer.Argument(help="deepextremecubes | dynamicearthnet")],
+    out: Annotated[Path, typer.Argument(help="folder to write the source tree into")],
+    cubes: Annotated[int, typer.Option(help="number of cubes / areas")] = 2,
+    frames: Annotated[int | None, typer.Option(help="time steps (default: the real count)")] = None,
+    size: Annotated[
+        int | None, typer.Option(help="pixels per side (default: the real size)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Write a synthetic twin with the real dataset's layout, dtypes and attributes."""
+    from pipeline.twins import TWIN_WRITERS
+
+    if dataset not in TWIN_WRITERS:
+        raise CubecastError(f"{dataset}: unknown dataset (choose {', '.join(TWIN_WRITERS)})")
+    kwargs: dict = {"cubes": cubes, "seed": seed, "progress": sys.stderr.isatty()}
+    if frames:
+        kwargs["frames"] = frames
+    if size:
+        kwargs["size"] = size
+    for path in TWIN_WRITERS[dataset](out, **kwargs):
+        console.print(str(path))
+
+
+@app.command()
+def run(
+    recipe: Annotated[str, typer.Argument(help="recipe name or .toml")] = "dynamicearthnet",
+    source: SourceOpt = None,
+    out: Annotated[str | None, typer.Option(help="work/shard folder")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="publish target")] = None,
+    workers: Annotated[int, typer.Option(help="cubes encoded concurrently")] = 2,
+    dask: Annotated[bool, typer.Option(help="run on a Dask LocalCluster")] = False,
+    dask_address: Annotated[str | None, typer.Option(help="existing Dask scheduler")] = None,
+    synthesize: Annotated[bool, typer.Option(help="write a twin at --source if absent")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+) -> None:
+    """Run the publish-dataset flow once, in this process (Prefect records it)."""
+    from flows.publish_dataset import publish_dataset
+
+    result = publish_dataset(
+        recipe=recipe,
+        source=source,
+        out=out,
+        target=to,
+        workers=workers,
+        runner="dask" if dask else "processes",
+        dask_address=dask_address,
+        synthesize=synthesize,
+        dry_run=dry_run,
+    )
+    console.print(result)
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option(help="Prefect server address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Prefect server port")] = 4200,
+    local_server: Annotated[
+        bool, typer.Option(help="start a local Prefect server (off: use PREFECT_API_URL)")
+    ] = True,
+) -> None:
+    """Start a local Prefect server (SQLite) and serve the publish deployments."""
+    from flows.serve import serve_deployments
+
+    serve_deployments(host, port, local_server)
 
 
 @app.command("ls")
@@ -202,6 +336,25 @@ def get(
 
 @app.command()
 def demo(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("out"),
+    dataset: Annotated[str, typer.Option(help="which recipe to demo")] = "dynamicearthnet",
+) -> None:
+    """The main job on the embedded default: write a small synthetic twin, then run the
+    publish-dataset flow (local Prefect, local output folder) on it."""
+    from flows.publish_dataset import publish_dataset
+
+    result = publish_dataset(
+        recipe=dataset,
+        source=str(out / "twins" / dataset),
+        out=str(out / "shards" / dataset),
+        target=str(out / "published" / dataset),
+        synthesize=True,
+    )
+    console.print(result)
+
+
+@app.command("demo-codec")
+def demo_codec(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("out/demo"),
     psnr: Annotated[float, typer.Option(help="PSNR floor in dB for every band")] = 45.0,
 ) -> None:

@@ -1,13 +1,21 @@
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
-import pytest
-import rioxarray  # noqa: F401  (registers .rio)
-import xarray as xr
+import os
 
-from pipeline.errors import SourceError
-from pipeline.sample_data import load_eolearn, load_landsat
+# The hub is unreachable here: tests take huggingface_hub's LFS path against tests/fakehub.py
+# (the Xet transfer path is not covered offline). No telemetry from Prefect.
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import rioxarray  # noqa: E402, F401  (registers .rio)
+import xarray as xr  # noqa: E402
+
+from pipeline.errors import SourceError  # noqa: E402
+from pipeline.sample_data import load_eolearn, load_landsat  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -61,3 +61,32 @@ def test_pack_ls_get(s2cube, tmp_path):
     r = run("get", str(shard), "cube1", str(tmp_path / "c1.nc"), "-v", "SCL")
     assert r.returncode == 0, r.stderr
     assert list(xr.open_dataset(tmp_path / "c1.nc").data_vars) == ["SCL"]
+
+
+def test_synth_pack_verify_publish_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    runner = CliRunner()
+    twin = tmp_path / "twin"
+    r = runner.invoke(
+        app,
+        ["synth", "dynamicearthnet", str(twin), "--cubes", "1", "--frames", "12", "--size", "64"],
+    )
+    assert r.exit_code == 0, r.output
+    assert len(list((twin / "planet").glob("*/PF-SR/*.tif"))) == 12
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["pack", "dynamicearthnet", str(out), "--source", str(twin)])
+    assert r.exit_code == 0, r.output
+    assert list(out.glob("*.tacozip"))
+    r = runner.invoke(
+        app, ["verify", str(out), "--recipe", "dynamicearthnet", "--source", str(twin)]
+    )
+    assert r.exit_code == 0 and "PASS" in r.output, r.output
+    r = runner.invoke(app, ["publish", str(out), "--to", str(tmp_path / "pub"), "--dry-run"])
+    assert r.exit_code == 0 and "would upload" in r.output and not (tmp_path / "pub").exists()
+    r = runner.invoke(app, ["publish", str(out), "--to", str(tmp_path / "pub")])
+    assert r.exit_code == 0 and (tmp_path / "pub" / "README.md").is_file(), r.output
+    r = runner.invoke(app, ["synth", "sentinel9", str(tmp_path / "x")])
+    assert r.exit_code != 0
