@@ -173,6 +173,8 @@ def compare_encoded(
     acc = QualityAccumulator(original, roles=roles)
     tdim = acc.layout.time_dim
     n = original.sizes[tdim]
+    frame = original.sizes[acc.layout.y_dim] * original.sizes[acc.layout.x_dim]
+    window = max(1, min(window, (1 << 24) // frame))  # ~16 frames at 1024 x 1024
     for start in range(0, n, window):
         sl = slice(start, min(start + window, n))
         acc.update(original.isel({tdim: sl}), decode_cube(enc, time=sl))

@@ -38,7 +38,7 @@ class EncodeOptions:
     x265_params: str = ""
     threads: int = 0
     workers: int = 1
-    pca: bool = False
+    engine: str = "pyav"  # "ffmpeg": encode through the ffmpeg command line
 
 
 @dataclass
@@ -102,9 +102,16 @@ def plan_streams(
         keyint=options.keyint,
         x265_params=options.x265_params,
         threads=options.threads,
+        engine=options.engine,
     )
     ffv1 = VideoSettings(
-        codec="ffv1", pix_fmt="gray16le", crf=None, lossless=True, keyint=1, threads=options.threads
+        codec="ffv1",
+        pix_fmt="gray16le",
+        crf=None,
+        lossless=True,
+        keyint=1,
+        threads=options.threads,
+        engine=options.engine,
     )
     continuous = [c for c in layout.channels if c.role == "continuous"]
     for chans, spec in _continuous_groups(continuous, options.groups):

@@ -32,6 +32,7 @@ class VideoSettings:
     keyint: int = 64
     x265_params: str = ""
     threads: int = 0
+    engine: str = "pyav"  # or "ffmpeg": the command-line backend (pipeline.ffmpeg_backend)
 
     def x265_param_string(self) -> str:
         params = [
@@ -85,6 +86,10 @@ def encode_frames(
     frames: Iterable[np.ndarray], height: int, width: int, settings: VideoSettings
 ) -> bytes:
     """Encode frames into a Matroska byte string; frames are consumed lazily."""
+    if settings.engine == "ffmpeg":
+        from pipeline.ffmpeg_backend import encode_frames_cli
+
+        return encode_frames_cli(frames, height, width, settings)
     buf = io.BytesIO()
     with av.open(buf, "w", format=CONTAINER) as container:
         stream = container.add_stream(settings.codec, rate=1)

@@ -1,0 +1,243 @@
+"""Throughput and memory of the pipeline against the bare encoder, on a DynamicEarthNet twin.
+
+Each measurement runs in its own child process, so its peak RSS is its own:
+
+- pipeline encode: the lazily read GeoTIFF cube -> encode_cube -> encoded folder
+- pipeline decode: the encoded folder -> decode_cube in 64-frame windows (streaming)
+- bare encode: PyAV encoding the same frames, pre-built in memory, with identical settings
+- bare decode: PyAV decoding the same streams
+
+    python bench/throughput.py --quick                 # 256 x 256 x 60 days
+    python bench/throughput.py                         # full size: 1024 x 1024 x 730 days
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GROUPS = (("red", "green", "blue"), ("nir",))
+
+
+def _options(args):
+    from pipeline.planning import EncodeOptions, GroupSpec
+
+    return EncodeOptions(
+        crf=args.crf,
+        preset=args.preset,
+        groups=tuple(GroupSpec(g, name="".join(g[:1])) for g in GROUPS),
+    )
+
+
+def _cube(args):
+    from pipeline.recipe import load_recipe
+    from pipeline.sources import cube_ids, load_cube
+
+    recipe = load_recipe("dynamicearthnet", location=str(args.twin))
+    return load_cube(recipe, cube_ids(recipe)[0]).dataset
+
+
+def child_pipeline_encode(args) -> dict:
+    from pipeline.codec import encode_cube
+
+    ds = _cube(args)
+    t = time.perf_counter()
+    enc = encode_cube(ds, _options(args), roles={"label": "metadata"})
+    enc.to_folder(args.work / "encoded")
+    return {"seconds": time.perf_counter() - t, "bytes": enc.nbytes}
+
+
+def child_pipeline_decode(args) -> dict:
+    from pipeline.codec import decode_cube
+    from pipeline.encoded import EncodedCube
+
+    enc = EncodedCube.from_folder(args.work / "encoded")
+    t = time.perf_counter()
+    n = enc.manifest.n_frames
+    checksum = 0
+    for start in range(0, n, 64):
+        win = decode_cube(
+            enc, variables=["red", "green", "blue", "nir"], time=slice(start, start + 64)
+        )
+        checksum += int(win["nir"].values[:, 0, 0].sum())
+    return {"seconds": time.perf_counter() - t, "frames": n}
+
+
+def _bare_frames(args):
+    """The exact frames the pipeline encodes (same quantiser), built before timing."""
+    from pipeline.codec import X265_CTU
+    from pipeline.cube import analyse, channel_stats
+    from pipeline.encoded import EncodedCube
+    from pipeline.quantize import Quantiser, pad_even
+
+    ds = _cube(args)
+    manifest = EncodedCube.from_folder(args.work / "encoded").manifest
+    layout = analyse(ds, roles={"label": "metadata"})
+    h, w = ds.sizes["y"], ds.sizes["x"]
+    pad = (-h % X265_CTU, -w % X265_CTU)
+    streams = []
+    for group in GROUPS:
+        planes = []
+        for band in group:
+            ch = next(c for c in layout.channels if c.name == band)
+            st = channel_stats(ds, layout, ch)
+            q = Quantiser.for_range(st.vmin, st.vmax, 12, True)
+            planes.append(q.codes_to_uint(q.to_codes(ds[band].values)))
+        frames = np.stack(planes, axis=1)
+        frames = np.stack([pad_even(f, pad) for f in frames])
+        info = next(s for s in manifest.streams if s.planes == list(group))
+        streams.append((frames, info))
+    return streams
+
+
+def child_bare_encode(args) -> dict:
+    import av
+
+    from pipeline.video import _GBRP_INDEX, VideoSettings
+
+    streams = _bare_frames(args)
+    t = time.perf_counter()
+    total = 0
+    for frames, info in streams:
+        s = VideoSettings(
+            "libx265", info.pix_fmt, crf=info.crf, preset=info.preset, keyint=info.keyint
+        )
+        out = args.work / f"bare_{info.name}.mkv"
+        with av.open(str(out), "w", format="matroska") as c:
+            st = c.add_stream("libx265", rate=1)
+            st.height, st.width = frames.shape[2:]
+            st.pix_fmt = info.pix_fmt
+            st.options = s.options()
+            for i, planes in enumerate(frames):
+                if planes.shape[0] == 1:
+                    arr = planes[0]
+                else:
+                    arr = np.empty(planes.shape[1:] + (3,), dtype=np.uint16)
+                    for p, idx in enumerate(_GBRP_INDEX):
+                        arr[..., idx] = planes[p]
+                f = av.VideoFrame.from_ndarray(arr, format=info.pix_fmt)
+                f.pts, f.time_base = i, Fraction(1, 1)
+                c.mux(st.encode(f))
+            c.mux(st.encode(None))
+        total += out.stat().st_size
+    return {"seconds": time.perf_counter() - t, "bytes": total}
+
+
+def child_bare_decode(args) -> dict:
+    import av
+
+    t = time.perf_counter()
+    n = 0
+    for path in sorted(args.work.glob("bare_*.mkv")):
+        with av.open(str(path)) as c:
+            v = c.streams.video[0]
+            v.thread_type = "AUTO"
+            for frame in c.decode(v):
+                frame.to_ndarray()
+                n += 1
+    return {"seconds": time.perf_counter() - t, "frames": n}
+
+
+CHILDREN = {
+    "pipeline_encode": child_pipeline_encode,
+    "bare_encode": child_bare_encode,
+    "pipeline_decode": child_pipeline_decode,
+    "bare_decode": child_bare_decode,
+}
+
+
+def measure(name: str, args) -> dict:
+    """Run one step in a child process; it reports its own peak RSS and CPU time."""
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        name,
+        "--twin",
+        str(args.twin),
+        "--work",
+        str(args.work),
+        "--crf",
+        str(args.crf),
+        "--preset",
+        args.preset,
+    ]
+    t = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result.update(name=name, process_wall_s=time.perf_counter() - t)
+    print(f"{name}: {result['seconds']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="256 x 256 x 60 days")
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--frames", type=int, default=730)
+    ap.add_argument("--crf", type=float, default=12.0)
+    ap.add_argument("--preset", default="medium")
+    ap.add_argument("--twin", type=Path, default=None)
+    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        result = CHILDREN[args.child](args)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        result["cpu_s"] = usage.ru_utime + usage.ru_stime
+        result["peak_rss_mb"] = usage.ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    if args.quick:
+        args.size, args.frames = 256, 60
+    tag = f"{args.size}x{args.size}x{args.frames}"
+    args.twin = args.twin or Path(f"/tmp/cubecast-bench/twin-{tag}")
+    args.work = args.work or Path(f"/tmp/cubecast-bench/work-{tag}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    if not (args.twin / "SHA256SUMS").exists():
+        from pipeline.twins import write_dynamicearthnet
+
+        t = time.perf_counter()
+        write_dynamicearthnet(args.twin, cubes=1, frames=args.frames, size=args.size)
+        print(f"twin written in {time.perf_counter() - t:.0f} s", flush=True)
+
+    rows = [measure(n, args) for n in CHILDREN]
+    raw_gb = args.frames * args.size * args.size * 4 * 2 / 1e9
+    enc = {r["name"]: r for r in rows}
+    ratio = enc["pipeline_encode"]["seconds"] / enc["bare_encode"]["seconds"]
+    lines = [
+        f"cube {tag} x 4 bands uint16 ({raw_gb:.2f} GB raw), x265 preset {args.preset}, "
+        f"CRF {args.crf:g}",
+        "",
+        "| step | wall s | CPU s | peak RSS MB | MB/s raw |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{raw_gb * 1e3 / r['seconds']:.1f} |"
+        )
+    lines += ["", f"encode overhead pipeline/bare: {ratio:.3f}x"]
+    text = "\n".join(lines)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"throughput_{tag}.md").write_text(text + "\n")
+    (args.out / f"throughput_{tag}.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

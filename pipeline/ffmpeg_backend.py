@@ -1,0 +1,127 @@
+"""The ffmpeg command-line engine: the same Matroska streams as the PyAV engine, produced by
+an ``ffmpeg`` binary (the system's, or the one ``imageio-ffmpeg`` ships).
+
+It exists for encoders PyAV's wheels lack (SVT-AV1, libaom, NVENC where a GPU is present):
+frames go to ffmpeg's stdin as raw planar video, so the pipeline around it is unchanged,
+and either engine decodes what the other wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.errors import CorruptStreamError, InvalidCubeError
+
+if TYPE_CHECKING:
+    from pipeline.video import VideoSettings
+
+
+def ffmpeg_exe() -> str | None:
+    """``$CUBECAST_FFMPEG``, ffmpeg on PATH, or imageio-ffmpeg's binary; None if none."""
+    exe = os.environ.get("CUBECAST_FFMPEG") or shutil.which("ffmpeg")
+    if exe:
+        return exe
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return None
+
+
+def _require() -> str:
+    exe = ffmpeg_exe()
+    if exe is None:
+        raise InvalidCubeError(
+            "engine 'ffmpeg' needs an ffmpeg binary: install imageio-ffmpeg, put ffmpeg on "
+            "PATH or set CUBECAST_FFMPEG"
+        )
+    return exe
+
+
+def _planar_bytes(planes: np.ndarray, pix_fmt: str) -> bytes:
+    """gbrp's planar order is G, B, R, which is our plane order 0, 1, 2 (see video.py)."""
+    dtype = "<u1" if pix_fmt in ("gray", "gbrp") else "<u2"
+    return np.ascontiguousarray(planes, dtype=dtype).tobytes()
+
+
+def encode_frames_cli(
+    frames: Iterable[np.ndarray], height: int, width: int, settings: VideoSettings
+) -> bytes:
+    import ffmpeg
+
+    exe = _require()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "stream.mkv"
+        stream = ffmpeg.input(
+            "pipe:",
+            format="rawvideo",
+            pix_fmt=settings.pix_fmt,
+            s=f"{width}x{height}",
+            framerate=1,
+        ).output(
+            str(out),
+            vcodec=settings.codec,
+            pix_fmt=settings.pix_fmt,
+            format="matroska",
+            **settings.options(),
+        )
+        proc = (
+            stream.overwrite_output()
+            .global_args("-loglevel", "error")
+            .run_async(cmd=exe, pipe_stdin=True, pipe_stderr=True)
+        )
+        try:
+            for planes in frames:
+                proc.stdin.write(_planar_bytes(planes, settings.pix_fmt))
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        err = proc.stderr.read().decode(errors="replace")
+        if proc.wait() != 0:
+            raise InvalidCubeError(f"ffmpeg ({settings.codec}) failed: {err.strip()[-500:]}")
+        return out.read_bytes()
+
+
+def decode_frames_cli(
+    data: bytes, n_planes: int, pix_fmt: str, height: int, width: int, name: str = "stream"
+) -> Iterator[tuple[int, np.ndarray]]:
+    exe = _require()
+    dtype = np.uint8 if pix_fmt in ("gray", "gbrp") else np.dtype("<u2")
+    frame_bytes = n_planes * height * width * np.dtype(dtype).itemsize
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "stream.mkv"
+        src.write_bytes(data)
+        cmd = [
+            exe,
+            "-loglevel",
+            "error",
+            "-i",
+            str(src),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            pix_fmt,
+            "-",
+        ]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        i = 0
+        while True:
+            buf = proc.stdout.read(frame_bytes)
+            if not buf:
+                break
+            if len(buf) < frame_bytes:
+                raise CorruptStreamError(f"{name}: truncated frame {i} from ffmpeg")
+            yield i, np.frombuffer(buf, dtype=dtype).reshape(n_planes, height, width)
+            i += 1
+        err = proc.stderr.read().decode(errors="replace")
+        if proc.wait() != 0:
+            raise CorruptStreamError(f"{name}: ffmpeg cannot decode ({err.strip()[-300:]})")
