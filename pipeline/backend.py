@@ -1,4 +1,5 @@
-"""xarray backend: ``xr.open_dataset(path, engine="cubecast")`` on an encoded cube."""
+"""xarray backend: ``xr.open_dataset(path, engine="cubecast")`` on an encoded cube, or on
+one sample of a TACO shard (local path or http(s) URL; ``sample=`` id or row, default 0)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from pipeline.encoded import MANIFEST_FILE, EncodedCube
 
 
 class CubecastBackendEntrypoint(BackendEntrypoint):
-    description = "Open cubecast encoded cubes (folder with manifest.json, or .tar)"
+    description = "Open cubecast encoded cubes (folder, .tar) or a sample of a .tacozip shard"
     url = "https://pypi.org/project/cubecast/"
-    open_dataset_parameters = ("filename_or_obj", "drop_variables", "variables")
+    open_dataset_parameters = ("filename_or_obj", "drop_variables", "variables", "sample")
 
     def open_dataset(  # type: ignore[override]
         self,
@@ -25,9 +26,15 @@ class CubecastBackendEntrypoint(BackendEntrypoint):
         *,
         drop_variables: str | Iterable[str] | None = None,
         variables: list[str] | None = None,
+        sample: str | int = 0,
     ) -> xr.Dataset:
-        enc = EncodedCube.open(filename_or_obj)
-        ds = decode_cube(enc, variables=variables)
+        name = str(filename_or_obj)
+        if name.endswith(".tacozip") or name.rstrip("/").endswith(".tacocat"):
+            from pipeline.reader import open_sample
+
+            ds = open_sample(name, sample, variables)
+        else:
+            ds = decode_cube(EncodedCube.open(filename_or_obj), variables=variables)
         if drop_variables:
             drop = [drop_variables] if isinstance(drop_variables, str) else list(drop_variables)
             ds = ds.drop_vars(drop, errors="ignore")
@@ -38,4 +45,4 @@ class CubecastBackendEntrypoint(BackendEntrypoint):
             p = Path(filename_or_obj)
         except TypeError:
             return False
-        return (p / MANIFEST_FILE).is_file()
+        return (p / MANIFEST_FILE).is_file() or str(filename_or_obj).endswith(".tacozip")

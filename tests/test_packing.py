@@ -133,3 +133,16 @@ def test_manifest_from_another_cube_error(shards, tmp_path):
     _rewrite(paths[0], bad, replace={f"DATA/{sid}/manifest_json": other})
     with pytest.raises(ManifestError, match="carries the manifest of cube"):
         open_sample(str(bad), sid)
+
+
+def test_xarray_engine_opens_a_shard_sample(tmp_path):
+    import xarray as xr
+
+    from pipeline.packing import DatasetInfo, encode_sample, pack_shards
+    from tests.conftest import s2_like
+
+    samples = [encode_sample(s2_like(seed=i), cube_id=f"c{i}") for i in range(2)]
+    (shard,) = pack_shards(samples, tmp_path, DatasetInfo(id="eng"))
+    ds = xr.open_dataset(shard, engine="cubecast", sample="c1", variables=["B04"])
+    assert list(ds.data_vars) == ["B04"] and ds.sizes["time"] == 12
+    assert xr.open_dataset(shard, engine="cubecast").attrs["id"] == "s2like"
