@@ -22,8 +22,7 @@ from pipeline.build import encode_step, fingerprint, pack_step, verify_step
 from pipeline.packing import StagedSample
 from pipeline.publish import PublishResult, publish
 from pipeline.recipe import Recipe, load_recipe
-from pipeline.sources import select_ids
-from pipeline.sources.mirror import open_mirror
+from pipeline.sources import mirror_for, select_ids
 from pipeline.verify import Verification
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -44,9 +43,7 @@ def _recipe(name: str, source: str | None, cubes: int | None) -> Recipe:
 
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5))
 def list_cubes(recipe: Recipe) -> list[str]:
-    s = recipe.source
-    mirror = open_mirror(s.location, s.cache, index=s.index, revision=s.revision, progress=False)
-    return select_ids(mirror, s)
+    return select_ids(mirror_for(recipe.source, progress=False), recipe.source)
 
 
 def _encode_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +137,22 @@ class BuildResult:
     verification: Verification
 
 
+def encode_and_pack(
+    recipe: Recipe,
+    out: str | Path,
+    cube_ids: Iterable[str] | None = None,
+    mirror: Mirror | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Encode every selected cube of ``recipe`` (one at a time) and pack them into ``out``."""
+    from pipeline.sources import select_ids
+
+    mirror = mirror or mirror_for(recipe.source, progress=progress)
+    ids = list(cube_ids) if cube_ids is not None else select_ids(mirror, recipe.source)
+    staged = [encode_step(recipe, cid, out, mirror) for cid in ids]
+    return pack_step(recipe, staged, out)
+
+
 def build(
     recipe: Recipe,
     out: str | Path,
@@ -145,14 +160,6 @@ def build(
     progress: bool = True,
 ) -> BuildResult:
     """Encode, pack and verify every selected cube of ``recipe`` into ``out``."""
-    from pipeline.sources import select_ids
-
     mirror = mirror_for(recipe.source, progress=progress)
-    ids = list(cube_ids) if cube_ids is not None else select_ids(mirror, recipe.source)
-    staged = [encode_step(recipe, cid, out, mirror) for cid in ids]
-    shards = pack_step(recipe, staged, out)
+    shards = encode_and_pack(recipe, out, cube_ids, mirror, progress)
     return BuildResult(shards, verify_step(recipe, shards, out, mirror, progress))
-
-
-def clean_work(out: str | Path) -> None:
-    shutil.rmtree(Path(out) / WORK, ignore_errors=True)

@@ -168,15 +168,10 @@ def pack(
     from pipeline.packing import DatasetInfo, encode_sample, pack_shards
 
     if _is_recipe(input):
-        from pipeline.build import encode_step, pack_step
+        from pipeline.build import encode_and_pack
         from pipeline.recipe import load_recipe
-        from pipeline.sources import cube_ids, mirror_for
 
-        recipe = load_recipe(input, location=source or "")
-        mirror = mirror_for(recipe.source)
-        ids = cube_ids(recipe, mirror)
-        staged = [encode_step(recipe, cid, output, mirror) for cid in ids]
-        paths = pack_step(recipe, staged, output)
+        paths = encode_and_pack(load_recipe(input, location=source or ""), output)
     else:
         folder = Path(input)
         if not folder.is_dir():

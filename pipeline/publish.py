@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from pipeline.download import file_sha256
@@ -64,7 +65,10 @@ def publishable_files(folder: Path) -> list[str]:
     return sorted(files, key=order)
 
 
-def require_verified(folder: Path) -> Verification:
+Digest = Callable[[Path], str]
+
+
+def require_verified(folder: Path, digest: Digest = file_sha256) -> Verification:
     if not (folder / REPORT_JSON).is_file():
         raise PublishError(f"{folder}: no {REPORT_JSON}; run `cubecast verify` before publishing")
     verification = Verification.read(folder)
@@ -73,7 +77,7 @@ def require_verified(folder: Path) -> Verification:
             f"{folder}: verification failed, nothing published. {verification.summary()}"
         )
     for shard in sorted(folder.glob("*.tacozip")):
-        if verification.shards.get(shard.name) != file_sha256(shard):
+        if verification.shards.get(shard.name) != digest(shard):
             raise PublishError(
                 f"{shard}: not the shard that was verified (changed or new since "
                 "verification); run `cubecast verify` again"
@@ -92,7 +96,12 @@ def _scrub(text: str, token: str | None) -> str:
 
 # -- fsspec (local folders included) ------------------------------------------------------
 def _publish_fsspec(
-    folder: Path, files: list[str], target: str, dry_run: bool, progress: Callable[[str], None]
+    folder: Path,
+    files: list[str],
+    target: str,
+    dry_run: bool,
+    progress: Callable[[str], None],
+    digest: Digest,
 ) -> PublishResult:
     import fsspec
 
@@ -107,7 +116,7 @@ def _publish_fsspec(
     index: dict[str, dict] = {}
     for rel in files:
         path = folder / rel
-        entry = {"sha256": file_sha256(path), "size": path.stat().st_size}
+        entry = {"sha256": digest(path), "size": path.stat().st_size}
         index[rel] = entry
         dest = f"{root}/{rel}"
         if remote.get(rel) == entry and fs.exists(dest) and fs.size(dest) == entry["size"]:
@@ -155,6 +164,7 @@ def _publish_hub(
     private: bool,
     message: str,
     progress: Callable[[str], None],
+    digest: Digest,
 ) -> PublishResult:
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
@@ -180,7 +190,7 @@ def _publish_hub(
             have = remote.get(rel)
             if have is not None:
                 same = (
-                    have.lfs.sha256 == file_sha256(path)
+                    have.lfs.sha256 == digest(path)
                     if have.lfs is not None
                     else have.blob_id == _git_blob_sha1(path)
                 )
@@ -224,14 +234,15 @@ def publish(
     ``target``: ``hf://datasets/ORG/NAME``, a local path, or any fsspec URL.
     """
     folder = Path(folder)
-    require_verified(folder)
+    digest = cache(file_sha256)  # shards are hashed once, for the check and the comparison
+    require_verified(folder, digest)
     files = publishable_files(folder)
     if not any(f.endswith(".tacozip") for f in files):
         raise PublishError(f"{folder}: no .tacozip shards to publish")
     report = progress or (lambda rel: log.info("uploading %s", rel))
     m = _HF.match(target)
     if m:
-        return _publish_hub(folder, files, m["repo"], dry_run, private, message, report)
+        return _publish_hub(folder, files, m["repo"], dry_run, private, message, report, digest)
     if target.startswith("hf://"):
         raise PublishError(f"{target}: expected hf://datasets/ORG/NAME")
     if "://" not in target:
@@ -239,4 +250,4 @@ def publish(
         if target_path == folder.resolve():
             raise PublishError(f"{target}: target is the folder being published")
         target = str(target_path)
-    return _publish_fsspec(folder, files, target, dry_run, report)
+    return _publish_fsspec(folder, files, target, dry_run, report, digest)

@@ -18,6 +18,7 @@ import requests
 import xarray as xr
 
 from pipeline.codec import decode_cube
+from pipeline.download import auth_headers
 from pipeline.encoded import MANIFEST_FILE, EncodedCube
 from pipeline.errors import CorruptStreamError, ManifestError, SourceError
 from pipeline.manifest import Manifest
@@ -106,9 +107,7 @@ def _open_archive(shard: str | os.PathLike[str]) -> tuple[zipfile.ZipFile, Any]:
     s = str(shard)
     try:
         if s.startswith(("http://", "https://")):
-            token = os.environ.get("HF_TOKEN")
-            headers = {"Authorization": f"Bearer {token}"} if token and "huggingface" in s else {}
-            fh: Any = HttpRangeFile(s, headers=headers)
+            fh: Any = HttpRangeFile(s, headers=auth_headers(s))
         else:
             if not Path(s).is_file():
                 raise SourceError(f"{s}: no such shard")
@@ -176,16 +175,21 @@ def open_sample(
     raise SourceError(f"sample {sample!r} not found in {source}")
 
 
-def _decode_sample(
-    archive: zipfile.ZipFile, sid: str, shard: str, variables: Sequence[str] | None
-) -> xr.Dataset:
+def sample_encoded(archive: zipfile.ZipFile, sid: str, shard: str) -> EncodedCube:
+    """One sample of an open shard as an encoded cube; its streams are read on demand."""
     store = ShardStore(archive, sid, shard)
     manifest = Manifest.from_json(store.read(MANIFEST_FILE), source=f"{shard}:{sid}")
     if manifest.cube_id != sid:
         raise ManifestError(
             f"{shard}: sample {sid!r} carries the manifest of cube {manifest.cube_id!r}"
         )
-    return decode_cube(EncodedCube(manifest, store, source=f"{shard}:{sid}"), variables)
+    return EncodedCube(manifest, store, source=f"{shard}:{sid}")
+
+
+def _decode_sample(
+    archive: zipfile.ZipFile, sid: str, shard: str, variables: Sequence[str] | None
+) -> xr.Dataset:
+    return decode_cube(sample_encoded(archive, sid, shard), variables)
 
 
 def iter_samples(

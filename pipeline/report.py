@@ -64,6 +64,13 @@ def band_table(v: Verification) -> str:
     return "\n".join(lines)
 
 
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _plots(v: Verification, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     lossy = [c for c in v.checks if c.role == "continuous" and math.isfinite(c.psnr)]
@@ -79,10 +86,7 @@ def _plots(v: Verification, out: Path) -> list[Path]:
             ax.legend(loc="lower right", fontsize=8)
     ax.set_ylabel("PSNR (dB)")
     ax.set_title("PSNR per band over samples")
-    fig.tight_layout()
-    paths.append(out / "psnr_per_band.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "psnr_per_band.png"))
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for sid, meta in v.samples.items():
@@ -93,10 +97,7 @@ def _plots(v: Verification, out: Path) -> list[Path]:
     ax.set_xlabel("bits per pixel per band")
     ax.set_ylabel("min PSNR over bands (dB)")
     ax.set_title("Quality vs rate per cube")
-    fig.tight_layout()
-    paths.append(out / "psnr_vs_bpppb.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "psnr_vs_bpppb.png"))
 
     fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(v.samples) + 2), 3.5))
     ids = list(v.samples)
@@ -110,10 +111,7 @@ def _plots(v: Verification, out: Path) -> list[Path]:
     ax.set_ylabel("MB")
     ax.set_title("Size per cube")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "sizes.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "sizes.png"))
     return paths
 
 

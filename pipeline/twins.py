@@ -9,7 +9,6 @@ so a full-size DynamicEarthNet area (730 x 4 x 1024 x 1024) needs a few frames o
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 from tqdm.auto import tqdm
 
+from pipeline.download import file_sha256
 from pipeline.synthetic import S2_BANDS, CloudField, Surface, fractal_noise
 
 DEC_START = "2016-01-01"
@@ -45,11 +45,7 @@ def write_index(root: Path) -> Path:
     lines = []
     for p in sorted(root.rglob("*")):
         if p.is_file() and p.name != "SHA256SUMS":
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            lines.append(f"{h.hexdigest()}  {p.relative_to(root).as_posix()}")
+            lines.append(f"{file_sha256(p)}  {p.relative_to(root).as_posix()}")
     index = root / "SHA256SUMS"
     index.write_text("\n".join(lines) + "\n")
     return index

@@ -17,11 +17,10 @@ from typing import Any
 import xarray as xr
 from tqdm.auto import tqdm
 
-from pipeline.encoded import MANIFEST_FILE, EncodedCube
+from pipeline.download import file_sha256
 from pipeline.errors import VerificationError
-from pipeline.manifest import Manifest
 from pipeline.metrics import BandQuality, compare_encoded
-from pipeline.reader import ShardStore, _open_archive, _shards_of, sample_ids
+from pipeline.reader import _open_archive, _shards_of, sample_encoded, sample_ids
 
 REPORT_JSON = "verification.json"
 
@@ -141,17 +140,14 @@ def verify_shards(
     for shard in paths:
         rows = _metadata_rows(shard)
         if Path(shard).is_file():
-            from pipeline.download import file_sha256
-
             result.shards[Path(shard).name] = file_sha256(Path(shard))
         archive, fh = _open_archive(shard)
         with archive, fh:
             for sid in tqdm(
                 sample_ids(archive), desc=f"verify {Path(shard).name}", disable=not progress
             ):
-                store = ShardStore(archive, sid, shard)
-                manifest = Manifest.from_json(store.read(MANIFEST_FILE), source=f"{shard}:{sid}")
-                enc = EncodedCube(manifest, store, source=f"{shard}:{sid}")
+                enc = sample_encoded(archive, sid, shard)
+                manifest = enc.manifest
                 source = load_source(sid)
                 n = source.sizes[manifest.time_dim]
                 if n != manifest.n_frames:
