@@ -3,8 +3,9 @@
 Each measurement runs in its own child process, so its peak RSS is its own:
 
 - pipeline encode: the lazily read GeoTIFF cube -> encode_cube -> encoded folder
-- pipeline decode: the encoded folder -> decode_cube in 64-frame windows (streaming)
-- bare encode: PyAV encoding the same frames, pre-built in memory, with identical settings
+- pipeline decode: the encoded folder -> iter_decode in 16-frame windows (streaming)
+- bare encode: PyAV encoding the same frames, pre-built in memory as uint16 planes, with
+  identical settings (frames go into AVFrames by plane copy, as in the pipeline)
 - bare decode: PyAV decoding the same streams
 
     python bench/throughput.py --quick                 # 256 x 256 x 60 days
@@ -59,59 +60,65 @@ def child_pipeline_encode(args) -> dict:
 
 
 def child_pipeline_decode(args) -> dict:
-    from pipeline.codec import decode_cube
+    from pipeline.codec import iter_decode
     from pipeline.encoded import EncodedCube
 
     enc = EncodedCube.from_folder(args.work / "encoded")
     t = time.perf_counter()
-    n = enc.manifest.n_frames
-    checksum = 0
-    for start in range(0, n, 64):
-        win = decode_cube(
-            enc, variables=["red", "green", "blue", "nir"], time=slice(start, start + 64)
-        )
+    frames = checksum = 0
+    for win in iter_decode(enc, variables=["red", "green", "blue", "nir"], window=16):
         checksum += int(win["nir"].values[:, 0, 0].sum())
-    return {"seconds": time.perf_counter() - t, "frames": n}
+        frames += win.sizes["time"]
+    return {"seconds": time.perf_counter() - t, "frames": frames}
 
 
 def _bare_frames(args):
-    """The exact frames the pipeline encodes (same quantiser), built before timing."""
+    """The exact codes the pipeline encodes (its manifest's quantisers), built before timing
+    as one (frames, planes, H, W) uint16 array per stream."""
     from pipeline.codec import X265_CTU
-    from pipeline.cube import analyse, channel_stats
+    from pipeline.cube import analyse, iter_blocks
     from pipeline.encoded import EncodedCube
-    from pipeline.quantize import Quantiser, pad_even
+    from pipeline.quantize import Quantiser
 
     ds = _cube(args)
     manifest = EncodedCube.from_folder(args.work / "encoded").manifest
     layout = analyse(ds, roles={"label": "metadata"})
-    h, w = ds.sizes["y"], ds.sizes["x"]
-    pad = (-h % X265_CTU, -w % X265_CTU)
+    n, h, w = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
+    ph, pw = h + (-h % X265_CTU), w + (-w % X265_CTU)
     streams = []
     for group in GROUPS:
-        planes = []
-        for band in group:
-            ch = next(c for c in layout.channels if c.name == band)
-            st = channel_stats(ds, layout, ch)
-            q = Quantiser.for_range(st.vmin, st.vmax, 12, True)
-            planes.append(q.codes_to_uint(q.to_codes(ds[band].values)))
-        frames = np.stack(planes, axis=1)
-        frames = np.stack([pad_even(f, pad) for f in frames])
         info = next(s for s in manifest.streams if s.planes == list(group))
-        streams.append((frames, info))
+        planes = 3 if info.pix_fmt.startswith("gbrp") else 1
+        streams.append((np.zeros((n, planes, ph, pw), dtype=np.uint16), info))
+    chans = {c.name: c for c in layout.channels}
+    for block, values in iter_blocks(ds, layout, list(chans.values()), range(n), 16):
+        for frames, info in streams:
+            for p, band in enumerate(info.planes):
+                c = manifest.channel(band)
+                codes = Quantiser(c.offset, c.scale, info.bits).to_codes(values[band])
+                frames[block[0] : block[-1] + 1, p, :h, :w] = np.clip(np.rint(codes), 0, 4095)
+    for frames, _ in streams:  # edge padding, as the pipeline pads
+        frames[:, :, h:, :] = frames[:, :, h - 1 : h, :]
+        frames[:, :, :, w:] = frames[:, :, :, w - 1 : w]
     return streams
 
 
 def child_bare_encode(args) -> dict:
     import av
 
-    from pipeline.video import _GBRP_INDEX, VideoSettings
+    from pipeline.video import VideoSettings
 
     streams = _bare_frames(args)
     t = time.perf_counter()
     total = 0
     for frames, info in streams:
         s = VideoSettings(
-            "libx265", info.pix_fmt, crf=info.crf, preset=info.preset, keyint=info.keyint
+            "libx265",
+            info.pix_fmt,
+            crf=info.crf,
+            preset=info.preset,
+            keyint=info.keyint,
+            x265_params=info.x265_params,
         )
         out = args.work / f"bare_{info.name}.mkv"
         with av.open(str(out), "w", format="matroska") as c:
@@ -120,13 +127,9 @@ def child_bare_encode(args) -> dict:
             st.pix_fmt = info.pix_fmt
             st.options = s.options()
             for i, planes in enumerate(frames):
-                if planes.shape[0] == 1:
-                    arr = planes[0]
-                else:
-                    arr = np.empty(planes.shape[1:] + (3,), dtype=np.uint16)
-                    for p, idx in enumerate(_GBRP_INDEX):
-                        arr[..., idx] = planes[p]
-                f = av.VideoFrame.from_ndarray(arr, format=info.pix_fmt)
+                f = av.VideoFrame(st.width, st.height, info.pix_fmt)
+                for p, plane in enumerate(planes):
+                    f.planes[p].update(plane)
                 f.pts, f.time_base = i, Fraction(1, 1)
                 c.mux(st.encode(f))
             c.mux(st.encode(None))

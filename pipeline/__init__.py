@@ -1,6 +1,6 @@
 """cubecast: Earth-observation cubes as video streams, packed into TACO shards."""
 
-from pipeline.codec import decode_cube, encode_cube
+from pipeline.codec import decode_cube, encode_cube, iter_decode
 from pipeline.encoded import EncodedCube
 from pipeline.errors import CubecastError
 from pipeline.planning import EncodeOptions, GroupSpec
@@ -13,6 +13,7 @@ __all__ = [
     "GroupSpec",
     "decode_cube",
     "encode_cube",
+    "iter_decode",
     "iter_samples",
     "open_sample",
 ]

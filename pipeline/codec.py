@@ -7,19 +7,22 @@ quantised, gap-filled and handed to the encoder, so memory holds a few frames pe
 from __future__ import annotations
 
 import math
+import os
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import cast
 
 import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
 from pipeline import jsonvalues
-from pipeline.cube import Channel, ChannelStats, CubeLayout, analyse, channel_array, channel_stats
+from pipeline.cube import Block, Channel, ChannelStats, CubeLayout, analyse, cube_stats, iter_blocks
 from pipeline.cube import valid_mask as _valid_mask
-from pipeline.encoded import EncodedCube, MemoryStore, sha256
+from pipeline.encoded import EncodedCube, SpoolStore, file_sha256, sha256
 from pipeline.errors import CorruptStreamError, InvalidCubeError
 from pipeline.manifest import (
     AuxInfo,
@@ -29,14 +32,21 @@ from pipeline.manifest import (
     StreamInfo,
     VariableInfo,
 )
-from pipeline.maskcodec import decode_masks, encode_masks
+from pipeline.maskcodec import MaskWriter, decode_masks
 from pipeline.netcdf import dataset_from_bytes, dataset_to_bytes, packing_encoding
 from pipeline.planning import LOSSLESS_BITS, LOSSY_BITS, EncodeOptions, StreamPlan, plan_streams
 from pipeline.quantize import Quantiser, TemporalFiller, pad_even
 from pipeline.ratecontrol import search_crf
-from pipeline.video import DecodeStats, VideoSettings, decode_frames, encode_frames, n_planes
+from pipeline.video import (
+    DecodeStats,
+    VideoSettings,
+    decode_frames,
+    encode_frames,
+    n_planes,
+    open_writer,
+)
 
-READ_BLOCK = 16
+READ_BLOCK = 4
 AUX_FILE = "aux.nc"
 
 
@@ -51,19 +61,7 @@ class _Context:
     quantisers: dict[str, Quantiser]
     pad: tuple[int, int]
     progress: bool
-
-
-def _read_block(ctx: _Context, ch: Channel, indices: Sequence[int]) -> np.ndarray:
-    da = channel_array(ctx.ds, ctx.layout, ch)
-    lo, hi = indices[0], indices[-1] + 1
-    if hi - lo == len(indices):
-        return np.asarray(da.isel({ctx.layout.time_dim: slice(lo, hi)}).values)
-    return np.asarray(da.isel({ctx.layout.time_dim: list(indices)}).values)
-
-
-def _blocks(indices: Sequence[int]) -> Iterator[Sequence[int]]:
-    for i in range(0, len(indices), READ_BLOCK):
-        yield indices[i : i + READ_BLOCK]
+    spool: Path
 
 
 X265_CTU = 64
@@ -83,61 +81,168 @@ def stream_pad(ctx: _Context, plan: StreamPlan) -> tuple[int, int]:
     return ctx.pad
 
 
-def _plan_frames(ctx: _Context, plan: StreamPlan, indices: Sequence[int]) -> Iterator[np.ndarray]:
-    """Frames (planes, H, W) for one stream over the given time indices."""
-    h, w = ctx.ds.sizes[ctx.layout.y_dim], ctx.ds.sizes[ctx.layout.x_dim]
-    pad = stream_pad(ctx, plan)
-    if plan.kind == "mask":
-        for block in _blocks(indices):
-            invalid = np.empty((len(block), len(plan.mask_of), h, w), dtype=bool)
+LARGE_FRAME = 1 << 20  # pixels
+LARGE_FRAME_LOOKAHEAD = 10
+
+
+def bounded_lookahead(settings: VideoSettings, frame_pixels: int) -> VideoSettings:
+    """Shorter x265 lookahead for frames of a megapixel and more, unless set explicitly.
+
+    x265 keeps every lookahead frame in full: at 1024 x 1024 x 3 planes, medium's 20 frames
+    cost about 240 MB more than 10 (measured), which is what keeps a cube's encode under
+    1.5 GB; on a DynamicEarthNet twin the stream was 0.7% smaller and 0.08 dB lower.
+    """
+    if (
+        settings.codec != "libx265"
+        or frame_pixels < LARGE_FRAME
+        or "rc-lookahead" in settings.x265_params
+    ):
+        return settings
+    extra = f"rc-lookahead={LARGE_FRAME_LOOKAHEAD}"
+    params = f"{settings.x265_params}:{extra}" if settings.x265_params else extra
+    return replace(settings, x265_params=params)
+
+
+def _plan_channels(plan: StreamPlan) -> list[Channel]:
+    return plan.mask_of if plan.kind == "mask" else plan.channels
+
+
+class _FrameBuilder:
+    """Turns blocks of source values into one stream's frames.
+
+    It keeps the gap-fill state between blocks, so a stream can be fed block after block
+    alongside the other streams of the cube.
+    """
+
+    def __init__(self, ctx: _Context, plan: StreamPlan) -> None:
+        self.ctx, self.plan = ctx, plan
+        self.shape = (ctx.ds.sizes[ctx.layout.y_dim], ctx.ds.sizes[ctx.layout.x_dim])
+        self.pad = stream_pad(ctx, plan)
+        self.fillers = {
+            ch.name: TemporalFiller(ctx.quantisers[ch.name].max_code) for ch in plan.channels
+        }
+
+    def _valid(self, ch: Channel, vals: np.ndarray) -> np.ndarray | None:
+        """None when every pixel is valid (the common case costs no mask)."""
+        nodata = self.ctx.layout.nodata[ch.variable]
+        if nodata is None and vals.dtype.kind in "biu":
+            return None
+        valid = _valid_mask(vals, nodata)
+        return None if valid.all() else valid
+
+    def frames(self, values: Block, n: int) -> Iterator[np.ndarray]:
+        plan, h, w = self.plan, *self.shape
+        if plan.kind == "mask":
+            invalid = np.zeros((n, len(plan.mask_of), h, w), dtype=bool)
             for b, ch in enumerate(plan.mask_of):
-                vals = _read_block(ctx, ch, block)
-                invalid[:, b] = ~_valid_mask(vals, ctx.layout.nodata[ch.variable])
+                valid = self._valid(ch, values[ch.name])
+                if valid is not None:
+                    invalid[:, b] = ~valid
             yield from invalid
-        return
-    fillers = {
-        ch.name: TemporalFiller((h, w), ctx.quantisers[ch.name].max_code) for ch in plan.channels
-    }
-    for block in _blocks(indices):
-        planes = np.empty((len(block), n_planes(plan.settings.pix_fmt), h, w), dtype=np.uint16)
+            return
+        planes = np.zeros((n, n_planes(plan.settings.pix_fmt), h, w), dtype=np.uint16)
         for p, ch in enumerate(plan.channels):
-            q = ctx.quantisers[ch.name]
-            vals = _read_block(ctx, ch, block)
+            q = self.ctx.quantisers[ch.name]
+            vals = values[ch.name]
             if plan.kind == "categorical":
                 planes[:, p] = (vals.astype(np.int64) - int(q.offset)).astype(np.uint16)
-                continue
-            valid = _valid_mask(vals, ctx.layout.nodata[ch.variable])
-            codes = q.to_codes(np.where(valid, vals, 0))
-            for i in range(len(block)):
-                planes[i, p] = q.codes_to_uint(fillers[ch.name].fill(codes[i], valid[i]))
-        for p in range(len(plan.channels), planes.shape[1]):
-            planes[:, p] = 0
+            else:
+                q.quantise(vals, planes[:, p])
+                valid = self._valid(ch, vals)
+                for i in range(n):
+                    self.fillers[ch.name].fill(planes[i, p], None if valid is None else valid[i])
         for frame in planes:
-            yield pad_even(frame, pad)
+            yield pad_even(frame, self.pad)
 
 
-def _stream_errors(
-    ctx: _Context, plan: StreamPlan, data: bytes, indices: Sequence[int]
+def _open_stream(ctx: _Context, plan: StreamPlan, settings: VideoSettings, path: Path):
+    if plan.kind == "mask":
+        return MaskWriter(path, settings.keyint)
+    pad = stream_pad(ctx, plan)
+    h, w = ctx.ds.sizes[ctx.layout.y_dim] + pad[0], ctx.ds.sizes[ctx.layout.x_dim] + pad[1]
+    return open_writer(path, h, w, settings)
+
+
+def _progress(ctx: _Context, total: int, desc: str) -> tqdm | None:
+    if not ctx.progress:
+        return None
+    return tqdm(total=total, desc=desc, unit="frame", leave=False)
+
+
+def _encode_together(
+    ctx: _Context,
+    jobs: Sequence[tuple[StreamPlan, VideoSettings]],
+    indices: Sequence[int],
+    tag: str,
+) -> dict[str, tuple[Path, list[int] | None]]:
+    """Encode several streams in one pass over the source.
+
+    Each block of frames is read once for all streams and handed to every encoder; the
+    x265 encoders run their own thread pools, so while one block is quantised the
+    encoders work on the previous ones and the next block is read in the background.
+    """
+    paths = {
+        plan.name: ctx.spool / f"{plan.name}{tag}.{'bits.zst' if plan.kind == 'mask' else 'mkv'}"
+        for plan, _ in jobs
+    }
+    writers = {plan.name: _open_stream(ctx, plan, s, paths[plan.name]) for plan, s in jobs}
+    builders = {plan.name: _FrameBuilder(ctx, plan) for plan, _ in jobs}
+    channels = list({c.name: c for plan, _ in jobs for c in _plan_channels(plan)}.values())
+    bar = _progress(ctx, len(indices), ", ".join(p.name for p, _ in jobs))
+    try:
+        for block, values in iter_blocks(ctx.ds, ctx.layout, channels, indices, READ_BLOCK):
+            for plan, _ in jobs:
+                writer = writers[plan.name]
+                for frame in builders[plan.name].frames(values, len(block)):
+                    writer.write(frame)
+            if bar is not None:
+                bar.update(len(block))
+        for w in writers.values():
+            w.close()
+    except BaseException:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return {name: (paths[name], getattr(writers[name], "offsets", None)) for name in paths}
+
+
+def _stream_psnr(
+    ctx: _Context, streams: Sequence[tuple[StreamPlan, bytes | Path]], indices: Sequence[int]
 ) -> dict[str, float]:
-    """PSNR per channel of an encoded stream against the source, over valid pixels."""
+    """Worst channel PSNR of each encoded stream against the source, over valid pixels,
+    all streams compared in one pass over the source."""
     h, w = ctx.ds.sizes[ctx.layout.y_dim], ctx.ds.sizes[ctx.layout.x_dim]
-    sse = {ch.name: 0.0 for ch in plan.channels}
-    count = {ch.name: 0 for ch in plan.channels}
-    decoded = decode_frames(data, n_planes(plan.settings.pix_fmt), name=plan.name)
-    for block in _blocks(indices):
-        frames = [next(decoded)[1][:, :h, :w] for _ in block]
-        for p, ch in enumerate(plan.channels):
-            vals = _read_block(ctx, ch, block)
-            valid = _valid_mask(vals, ctx.layout.nodata[ch.variable])
-            dtype = ctx.ds[ch.variable].dtype
-            rec = ctx.quantisers[ch.name].from_codes(np.stack([f[p] for f in frames]), dtype)
-            diff = rec[valid].astype(np.float64) - vals[valid].astype(np.float64)
-            sse[ch.name] += float(np.dot(diff, diff))
-            count[ch.name] += int(valid.sum())
+    sse: dict[str, float] = {}
+    count: dict[str, int] = {}
+    decoders = {
+        plan.name: decode_frames(data, n_planes(plan.settings.pix_fmt), name=plan.name)
+        for plan, data in streams
+    }
+    channels = [c for plan, _ in streams for c in plan.channels]
+    for block, values in iter_blocks(ctx.ds, ctx.layout, channels, indices, READ_BLOCK):
+        for plan, _ in streams:
+            frames = np.stack([next(decoders[plan.name])[1][:, :h, :w] for _ in block])
+            for p, ch in enumerate(plan.channels):
+                vals = values[ch.name]
+                valid = _valid_mask(vals, ctx.layout.nodata[ch.variable])
+                dtype = ctx.ds[ch.variable].dtype
+                rec = ctx.quantisers[ch.name].from_codes(frames[:, p], dtype)
+                diff = rec[valid].astype(np.float64) - vals[valid].astype(np.float64)
+                sse[ch.name] = sse.get(ch.name, 0.0) + float(np.dot(diff, diff))
+                count[ch.name] = count.get(ch.name, 0) + int(valid.sum())
+    for gen in decoders.values():
+        gen.close()
     out = {}
-    for ch in plan.channels:
-        st = ctx.stats[ch.name]
-        out[ch.name] = psnr_from_mse(sse[ch.name] / max(count[ch.name], 1), st.vmax - st.vmin)
+    for plan, _ in streams:
+        worst = math.inf
+        for ch in plan.channels:
+            st = ctx.stats[ch.name]
+            mse = sse[ch.name] / max(count[ch.name], 1)
+            worst = min(worst, psnr_from_mse(mse, st.vmax - st.vmin))
+        out[plan.name] = worst
     return out
 
 
@@ -158,39 +263,76 @@ def _sample_indices(n_frames: int, frame_pixels: int, budget: int = 2_000_000) -
     return sorted({i for s in starts for i in range(s, s + run)})
 
 
-def _encode_plan(ctx: _Context, plan: StreamPlan) -> tuple[bytes, VideoSettings, list[int] | None]:
+def _search_crf(ctx: _Context, plan: StreamPlan) -> VideoSettings:
+    """Settings for a PSNR-target stream from trial encodes of a sample of its frames."""
     n_t = ctx.ds.sizes[ctx.layout.time_dim]
     pad = stream_pad(ctx, plan)
     h, w = ctx.ds.sizes[ctx.layout.y_dim] + pad[0], ctx.ds.sizes[ctx.layout.x_dim] + pad[1]
-    all_idx = list(range(n_t))
-    if plan.kind == "mask":
-        data, offsets = encode_masks(_plan_frames(ctx, plan, all_idx), plan.settings.keyint)
-        return data, plan.settings, offsets
-
-    def encode(settings: VideoSettings, indices: Sequence[int], desc: str) -> bytes:
-        frames: Iterable[np.ndarray] = _plan_frames(ctx, plan, indices)
-        if ctx.progress:
-            frames = tqdm(frames, total=len(indices), desc=desc, unit="frame", leave=False)
-        return encode_frames(frames, h, w, settings)
-
-    if plan.psnr_target is None:
-        return encode(plan.settings, all_idx, plan.name), plan.settings, None
-
     sample = _sample_indices(n_t, h * w * len(plan.channels))
+    target = cast(float, plan.psnr_target)
 
-    def quality(crf: float, indices: Sequence[int]) -> tuple[float, bytes]:
-        s = replace(plan.settings, crf=crf)
-        data = encode(s, indices, f"{plan.name} crf={crf:g}")
-        return min(_stream_errors(ctx, plan, data, indices).values()), data
+    def quality(crf: float) -> float:
+        settings = replace(plan.settings, crf=crf)
+        builder = _FrameBuilder(ctx, plan)
+        frames = (
+            f
+            for block, values in iter_blocks(ctx.ds, ctx.layout, plan.channels, sample, READ_BLOCK)
+            for f in builder.frames(values, len(block))
+        )
+        data = encode_frames(frames, h, w, settings)
+        return _stream_psnr(ctx, [(plan, data)], sample)[plan.name]
 
-    crf = search_crf(lambda c: quality(c, sample)[0], plan.psnr_target, start=plan.settings.crf)
-    while crf is not None:
-        q, data = quality(crf, all_idx)
-        if q >= plan.psnr_target:
-            return data, replace(plan.settings, crf=crf), None
-        crf = crf - 2 if crf >= 2 else None
-    lossless = replace(plan.settings, lossless=True, crf=None)
-    return encode(lossless, all_idx, f"{plan.name} lossless"), lossless, None
+    crf = search_crf(quality, target, start=plan.settings.crf)
+    if crf is None:
+        return replace(plan.settings, lossless=True, crf=None)
+    return replace(plan.settings, crf=crf)
+
+
+def _encode_plans(
+    ctx: _Context, plans: Sequence[StreamPlan], workers: int
+) -> dict[str, tuple[Path, VideoSettings, list[int] | None]]:
+    """All streams of a cube: PSNR targets searched on samples, then one pass over the
+    whole cube for every stream, then PSNR-target streams checked in full and re-encoded
+    at a lower CRF (down to lossless) until they meet their target."""
+    targeted = [p for p in plans if p.kind != "mask" and p.psnr_target is not None]
+    with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
+        searched = dict(
+            zip(
+                (p.name for p in targeted),
+                pool.map(lambda p: _search_crf(ctx, p), targeted),
+                strict=True,
+            )
+        )
+    settings = {p.name: searched.get(p.name, p.settings) for p in plans}
+    all_idx = list(range(ctx.ds.sizes[ctx.layout.time_dim]))
+    done = {
+        name: (path, settings[name], offsets)
+        for name, (path, offsets) in _encode_together(
+            ctx, [(p, settings[p.name]) for p in plans], all_idx, ""
+        ).items()
+    }
+    pending = [p for p in targeted if not settings[p.name].lossless]
+    attempt = 0
+    while pending:
+        psnr = _stream_psnr(ctx, [(p, done[p.name][0]) for p in pending], all_idx)
+        failed = [p for p in pending if psnr[p.name] < cast(float, p.psnr_target)]
+        if not failed:
+            break
+        attempt += 1
+        retry = []
+        for p in failed:
+            crf = cast(float, settings[p.name].crf)
+            settings[p.name] = (
+                replace(settings[p.name], crf=crf - 2)
+                if crf >= 2
+                else replace(settings[p.name], lossless=True, crf=None)
+            )
+            retry.append((p, settings[p.name]))
+        for name, (path, offsets) in _encode_together(ctx, retry, all_idx, f".{attempt}").items():
+            done[name][0].unlink(missing_ok=True)
+            done[name] = (path, settings[name], offsets)
+        pending = [p for p, s in retry if not s.lossless]
+    return done
 
 
 def _coord_info(da: xr.DataArray) -> CoordInfo:
@@ -218,15 +360,18 @@ def encode_cube(
     roles: Mapping[str, str] | None = None,
     nodata: dict[str, float | int] | None = None,
     progress: bool = False,
+    workdir: str | os.PathLike[str] | None = None,
 ) -> EncodedCube:
     """Encode a Dataset with (time, y, x) or (time, band, y, x) variables.
 
-    Continuous bands go to 12-bit x265 streams (three per stream), categorical variables and
-    validity masks to lossless FFV1; other variables ride along losslessly in ``aux.nc``.
+    Continuous bands go to 12-bit x265 streams (three per stream), categorical variables to
+    lossless FFV1, validity masks to bit-packed zstd; other variables ride along losslessly
+    in ``aux.nc``. Streams are written to files as they are encoded (in a temporary folder
+    under ``workdir``, default the system's), so memory does not grow with the cube.
     """
     options = options or EncodeOptions()
     layout = analyse(ds, roles=roles, nodata=nodata)
-    stats = {ch.name: channel_stats(ds, layout, ch) for ch in layout.channels}
+    stats = cube_stats(ds, layout)
     bits = LOSSLESS_BITS if options.lossless else LOSSY_BITS
     quantisers: dict[str, Quantiser] = {}
     for ch in layout.channels:
@@ -244,19 +389,21 @@ def encode_cube(
                 integer = ds[ch.variable].dtype.kind in "biu"
                 quantisers[ch.name] = Quantiser.for_range(st.vmin, st.vmax, LOSSLESS_BITS, integer)
     h, w = ds.sizes[layout.y_dim], ds.sizes[layout.x_dim]
-    ctx = _Context(ds, layout, stats, quantisers, (h % 2, w % 2), progress)
+    for plan in plans:
+        plan.settings = bounded_lookahead(plan.settings, h * w)
+    store = SpoolStore(workdir)
+    ctx = _Context(ds, layout, stats, quantisers, (h % 2, w % 2), progress, store.path)
+    results = _encode_plans(ctx, plans, options.workers)
 
-    with ThreadPoolExecutor(max_workers=max(options.workers, 1)) as pool:
-        results = list(pool.map(lambda p: _encode_plan(ctx, p), plans))
-
-    files: dict[str, bytes] = {}
     streams: list[StreamInfo] = []
     chan_stream: dict[str, tuple[str, int]] = {}
     mask_bits: dict[str, tuple[str, int]] = {}
-    for plan, (data, settings, chunks) in zip(plans, results, strict=True):
+    for plan in plans:
+        path, settings, chunks = results[plan.name]
         file = f"{plan.name}.{'bits.zst' if plan.kind == 'mask' else 'mkv'}"
-        files[file] = data
-        planes = [c.name for c in (plan.mask_of if plan.kind == "mask" else plan.channels)]
+        if path.name != file:
+            path = path.replace(store.path / file)
+        planes = [c.name for c in _plan_channels(plan)]
         for i, name in enumerate(planes):
             (mask_bits if plan.kind == "mask" else chan_stream)[name] = (plan.name, i)
         codec_bits = {"bits": 1, "gray": 8}.get(
@@ -276,8 +423,8 @@ def encode_cube(
                 preset=settings.preset if settings.codec == "libx265" else None,
                 x265_params=settings.x265_params if settings.codec == "libx265" else "",
                 keyint=settings.keyint,
-                nbytes=len(data),
-                sha256=sha256(data),
+                nbytes=path.stat().st_size,
+                sha256=file_sha256(path),
                 chunk_offsets=chunks,
             )
         )
@@ -334,7 +481,7 @@ def encode_cube(
         for v in aux_ds.variables.values():
             v.encoding = {}
         blob = dataset_to_bytes(aux_ds)
-        files[AUX_FILE] = blob
+        store.write(AUX_FILE, blob)
         aux = AuxInfo(
             file=AUX_FILE,
             variables=layout.aux_vars + aux_coords,
@@ -362,7 +509,7 @@ def encode_cube(
         aux=aux,
         data_vars_order=[str(v) for v in ds.data_vars],
     )
-    return EncodedCube(manifest, MemoryStore(files))
+    return EncodedCube(manifest, store)
 
 
 # ---------------------------------------------------------------------------------------
@@ -386,51 +533,58 @@ def _time_window(m: Manifest, time: slice | None) -> tuple[int, int]:
     return start, stop
 
 
-def _decode_stream(
-    enc: EncodedCube, stream: StreamInfo, start: int, stop: int, stats: DecodeStats | None
-) -> np.ndarray:
-    m = enc.manifest
-    h, w = m.frame_shape
-    data = enc.read_file(stream.file)
-    if stream.kind == "mask":
-        shape = (len(stream.planes), h, w)
-        return decode_masks(
-            data,
-            stream.chunk_offsets or [0],
-            stream.keyint,
-            shape,
-            start,
-            stop,
-            name=f"{enc.source}:{stream.file}",
-        )
-    out = np.empty((stop - start, len(stream.planes), h, w), dtype=np.uint16)
-    got = 0
-    for idx, planes in decode_frames(
-        data, n_planes(stream.pix_fmt), start, stop, name=f"{enc.source}:{stream.file}", stats=stats
-    ):
-        out[idx - start] = planes[: len(stream.planes), :h, :w]
-        got += 1
-    if got != stop - start:
-        raise CorruptStreamError(
-            f"{enc.source}:{stream.file}: decoded {got} frames of {stop - start} expected "
-            "(truncated stream or manifest from another cube)"
-        )
-    return out
+class _StreamFrames:
+    """Consecutive frames of one stream from ``start`` on, decoded as they are asked for.
 
-
-def decode_cube(
-    enc: EncodedCube,
-    variables: Sequence[str] | None = None,
-    time: slice | None = None,
-    stats: DecodeStats | None = None,
-) -> xr.Dataset:
-    """Decode (some variables of) an encoded cube back into the Dataset that went in.
-
-    Only the streams holding the requested variables (and their masks) are read.  ``time``
-    is a frame-index slice; decoding seeks to the keyframe before its start.
+    Video streams keep their decoder open between windows (so a cube read window after
+    window is decoded once), and read the stream from its file where the cube is on disk.
     """
-    m = enc.manifest
-    start, stop = _time_window(m, time)
+
+    def __init__(
+        self, enc: EncodedCube, stream: StreamInfo, start: int, stop: int, stats: DecodeStats
+    ) -> None:
+        m = enc.manifest
+        self.enc, self.stream, self.start, self.pos, self.stop = enc, stream, start, start, stop
+        self.shape = (len(stream.planes), *m.frame_shape)
+        self.name = f"{enc.source}:{stream.file}"
+        if stream.kind == "mask":
+            self._data = enc.read_file(stream.file)
+            return
+        source: bytes | Path | None = enc.file_path(stream.file)
+        if source is None:
+            source = enc.read_file(stream.file)
+        self._frames = decode_frames(
+            source, n_planes(stream.pix_fmt), start, stop, name=self.name, stats=stats
+        )
+
+    def take(self, n: int) -> np.ndarray:
+        """The next n frames as (n, planes, H, W): bool for masks, uint16 codes otherwise."""
+        lo, hi = self.pos, self.pos + n
+        self.pos = hi
+        if self.stream.kind == "mask":
+            s = self.stream
+            return decode_masks(
+                self._data, s.chunk_offsets or [0], s.keyint, self.shape, lo, hi, name=self.name
+            )
+        h, w = self.shape[1:]
+        out = np.empty((n, *self.shape), dtype=np.uint16)
+        for i in range(n):
+            got = next(self._frames, None)
+            if got is None:
+                raise CorruptStreamError(
+                    f"{self.name}: decoded {lo - self.start + i} frames of "
+                    f"{self.stop - self.start} expected (truncated stream or manifest from "
+                    "another cube)"
+                )
+            out[i] = got[1][: self.shape[0], :h, :w]
+        return out
+
+    def close(self) -> None:
+        if self.stream.kind != "mask":
+            self._frames.close()
+
+
+def _wanted(m: Manifest, variables: Sequence[str] | None) -> list[str]:
     image_names = [v.name for v in m.variables]
     aux_names = m.aux.variables if m.aux else []
     wanted = list(variables) if variables is not None else list(m.data_vars_order)
@@ -440,13 +594,25 @@ def decode_cube(
             f"cube {m.cube_id!r} has no variable {unknown[0]!r} (have: "
             f"{', '.join(m.data_vars_order)})"
         )
+    return wanted
+
+
+def _needed_streams(m: Manifest, wanted: Sequence[str]) -> list[StreamInfo]:
     chans = [m.channel(c) for v in m.variables if v.name in wanted for c in v.channels]
     needed = {c.stream for c in chans} | {c.mask_stream for c in chans if c.mask_stream}
-    decoded = {
-        s.name: _decode_stream(enc, s, start, stop, stats) for s in m.streams if s.name in needed
-    }
+    return [s for s in m.streams if s.name in needed]
 
-    tsel = {m.time_dim: slice(start, stop)}
+
+def _assemble(
+    enc: EncodedCube,
+    wanted: Sequence[str],
+    decoded: Mapping[str, np.ndarray],
+    start: int,
+    stop: int,
+    aux: xr.Dataset | None,
+) -> xr.Dataset:
+    """The Dataset for frames [start, stop) from the decoded codes of its streams."""
+    m = enc.manifest
     coords: dict[str, xr.Variable] = {}
     for name, ci in m.coords.items():
         values = jsonvalues.from_json(ci.values)
@@ -469,7 +635,7 @@ def decode_cube(
             vals = q.from_codes(codes, dtype)
             if v.role == "continuous" and c.valid_min is not None:
                 lo, hi = c.valid_min, c.valid_max
-                vals = np.clip(vals, np.asarray(lo).astype(dtype), np.asarray(hi).astype(dtype))
+                np.clip(vals, np.asarray(lo).astype(dtype), np.asarray(hi).astype(dtype), out=vals)
             if c.mask_stream is not None:
                 invalid = decoded[c.mask_stream][:, c.mask_bit]
                 vals[invalid] = np.nan if nodata is None and dtype.kind == "f" else nodata
@@ -483,21 +649,21 @@ def decode_cube(
         da = xr.DataArray(arr, dims=canon).transpose(*v.dims)
         data_vars[v.name] = _restore(da, v.attrs, v.encoding)
 
-    if m.aux:
-        aux_wanted = [n for n in m.aux.variables if n in wanted or n not in m.data_vars_order]
-        if aux_wanted:
-            aux_ds = dataset_from_bytes(enc.read_file(m.aux.file))
-            aux_ds = aux_ds.isel({k: s for k, s in tsel.items() if k in aux_ds.dims})
-            for n in aux_wanted:
-                da = _restore(
-                    aux_ds[n].variable.to_base_variable(),
-                    m.aux.attrs.get(n, {}),
-                    m.aux.encodings.get(n, {}),
-                )
-                if n in m.data_vars_order:
-                    data_vars[n] = xr.DataArray(da)
-                else:
-                    coords[n] = da
+    if m.aux and aux is not None:
+        tsel = {m.time_dim: slice(start, stop)}
+        aux_ds = aux.isel({k: sl for k, sl in tsel.items() if k in aux.dims})
+        for n in m.aux.variables:
+            if n not in wanted and n in m.data_vars_order:
+                continue
+            da = _restore(
+                aux_ds[n].variable.to_base_variable(),
+                m.aux.attrs.get(n, {}),
+                m.aux.encodings.get(n, {}),
+            )
+            if n in m.data_vars_order:
+                data_vars[n] = xr.DataArray(da)
+            else:
+                coords[n] = da
     for name, ci in m.coords.items():
         _restore(coords[name], ci.attrs, ci.encoding)
     order = [n for n in m.data_vars_order if n in data_vars]
@@ -506,3 +672,58 @@ def decode_cube(
         ds[n].attrs, ds[n].encoding = data_vars[n].attrs, data_vars[n].encoding
     ds.attrs = jsonvalues.dict_from_json(m.attrs)
     return ds
+
+
+def _aux_dataset(enc: EncodedCube, wanted: Sequence[str]) -> xr.Dataset | None:
+    m = enc.manifest
+    if not m.aux or not any(n in wanted or n not in m.data_vars_order for n in m.aux.variables):
+        return None
+    return dataset_from_bytes(enc.read_file(m.aux.file))
+
+
+def iter_decode(
+    enc: EncodedCube,
+    variables: Sequence[str] | None = None,
+    window: int = 16,
+    time: slice | None = None,
+    stats: DecodeStats | None = None,
+) -> Iterator[xr.Dataset]:
+    """Decode a cube as consecutive time windows of ``window`` frames.
+
+    Memory holds one window, whatever the cube's length: the way to read a cube that
+    does not fit in RAM. Each stream is decoded once, front to back (after one seek to
+    the keyframe before ``time.start``).
+    """
+    if window < 1:
+        raise InvalidCubeError(f"window must be at least 1 frame, got {window}")
+    m = enc.manifest
+    start, stop = _time_window(m, time)
+    wanted = _wanted(m, variables)
+    stats = stats if stats is not None else DecodeStats()
+    readers = [_StreamFrames(enc, s, start, stop, stats) for s in _needed_streams(m, wanted)]
+    aux = _aux_dataset(enc, wanted)
+    try:
+        for lo in range(start, stop, window):
+            hi = min(lo + window, stop)
+            decoded = {r.stream.name: r.take(hi - lo) for r in readers}
+            yield _assemble(enc, wanted, decoded, lo, hi, aux)
+    finally:
+        for r in readers:
+            r.close()
+
+
+def decode_cube(
+    enc: EncodedCube,
+    variables: Sequence[str] | None = None,
+    time: slice | None = None,
+    stats: DecodeStats | None = None,
+) -> xr.Dataset:
+    """Decode (some variables of) an encoded cube back into the Dataset that went in.
+
+    Only the streams holding the requested variables (and their masks) are read.  ``time``
+    is a frame-index slice; decoding seeks to the keyframe before its start. For cubes
+    larger than memory, use :func:`iter_decode`.
+    """
+    m = enc.manifest
+    start, stop = _time_window(m, time)
+    return next(iter_decode(enc, variables, window=stop - start, time=time, stats=stats))

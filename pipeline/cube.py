@@ -3,7 +3,9 @@ stacks, how they split into channels (one 2-D plane per time step), and what is 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -167,29 +169,102 @@ def valid_mask(values: np.ndarray, nodata: float | int | None) -> np.ndarray:
     return values != nodata
 
 
-def channel_stats(ds: xr.Dataset, layout: CubeLayout, ch: Channel, block: int = 32) -> ChannelStats:
-    """Min/max over valid pixels, read a block of frames at a time so memory stays bounded."""
-    da = channel_array(ds, layout, ch)
-    nodata = layout.nodata[ch.variable]
-    vmin, vmax = np.inf, -np.inf
-    n_valid = n_invalid = 0
-    n_t = da.sizes[layout.time_dim]
-    for start in range(0, n_t, block):
-        vals = np.asarray(da.isel({layout.time_dim: slice(start, start + block)}).values)
-        valid = valid_mask(vals, nodata)
-        nv = int(valid.sum())
-        n_valid += nv
-        n_invalid += valid.size - nv
-        if nv:
-            v = vals[valid]
-            vmin = min(vmin, float(v.min()))
-            vmax = max(vmax, float(v.max()))
-    if n_valid == 0:
-        raise InvalidCubeError(
-            f"variable {ch.variable!r} channel {ch.name!r} has no valid pixels (all NaN/nodata)"
+Block = dict[str, np.ndarray]  # channel name -> (frames, H, W) values
+
+
+def read_block(
+    ds: xr.Dataset, layout: CubeLayout, channels: Sequence[Channel], indices: Sequence[int]
+) -> Block:
+    """Values of several channels over some time steps, each variable read once.
+
+    A (time, band, y, x) variable is read for all its wanted bands in one request, so a
+    source that stores bands together (one GeoTIFF per day) is opened once per frame.
+    """
+    lo, hi = indices[0], indices[-1] + 1
+    tsel: slice | list[int] = slice(lo, hi) if hi - lo == len(indices) else list(indices)
+    out: Block = {}
+    for variable in dict.fromkeys(c.variable for c in channels):
+        wanted = [c for c in channels if c.variable == variable]
+        band_dim = layout.band_dims[variable]
+        da = ds[variable].isel({layout.time_dim: tsel})
+        if band_dim is None:
+            out[wanted[0].name] = np.asarray(
+                da.transpose(layout.time_dim, layout.y_dim, layout.x_dim).values
+            )
+            continue
+        bands = [c.band_index for c in wanted]
+        da = da.isel({band_dim: bands}).transpose(
+            band_dim, layout.time_dim, layout.y_dim, layout.x_dim
         )
-    _check_declared_range(ds[ch.variable], ch, vmin, vmax)
-    return ChannelStats(vmin, vmax, n_valid, n_invalid)
+        values = np.asarray(da.values)
+        for c, v in zip(wanted, values, strict=True):
+            out[c.name] = v
+    return out
+
+
+def iter_blocks(
+    ds: xr.Dataset,
+    layout: CubeLayout,
+    channels: Sequence[Channel],
+    indices: Sequence[int],
+    block: int,
+    ahead: int = 1,
+) -> Iterator[tuple[Sequence[int], Block]]:
+    """Consecutive blocks of ``indices`` with their values.
+
+    Up to ``ahead`` later blocks are read in background threads while the caller works on
+    this one (GeoTIFF and zarr reads release the GIL), so reading overlaps encoding; with
+    ``ahead=0`` everything happens in the calling thread.
+    """
+    chunks = [indices[i : i + block] for i in range(0, len(indices), block)]
+    if ahead < 1 or len(chunks) < 2:
+        for c in chunks:
+            yield c, read_block(ds, layout, channels, c)
+        return
+    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="cubecast-read") as pool:
+        pending = deque(
+            pool.submit(read_block, ds, layout, channels, c) for c in chunks[: ahead + 1]
+        )
+        for i, c in enumerate(chunks):
+            values = pending.popleft().result()
+            if i + ahead + 1 < len(chunks):
+                pending.append(pool.submit(read_block, ds, layout, channels, chunks[i + ahead + 1]))
+            yield c, values
+
+
+def cube_stats(
+    ds: xr.Dataset, layout: CubeLayout, block: int = 2, readers: int = 2
+) -> dict[str, ChannelStats]:
+    """Min/max over valid pixels of every channel, in one streaming pass over time.
+
+    Nothing else runs during this pass, so ``readers`` threads decompress blocks in
+    parallel (the pass costs one read of the cube, before the encoders can start).
+    """
+    acc = {c.name: [np.inf, -np.inf, 0, 0] for c in layout.channels}
+    indices = range(ds.sizes[layout.time_dim])
+    for _, values in iter_blocks(ds, layout, layout.channels, indices, block, ahead=readers):
+        for ch in layout.channels:
+            vals = values[ch.name]
+            valid = valid_mask(vals, layout.nodata[ch.variable])
+            nv = int(np.count_nonzero(valid))
+            a = acc[ch.name]
+            a[2] += nv
+            a[3] += valid.size - nv
+            if nv == valid.size:
+                a[0], a[1] = min(a[0], float(vals.min())), max(a[1], float(vals.max()))
+            elif nv:
+                v = vals[valid]
+                a[0], a[1] = min(a[0], float(v.min())), max(a[1], float(v.max()))
+    out = {}
+    for ch in layout.channels:
+        vmin, vmax, n_valid, n_invalid = acc[ch.name]
+        if n_valid == 0:
+            raise InvalidCubeError(
+                f"variable {ch.variable!r} channel {ch.name!r} has no valid pixels (all NaN/nodata)"
+            )
+        _check_declared_range(ds[ch.variable], ch, vmin, vmax)
+        out[ch.name] = ChannelStats(float(vmin), float(vmax), int(n_valid), int(n_invalid))
+    return out
 
 
 def _check_declared_range(da: xr.DataArray, ch: Channel, vmin: float, vmax: float) -> None:

@@ -7,7 +7,6 @@ A file reaches its final name only when complete and verified; until then it liv
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import requests
 from tqdm.auto import tqdm
 
+from pipeline.encoded import file_sha256
 from pipeline.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -39,14 +39,6 @@ def auth_headers(url: str) -> dict[str, str]:
     """The HuggingFace token for huggingface URLs only; never logged."""
     token = os.environ.get("HF_TOKEN")
     return {"Authorization": f"Bearer {token}"} if token and "huggingface" in url else {}
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _total_size(r: requests.Response, offset: int) -> int | None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import tarfile
 import tempfile
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -21,8 +23,26 @@ from pipeline.manifest import Manifest
 MANIFEST_FILE = "manifest.json"
 
 
+CHUNK = 1 << 20
+
+
 class StreamStore(Protocol):
     def read(self, filename: str) -> bytes: ...
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class MemoryStore:
@@ -43,12 +63,31 @@ class FolderStore:
         self.path = Path(path)
 
     def read(self, filename: str) -> bytes:
-        try:
-            return (self.path / filename).read_bytes()
-        except FileNotFoundError:
-            raise CorruptStreamError(
-                f"{self.path}: encoded cube is missing file {filename!r}"
-            ) from None
+        return self.file_path(filename).read_bytes()
+
+    def file_path(self, filename: str) -> Path:
+        """The file on disk, so large streams can be decoded or copied without loading them."""
+        path = self.path / filename
+        if not path.is_file():
+            raise CorruptStreamError(f"{self.path}: encoded cube is missing file {filename!r}")
+        return path
+
+
+class SpoolStore(FolderStore):
+    """A private temporary folder that the encoder writes streams into.
+
+    It is removed when the store is garbage collected, unless ``to_folder`` has moved
+    the files out first; the encoded cube never needs to be held in memory.
+    """
+
+    def __init__(self, parent: str | os.PathLike[str] | None = None) -> None:
+        if parent is not None:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+        super().__init__(tempfile.mkdtemp(prefix="cubecast-spool-", dir=parent))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.path), True)
+
+    def write(self, filename: str, data: bytes) -> None:
+        (self.path / filename).write_bytes(data)
 
 
 def sha256(data: bytes) -> str:
@@ -62,6 +101,7 @@ class EncodedCube:
         self.manifest = manifest
         self.store = store
         self.source = source
+        self._checked: set[str] = set()
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -76,21 +116,38 @@ class EncodedCube:
             names.append(self.manifest.aux.file)
         return names
 
+    def file_path(self, filename: str) -> Path | None:
+        """The stream's file on disk after a size and checksum check, or None for stores
+        that are not folders (bytes in memory, a tar, a shard over HTTP)."""
+        if not isinstance(self.store, FolderStore):
+            return None
+        path = self.store.file_path(filename)
+        if filename not in self._checked:
+            expected = self._expected(filename)
+            if expected is not None:
+                self._check(filename, path.stat().st_size, lambda: file_sha256(path), *expected)
+            self._checked.add(filename)
+        return path
+
+    def _check(
+        self, filename: str, size: int, digest: Callable[[], str], nbytes: int, sha: str
+    ) -> None:
+        if size != nbytes:
+            raise CorruptStreamError(
+                f"{self.source}: {filename} has {size} bytes, manifest says {nbytes} "
+                "(truncated or from another cube)"
+            )
+        if digest() != sha:
+            raise CorruptStreamError(
+                f"{self.source}: {filename} does not match its manifest checksum (corrupt "
+                "or from another cube)"
+            )
+
     def read_file(self, filename: str) -> bytes:
         data = self.store.read(filename)
         expected = self._expected(filename)
         if expected is not None:
-            nbytes, digest = expected
-            if len(data) != nbytes:
-                raise CorruptStreamError(
-                    f"{self.source}: {filename} has {len(data)} bytes, manifest says {nbytes} "
-                    "(truncated or from another cube)"
-                )
-            if sha256(data) != digest:
-                raise CorruptStreamError(
-                    f"{self.source}: {filename} does not match its manifest checksum (corrupt "
-                    "or from another cube)"
-                )
+            self._check(filename, len(data), lambda: sha256(data), *expected)
         return data
 
     def _expected(self, filename: str) -> tuple[int, str] | None:
@@ -116,23 +173,36 @@ class EncodedCube:
         return out
 
     def to_folder(self, path: str | os.PathLike[str]) -> Path:
-        """Write atomically: a sibling temp folder is renamed into place when complete."""
+        """Write atomically: a sibling temp folder is renamed into place when complete.
+
+        Files of a spooled cube are hard-linked (or copied across file systems) rather than
+        read into memory; afterwards this cube reads from the new folder.
+        """
         path = Path(path)
         if path.exists() and any(path.iterdir()):
             raise FileExistsError(f"{path}: output folder exists and is not empty")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        spooled = isinstance(self.store, SpoolStore)
         try:
-            for name, data in self.files().items():
-                (tmp / name).write_bytes(data)
+            for name in self.filenames():
+                src = self.file_path(name)
+                if src is None:
+                    (tmp / name).write_bytes(self.read_file(name))
+                elif spooled:
+                    _link_or_copy(src, tmp / name)
+                else:
+                    shutil.copyfile(src, tmp / name)
+            (tmp / MANIFEST_FILE).write_bytes(self.manifest.to_json().encode())
             if path.exists():
                 path.rmdir()
             tmp.rename(path)
         except BaseException:
-            for f in tmp.glob("*"):
-                f.unlink()
-            tmp.rmdir()
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if spooled:
+            self.store = FolderStore(path)
+            self.source = str(path)
         return path
 
     def to_bytes(self) -> bytes:

@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,14 +53,17 @@ def _planar_bytes(planes: np.ndarray, pix_fmt: str) -> bytes:
     return np.ascontiguousarray(planes, dtype=dtype).tobytes()
 
 
-def encode_frames_cli(
-    frames: Iterable[np.ndarray], height: int, width: int, settings: VideoSettings
-) -> bytes:
-    import ffmpeg
+class FfmpegWriter:
+    """Streams raw planar frames into an ``ffmpeg`` process that writes ``path``."""
 
-    exe = _require()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "stream.mkv"
+    def __init__(
+        self, path: str | os.PathLike[str], height: int, width: int, settings: VideoSettings
+    ) -> None:
+        import ffmpeg
+
+        exe = _require()
+        self.settings = settings
+        self.frames = 0
         stream = ffmpeg.input(
             "pipe:",
             format="rawvideo",
@@ -68,27 +71,38 @@ def encode_frames_cli(
             s=f"{width}x{height}",
             framerate=1,
         ).output(
-            str(out),
+            os.fspath(path),
             vcodec=settings.codec,
             pix_fmt=settings.pix_fmt,
             format="matroska",
             **settings.options(),
         )
-        proc = (
+        self._proc = (
             stream.overwrite_output()
             .global_args("-loglevel", "error")
             .run_async(cmd=exe, pipe_stdin=True, pipe_stderr=True)
         )
+
+    def write(self, planes: np.ndarray) -> None:
         try:
-            for planes in frames:
-                proc.stdin.write(_planar_bytes(planes, settings.pix_fmt))
-            proc.stdin.close()
+            self._proc.stdin.write(_planar_bytes(planes, self.settings.pix_fmt))
+        except BrokenPipeError:
+            self._fail()
+        self.frames += 1
+
+    def close(self) -> None:
+        try:
+            self._proc.stdin.close()
         except BrokenPipeError:
             pass
-        err = proc.stderr.read().decode(errors="replace")
-        if proc.wait() != 0:
-            raise InvalidCubeError(f"ffmpeg ({settings.codec}) failed: {err.strip()[-500:]}")
-        return out.read_bytes()
+        if self._proc.wait() != 0:
+            self._fail()
+
+    def _fail(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+        err = self._proc.stderr.read().decode(errors="replace")
+        raise InvalidCubeError(f"ffmpeg ({self.settings.codec}) failed: {err.strip()[-500:]}")
 
 
 def decode_frames_cli(

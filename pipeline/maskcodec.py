@@ -7,7 +7,10 @@ under zstd take about a tenth of the bytes FFV1 needs for the same mask.  Chunks
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Iterable
+from typing import BinaryIO
 
 import numpy as np
 import zstandard
@@ -17,31 +20,50 @@ from pipeline.errors import CorruptStreamError
 CODEC = "zstd-bitpack"
 
 
+class MaskWriter:
+    """Appends compressed chunks to a file as frames arrive; ``offsets`` after close()."""
+
+    def __init__(
+        self, target: str | os.PathLike[str] | BinaryIO, chunk_frames: int, level: int = 19
+    ):
+        self._own = isinstance(target, (str, os.PathLike))
+        self._file: BinaryIO = open(target, "wb") if self._own else target  # type: ignore[arg-type]
+        self._cctx = zstandard.ZstdCompressor(level=level)
+        self._chunk = chunk_frames
+        self._buf: list[np.ndarray] = []
+        self._pos = 0
+        self.offsets: list[int] = []
+
+    def write(self, frame: np.ndarray) -> None:
+        """frame: bool (planes, H, W) for one time step."""
+        self._buf.append(np.asarray(frame, dtype=bool))
+        if len(self._buf) == self._chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        blob = self._cctx.compress(np.packbits(np.stack(self._buf)).tobytes())
+        self.offsets.append(self._pos)
+        self._file.write(blob)
+        self._pos += len(blob)
+        self._buf.clear()
+
+    def close(self) -> None:
+        if self._buf:
+            self._flush()
+        if self._own:
+            self._file.close()
+
+
 def encode_masks(
     frames: Iterable[np.ndarray], chunk_frames: int, level: int = 19
 ) -> tuple[bytes, list[int]]:
     """frames: bool (planes, H, W) per time step.  Returns bytes and chunk start offsets."""
-    cctx = zstandard.ZstdCompressor(level=level)
-    parts: list[bytes] = []
-    offsets: list[int] = []
-    pos = 0
-    buf: list[np.ndarray] = []
-
-    def flush() -> None:
-        nonlocal pos
-        blob = cctx.compress(np.packbits(np.stack(buf)).tobytes())
-        offsets.append(pos)
-        parts.append(blob)
-        pos += len(blob)
-        buf.clear()
-
+    buf = io.BytesIO()
+    writer = MaskWriter(buf, chunk_frames, level)
     for frame in frames:
-        buf.append(np.asarray(frame, dtype=bool))
-        if len(buf) == chunk_frames:
-            flush()
-    if buf:
-        flush()
-    return b"".join(parts), offsets
+        writer.write(frame)
+    writer.close()
+    return buf.getvalue(), writer.offsets
 
 
 def decode_masks(

@@ -168,16 +168,17 @@ def compare_encoded(
     window: int = 64,
 ) -> list[BandQuality]:
     """Quality of an encoded cube against its source, decoded ``window`` frames at a time."""
-    from pipeline.codec import decode_cube
+    from pipeline.codec import iter_decode
 
     acc = QualityAccumulator(original, roles=roles)
     tdim = acc.layout.time_dim
-    n = original.sizes[tdim]
     frame = original.sizes[acc.layout.y_dim] * original.sizes[acc.layout.x_dim]
     window = max(1, min(window, (1 << 24) // frame))  # ~16 frames at 1024 x 1024
-    for start in range(0, n, window):
-        sl = slice(start, min(start + window, n))
-        acc.update(original.isel({tdim: sl}), decode_cube(enc, time=sl))
+    start = 0
+    for decoded in iter_decode(enc, window=window):
+        stop = start + decoded.sizes[tdim]
+        acc.update(original.isel({tdim: slice(start, stop)}), decoded)
+        start = stop
     return acc.result()
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from pipeline.download import file_sha256
+from pipeline.encoded import file_sha256
 from pipeline.errors import PublishError
 from pipeline.verify import REPORT_JSON, Verification
 

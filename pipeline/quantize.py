@@ -33,44 +33,75 @@ class Quantiser:
         return cls(offset=vmin, scale=(span / max_code) if span > 0 else 1.0, bits=bits)
 
     def to_codes(self, values: np.ndarray) -> np.ndarray:
-        """Float codes (not yet rounded) so that fills can be computed before rounding."""
-        return (values.astype(np.float64) - self.offset) / self.scale
+        """Float codes, not yet rounded."""
+        work = _work_dtype(values.dtype)
+        codes = values.astype(work)
+        codes -= work.type(self.offset)
+        if self.scale != 1.0:
+            codes /= work.type(self.scale)
+        return codes
 
     def codes_to_uint(self, codes: np.ndarray) -> np.ndarray:
         return np.clip(np.rint(codes), 0, self.max_code).astype(np.uint16)
 
+    def quantise(self, values: np.ndarray, out: np.ndarray) -> None:
+        """Integer codes of ``values`` into the uint16 array ``out``, in place where it can
+        (a lookup table for 16-bit inputs measured twice as slow as these float passes)."""
+        codes = self.to_codes(values)
+        np.rint(codes, out=codes)
+        np.clip(codes, 0, self.max_code, out=codes)
+        with np.errstate(invalid="ignore"):  # NaN at invalid pixels: gap-filled after this
+            np.copyto(out, codes, casting="unsafe")
+
     def from_codes(self, codes: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        values = codes.astype(np.float64) * self.scale + self.offset
         dtype = np.dtype(dtype)
+        work = _work_dtype(dtype)
+        values = codes.astype(work)
+        if self.scale != 1.0:
+            values *= work.type(self.scale)
+        values += work.type(self.offset)
         if dtype.kind in "iu":
             info = np.iinfo(dtype)
             return np.clip(np.rint(values), info.min, info.max).astype(dtype)
         return values.astype(dtype)
 
 
+def _work_dtype(dtype: np.dtype) -> np.dtype:
+    """float32 where it is exact enough: integers up to 16 bits are exact in it, and for
+    float32 data (v - offset) rounds once relative to the result, not to v. Wider types
+    need float64."""
+    dtype = np.dtype(dtype)
+    if (dtype.kind in "biu" and dtype.itemsize <= 2) or (dtype.kind == "f" and dtype.itemsize <= 4):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
 class TemporalFiller:
-    """Fills invalid pixels with that pixel's previous (possibly filled) code.
+    """Fills invalid pixels of integer code frames with that pixel's previous code.
 
     Pixels never valid so far take the mean of the frame's valid codes, or mid-range.
     """
 
-    def __init__(self, shape: tuple[int, int], max_code: int) -> None:
-        self._last = np.full(shape, max_code / 2.0)
+    def __init__(self, max_code: int) -> None:
+        self._mid = (max_code + 1) // 2
+        self._last: np.ndarray | None = None
         self._seen = False
 
-    def fill(self, codes: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        if valid.all():
-            self._last = codes
-            self._seen = True
-            return codes
-        out = codes.copy()
+    def fill(self, codes: np.ndarray, valid: np.ndarray | None) -> None:
+        """Fill ``codes`` in place; ``valid=None`` means every pixel is valid."""
+        if valid is None or valid.all():
+            self._last, self._seen = codes, True
+            return
         invalid = ~valid
-        if not self._seen and valid.any():
-            self._last = np.full(codes.shape, float(codes[valid].mean()))
-        out[invalid] = self._last[invalid]
-        self._last = out
-        self._seen = self._seen or bool(valid.any())
-        return out
+        any_valid = bool(valid.any())
+        if not self._seen and any_valid:
+            codes[invalid] = int(np.rint(codes[valid].mean()))
+        elif self._last is None:
+            codes[invalid] = self._mid
+        else:
+            codes[invalid] = self._last[invalid]
+        self._last = codes
+        self._seen = self._seen or any_valid
 
 
 def pad_even(frame: np.ndarray, pad: tuple[int, int]) -> np.ndarray:

@@ -19,7 +19,7 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 from tqdm.auto import tqdm
 
-from pipeline.download import file_sha256
+from pipeline.encoded import file_sha256
 from pipeline.synthetic import S2_BANDS, CloudField, Surface, fractal_noise
 
 DEC_START = "2016-01-01"

@@ -17,7 +17,7 @@ from typing import Any
 import xarray as xr
 from tqdm.auto import tqdm
 
-from pipeline.download import file_sha256
+from pipeline.encoded import file_sha256
 from pipeline.errors import VerificationError
 from pipeline.metrics import BandQuality, compare_encoded
 from pipeline.reader import _open_archive, _shards_of, sample_encoded, sample_ids

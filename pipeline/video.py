@@ -8,9 +8,13 @@ most informative band (or principal component) first.
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import av
 import numpy as np
@@ -64,47 +68,119 @@ def n_planes(pix_fmt: str) -> int:
     return 3 if pix_fmt.startswith(("gbrp", "yuv444")) else 1
 
 
+def _sample_dtype(pix_fmt: str) -> np.dtype:
+    return np.dtype(np.uint8 if pix_fmt in ("gray", "gbrp") else "<u2")
+
+
 def _to_frame(planes: np.ndarray, pix_fmt: str) -> av.VideoFrame:
-    if planes.shape[0] == 1:
+    """Copy planes straight into the frame's buffers; gbrp's plane order G, B, R is our
+    plane order 0, 1, 2, so no interleaved (H, W, 3) copy is needed."""
+    dtype = _sample_dtype(pix_fmt)
+    h, w = planes.shape[1:]
+    frame = av.VideoFrame(w, h, pix_fmt)
+    if all(p.line_size == w * dtype.itemsize for p in frame.planes):
+        for p in range(planes.shape[0]):
+            frame.planes[p].update(np.ascontiguousarray(planes[p], dtype=dtype))
+        return frame
+    if planes.shape[0] == 1:  # padded rows: let PyAV handle the line stride
         arr = planes[0]
     else:
         arr = np.empty(planes.shape[1:] + (3,), dtype=planes.dtype)
         for p, idx in enumerate(_GBRP_INDEX):
             arr[..., idx] = planes[p]
-    dtype = np.uint8 if pix_fmt in ("gray", "gbrp") else np.uint16
     return av.VideoFrame.from_ndarray(np.ascontiguousarray(arr, dtype=dtype), format=pix_fmt)
 
 
 def _from_frame(frame: av.VideoFrame, planes: int) -> np.ndarray:
+    fmt = frame.format.name
+    dtype = _sample_dtype(fmt)
+    h, w = frame.height, frame.width
+    if fmt in (
+        "gray",
+        "gray12le",
+        "gray10le",
+        "gray16le",
+        "gbrp",
+        "gbrp10le",
+        "gbrp12le",
+        "gbrp16le",
+    ):
+        out = np.empty((planes, h, w), dtype=dtype)
+        for p in range(planes):
+            plane = frame.planes[p]
+            rows = np.frombuffer(plane, dtype=dtype).reshape(h, -1)
+            out[p] = rows[:, :w]
+        return out
     arr = frame.to_ndarray()
     if planes == 1:
         return arr[np.newaxis]
     return np.stack([arr[..., idx] for idx in _GBRP_INDEX])
 
 
-def encode_frames(
-    frames: Iterable[np.ndarray], height: int, width: int, settings: VideoSettings
-) -> bytes:
-    """Encode frames into a Matroska byte string; frames are consumed lazily."""
-    if settings.engine == "ffmpeg":
-        from pipeline.ffmpeg_backend import encode_frames_cli
+class StreamWriter(Protocol):
+    """An open encoder: frames go in one at a time, the stream is complete after close()."""
 
-        return encode_frames_cli(frames, height, width, settings)
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=CONTAINER) as container:
-        stream = container.add_stream(settings.codec, rate=1)
+    def write(self, planes: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
+StreamTarget = str | os.PathLike[str] | BinaryIO
+
+
+class PyAVWriter:
+    """Encodes into a Matroska file (or file object) as frames arrive; nothing is buffered
+    beyond the encoder's own lookahead."""
+
+    def __init__(self, target: StreamTarget, height: int, width: int, settings: VideoSettings):
+        target = os.fspath(target) if isinstance(target, (str, os.PathLike)) else target
+        self.settings = settings
+        self._container = av.open(target, "w", format=CONTAINER)
+        stream = self._container.add_stream(settings.codec, rate=1)
         stream.width, stream.height = width, height
         stream.pix_fmt = settings.pix_fmt
         stream.options = settings.options()
         if settings.codec == "ffv1" and settings.threads:
             stream.thread_count = settings.threads
-        for i, planes in enumerate(frames):
-            frame = _to_frame(planes, settings.pix_fmt)
-            frame.pts = i
-            frame.time_base = Fraction(1, 1)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return buf.getvalue()
+        self._stream = stream
+        self.frames = 0
+
+    def write(self, planes: np.ndarray) -> None:
+        frame = _to_frame(planes, self.settings.pix_fmt)
+        frame.pts = self.frames
+        frame.time_base = Fraction(1, 1)
+        self._container.mux(self._stream.encode(frame))
+        self.frames += 1
+
+    def close(self) -> None:
+        try:
+            self._container.mux(self._stream.encode(None))
+        finally:
+            self._container.close()
+
+
+def open_writer(
+    path: str | os.PathLike[str], height: int, width: int, settings: VideoSettings
+) -> StreamWriter:
+    """The engine's writer for ``path`` (PyAV in-process, or the ffmpeg command line)."""
+    if settings.engine == "ffmpeg":
+        from pipeline.ffmpeg_backend import FfmpegWriter
+
+        return FfmpegWriter(path, height, width, settings)
+    return PyAVWriter(path, height, width, settings)
+
+
+def encode_frames(
+    frames: Iterable[np.ndarray], height: int, width: int, settings: VideoSettings
+) -> bytes:
+    """Encode frames into a Matroska byte string (small streams: samples, tests)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "stream.mkv"
+        writer: StreamWriter = open_writer(path, height, width, settings)
+        for planes in frames:
+            writer.write(planes)
+        writer.close()
+        return path.read_bytes()
 
 
 @dataclass
@@ -116,7 +192,7 @@ class DecodeStats:
 
 
 def decode_frames(
-    data: bytes,
+    data: bytes | StreamTarget,
     n_planes_: int,
     start: int = 0,
     stop: int | None = None,
@@ -130,7 +206,10 @@ def decode_frames(
     """
     stats = stats if stats is not None else DecodeStats()
     try:
-        container = av.open(io.BytesIO(data), "r", format=CONTAINER)
+        source = io.BytesIO(data) if isinstance(data, bytes) else data
+        if isinstance(source, (str, os.PathLike)):
+            source = os.fspath(source)
+        container = av.open(source, "r", format=CONTAINER)
     except (av.FFmpegError, OSError) as exc:
         raise CorruptStreamError(f"{name}: not a readable video stream ({exc})") from exc
     with container:

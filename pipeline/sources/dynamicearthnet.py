@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,17 +35,60 @@ _DAY = re.compile(r"(\d{4}-\d{2}-\d{2})\.tif$")
 _MONTH = re.compile(r"(\d{4})_(\d{2})_01\.tif$")
 
 
+class FrameCache:
+    """The last few daily GeoTIFFs of an area, all bands, shared by its four band arrays.
+
+    The encoder asks for blue, green, red and nir of the same days one after the other;
+    without the cache each request would open and decompress the same file again.
+    """
+
+    def __init__(self, capacity: int = 4) -> None:
+        self.capacity = capacity
+        self.reads = 0
+        self._frames: OrderedDict[tuple[Path, tuple[int, int, int, int]], np.ndarray] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def read(self, path: Path, window: tuple[int, int, int, int]) -> np.ndarray:
+        """(bands, h, w) of ``path`` inside window (x0, y0, width, height)."""
+        import rasterio
+        from rasterio.windows import Window
+
+        key = (path, window)
+        with self._lock:
+            if key in self._frames:
+                self._frames.move_to_end(key)
+                return self._frames[key]
+        try:
+            with rasterio.open(path) as src:
+                data = src.read(window=Window(*window))
+        except rasterio.errors.RasterioError as exc:
+            raise SourceError(f"{path}: cannot read ({exc})") from exc
+        with self._lock:
+            self.reads += 1
+            self._frames[key] = data
+            while len(self._frames) > self.capacity:
+                self._frames.popitem(last=False)
+        return data
+
+
 class GeoTiffStack(BackendArray):
     """One band of a list of single-date GeoTIFFs as a lazily indexed (time, y, x) array."""
 
     def __init__(
-        self, paths: Sequence[Path], band: int, shape: tuple[int, int], dtype: np.dtype
+        self,
+        paths: Sequence[Path],
+        band: int,
+        shape: tuple[int, int],
+        dtype: np.dtype,
+        cache: FrameCache | None = None,
     ) -> None:
         self.paths = list(paths)
         self.band = band
         self.shape = (len(self.paths), *shape)
         self.dtype = np.dtype(dtype)
-        self._lock = threading.Lock()
+        self.cache = cache if cache is not None else FrameCache()
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
         return indexing.explicit_indexing_adapter(
@@ -52,9 +96,6 @@ class GeoTiffStack(BackendArray):
         )
 
     def _raw(self, key: tuple) -> np.ndarray:
-        import rasterio
-        from rasterio.windows import Window
-
         tkey, ykey, xkey = key
         times = np.arange(self.shape[0])[tkey]
         ys = np.arange(self.shape[1])[ykey]
@@ -66,17 +107,22 @@ class GeoTiffStack(BackendArray):
             return out[0] if scalar_t else out
         y0, y1 = int(np.min(ys)), int(np.max(ys)) + 1
         x0, x1 = int(np.min(xs)), int(np.max(xs)) + 1
+        whole = _is_range(ys, y0, y1) and _is_range(xs, x0, x1)
         for i, t in enumerate(times):
-            try:
-                with rasterio.open(self.paths[t]) as src:
-                    win = src.read(self.band, window=Window(x0, y0, x1 - x0, y1 - y0))
-            except rasterio.errors.RasterioError as exc:
-                raise SourceError(f"{self.paths[t]}: cannot read ({exc})") from exc
-            out[i] = win[np.ix_(np.atleast_1d(ys) - y0, np.atleast_1d(xs) - x0)].reshape(
-                out.shape[1:]
-            )
+            frame = self.cache.read(self.paths[t], (x0, y0, x1 - x0, y1 - y0))[self.band - 1]
+            if whole:
+                out[i] = frame.reshape(out.shape[1:])
+            else:
+                sub = frame[np.ix_(np.atleast_1d(ys) - y0, np.atleast_1d(xs) - x0)]
+                out[i] = sub.reshape(out.shape[1:])
         out = out.reshape((len(times), *np.shape(ys), *np.shape(xs)))
         return out[0] if scalar_t else out
+
+
+def _is_range(idx: np.ndarray, lo: int, hi: int) -> bool:
+    """True when the index selects lo..hi-1 in order, so the frame needs no fancy indexing."""
+    flat = np.atleast_1d(idx)
+    return flat.size == hi - lo and bool(flat[0] == lo) and bool(np.all(np.diff(flat) == 1))
 
 
 def _grid(path: Path) -> tuple[xr.Dataset, int, int, np.dtype, int]:
@@ -116,8 +162,9 @@ class DynamicEarthNet:
             raise SourceError(f"{paths[0]}: expected {len(BANDS)} bands, found {count}")
         times = pd.to_datetime([_DAY.search(r).group(1) for r in days])  # type: ignore[union-attr]
         ds = base.assign_coords(time=("time", times))
+        cache = FrameCache()
         for i, band in enumerate(BANDS):
-            arr = indexing.LazilyIndexedArray(GeoTiffStack(paths, i + 1, (h, w), dtype))
+            arr = indexing.LazilyIndexedArray(GeoTiffStack(paths, i + 1, (h, w), dtype, cache))
             ds[band] = xr.Variable(
                 ("time", "y", "x"),
                 arr,
