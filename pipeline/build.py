@@ -59,6 +59,7 @@ def encode_step(
     if not force and mark.is_file() and mark.read_text() == fp:
         return staged
     cube = load_cube(recipe, cube_id, mirror)
+    staging.mkdir(parents=True, exist_ok=True)
     sample = encode_sample(
         cube.dataset,
         recipe.encode_options(),
@@ -66,9 +67,9 @@ def encode_step(
         split=cube.split,
         roles=recipe.roles(),
         bbox=cube.bbox,
+        workdir=staging,  # streams spool beside their final place: staging links, not copies
     )
     sample.extra.update({"crs": cube.crs, "dataset": recipe.taco.id})
-    staging.mkdir(parents=True, exist_ok=True)
     staged = stage_sample(sample, staging)
     (staged.folder / FINGERPRINT).write_text(fp)
     return staged

@@ -68,9 +68,21 @@ def encode(
     ] = None,
     preset: Annotated[str, typer.Option(help="x265 preset")] = "medium",
     keyint: Annotated[int, typer.Option(help="max frames between keyframes")] = 64,
-    workers: Annotated[int, typer.Option(help="streams encoded concurrently")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="PSNR-target streams whose CRF searches run concurrently")
+    ] = 1,
+    codec: Annotated[
+        str, typer.Option(help="libx265, or libaom-av1 (12-bit AV1, needs --engine ffmpeg)")
+    ] = "libx265",
+    engine: Annotated[
+        str, typer.Option(help="pyav (in-process) or ffmpeg (the ffmpeg command line)")
+    ] = "pyav",
 ) -> None:
-    """Encode a cube into video streams plus a manifest."""
+    """Encode a cube into video streams plus a manifest.
+
+    The cube is read a few frames at a time and all its streams are encoded in one pass,
+    written to disk as they grow, so memory does not depend on the number of frames.
+    """
     if sum(x is not None and x is not False for x in (crf, psnr, lossless or None)) > 1:
         raise CubecastError("choose one of --crf, --psnr, --lossless")
     ds = open_input(input)
@@ -81,8 +93,12 @@ def encode(
         preset=preset,
         keyint=keyint,
         workers=workers,
+        codec=codec,
+        engine=engine,
     )
-    enc = encode_cube(ds, opts, cube_id=Path(input).stem, progress=sys.stderr.isatty())
+    enc = encode_cube(
+        ds, opts, cube_id=Path(input).stem, progress=sys.stderr.isatty(), workdir=output.parent
+    )
     if output.suffix == ".tar":
         tmp = output.with_name(f".{output.name}.part")
         tmp.write_bytes(enc.to_bytes())

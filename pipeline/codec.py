@@ -38,6 +38,7 @@ from pipeline.planning import LOSSLESS_BITS, LOSSY_BITS, EncodeOptions, StreamPl
 from pipeline.quantize import Quantiser, TemporalFiller, pad_even
 from pipeline.ratecontrol import search_crf
 from pipeline.video import (
+    LOSSY_CODECS,
     DecodeStats,
     VideoSettings,
     decode_frames,
@@ -419,8 +420,8 @@ def encode_cube(
                 planes=planes,
                 bits=codec_bits,
                 lossless=settings.lossless,
-                crf=settings.crf if settings.codec == "libx265" else None,
-                preset=settings.preset if settings.codec == "libx265" else None,
+                crf=settings.crf if settings.codec in LOSSY_CODECS else None,
+                preset=settings.preset if settings.codec in LOSSY_CODECS else None,
                 x265_params=settings.x265_params if settings.codec == "libx265" else "",
                 keyint=settings.keyint,
                 nbytes=path.stat().st_size,

@@ -83,7 +83,7 @@ class SpoolStore(FolderStore):
     def __init__(self, parent: str | os.PathLike[str] | None = None) -> None:
         if parent is not None:
             Path(parent).mkdir(parents=True, exist_ok=True)
-        super().__init__(tempfile.mkdtemp(prefix="cubecast-spool-", dir=parent))
+        super().__init__(tempfile.mkdtemp(prefix=".cubecast-spool-", dir=parent))
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.path), True)
 
     def write(self, filename: str, data: bytes) -> None:

@@ -258,12 +258,13 @@ def encode_sample(
     split: str | None = None,
     roles: dict[str, str] | None = None,
     bbox: tuple[float, float, float, float] | None = None,
+    workdir: str | Path | None = None,
 ) -> CubeSample:
     """Encode a cube and measure it against its source: the unit of work before packing."""
     from pipeline.codec import encode_cube
     from pipeline.metrics import compare_encoded, raw_nbytes
 
-    enc = encode_cube(ds, options, cube_id=cube_id, roles=roles)
+    enc = encode_cube(ds, options, cube_id=cube_id, roles=roles, workdir=workdir)
     quality = compare_encoded(ds, enc, roles=roles)
     m = enc.manifest
     where = bbox if bbox is not None else footprint(ds, m.y_dim, m.x_dim)

@@ -10,7 +10,7 @@ from pipeline.cube import Channel, ChannelStats, CubeLayout
 from pipeline.errors import InvalidCubeError
 from pipeline.manifest import StreamKind
 from pipeline.maskcodec import CODEC as MASK_CODEC
-from pipeline.video import VideoSettings
+from pipeline.video import AV1, LOSSY_CODECS, VideoSettings
 
 LOSSY_BITS = 12
 LOSSLESS_BITS = 16
@@ -39,6 +39,7 @@ class EncodeOptions:
     threads: int = 0
     workers: int = 1
     engine: str = "pyav"  # "ffmpeg": encode through the ffmpeg command line
+    codec: str = "libx265"  # or "libaom-av1" (12-bit AV1; needs engine="ffmpeg")
 
 
 @dataclass
@@ -94,8 +95,17 @@ def plan_streams(
 ) -> list[StreamPlan]:
     taken: set[str] = set()
     plans: list[StreamPlan] = []
+    if options.codec not in LOSSY_CODECS:
+        raise InvalidCubeError(
+            f"codec {options.codec!r} is not supported (choose {' or '.join(LOSSY_CODECS)})"
+        )
+    if options.codec == AV1 and options.engine != "ffmpeg":
+        raise InvalidCubeError(
+            f"codec {AV1!r} is not in PyAV's wheels: encode it with engine='ffmpeg' "
+            "(PyAV decodes it)"
+        )
     base = VideoSettings(
-        codec="libx265",
+        codec=options.codec,
         pix_fmt="gray12le",
         crf=options.crf,
         preset=options.preset,

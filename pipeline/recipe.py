@@ -85,6 +85,8 @@ class GroupRecipe(_Strict):
 
 
 class CodecSpec(_Strict):
+    codec: Literal["libx265", "libaom-av1"] = "libx265"
+    engine: Literal["pyav", "ffmpeg"] = "pyav"
     preset: Literal[
         "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"
     ] = "medium"
@@ -94,6 +96,12 @@ class CodecSpec(_Strict):
     x265_params: str = ""
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     groups: list[GroupRecipe] = []
+
+    @model_validator(mode="after")
+    def _av1_needs_ffmpeg(self) -> CodecSpec:
+        if self.codec == "libaom-av1" and self.engine != "ffmpeg":
+            raise ValueError("codec 'libaom-av1' needs engine = \"ffmpeg\" (PyAV lacks libaom)")
+        return self
 
 
 class VerifySpec(_Strict):
@@ -206,6 +214,8 @@ class Recipe(_Strict):
             keyint=c.keyint,
             x265_params=c.x265_params,
             workers=c.workers,
+            codec=c.codec,
+            engine=c.engine,
         )
         from dataclasses import replace
 

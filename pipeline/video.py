@@ -28,7 +28,7 @@ CONTAINER = "matroska"
 
 @dataclass(frozen=True)
 class VideoSettings:
-    codec: str  # "libx265" or "ffv1"
+    codec: str  # "libx265", "ffv1", or "libaom-av1" (ffmpeg engine only)
     pix_fmt: str
     crf: float | None = 20.0
     preset: str = "medium"
@@ -61,7 +61,36 @@ class VideoSettings:
             return opts
         if self.codec == "ffv1":
             return {"level": "3", "coder": "1", "context": "1", "slicecrc": "1", "g": "1"}
+        if self.codec == AV1:
+            opts = {
+                "cpu-used": str(AOM_CPU_USED.get(self.preset, 4)),
+                "g": str(self.keyint),
+                "keyint_min": str(min(self.keyint, 8)),
+                "row-mt": "1",
+                "b:v": "0",
+                "tune": "psnr",
+            }
+            if self.lossless:
+                opts["lossless"] = "1"
+            elif self.crf is not None:
+                opts["crf"] = f"{round(self.crf)}"
+            return opts
         raise InvalidCubeError(f"codec {self.codec!r} is not available in the PyAV backend")
+
+
+# x265 preset names mapped onto libaom's speed levels (0 slowest .. 8 fastest)
+AV1 = "libaom-av1"
+AOM_CPU_USED = {
+    "ultrafast": 8,
+    "superfast": 7,
+    "veryfast": 6,
+    "faster": 6,
+    "fast": 5,
+    "medium": 4,
+    "slow": 3,
+    "slower": 2,
+}
+LOSSY_CODECS = ("libx265", AV1)
 
 
 def n_planes(pix_fmt: str) -> int:

@@ -57,3 +57,22 @@ def test_cube_round_trip_with_the_ffmpeg_engine():
     enc = encode_cube(ds, EncodeOptions(crf=8, engine="ffmpeg"))
     for q in compare(ds, decode_cube(enc)):
         assert q.exact if q.role == "categorical" else q.psnr > 40, q
+
+
+def test_av1_through_ffmpeg_decodes_in_pyav():
+    """libaom-av1 is not in PyAV's wheels: ffmpeg encodes it, PyAV (dav1d) decodes it."""
+    ds = s2_like(t=10, h=32, w=30)
+    opts = EncodeOptions(crf=10, codec="libaom-av1", engine="ffmpeg", preset="ultrafast")
+    enc = encode_cube(ds, opts)
+    lossy = [s for s in enc.manifest.streams if s.kind == "continuous"]
+    assert lossy and {s.codec for s in lossy} == {"libaom-av1"}
+    assert {s.pix_fmt for s in lossy} <= {"gbrp12le", "gray12le"}
+    for q in compare(ds, decode_cube(enc)):
+        assert q.exact if q.role == "categorical" else q.psnr > 40, q
+
+
+def test_av1_without_the_ffmpeg_engine_is_refused():
+    from pipeline.errors import InvalidCubeError
+
+    with pytest.raises(InvalidCubeError, match="engine='ffmpeg'"):
+        encode_cube(s2_like(t=4), EncodeOptions(codec="libaom-av1"))
