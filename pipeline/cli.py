@@ -75,8 +75,11 @@ def encode(
         str, typer.Option(help="libx265, or libaom-av1 (12-bit AV1, needs --engine ffmpeg)")
     ] = "libx265",
     engine: Annotated[
-        str, typer.Option(help="pyav (in-process) or ffmpeg (the ffmpeg command line)")
-    ] = "pyav",
+        str,
+        typer.Option(
+            help="auto (ffmpeg when a binary exists), ffmpeg (command line) or pyav (in-process)"
+        ),
+    ] = "auto",
 ) -> None:
     """Encode a cube into video streams plus a manifest.
 

@@ -47,10 +47,10 @@ def _require() -> str:
     return exe
 
 
-def _planar_bytes(planes: np.ndarray, pix_fmt: str) -> bytes:
+def _planar_bytes(planes: np.ndarray, pix_fmt: str) -> memoryview:
     """gbrp's planar order is G, B, R, which is our plane order 0, 1, 2 (see video.py)."""
     dtype = "<u1" if pix_fmt in ("gray", "gbrp") else "<u2"
-    return np.ascontiguousarray(planes, dtype=dtype).tobytes()
+    return np.ascontiguousarray(planes, dtype=dtype).data
 
 
 class FfmpegWriter:

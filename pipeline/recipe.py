@@ -86,7 +86,7 @@ class GroupRecipe(_Strict):
 
 class CodecSpec(_Strict):
     codec: Literal["libx265", "libaom-av1"] = "libx265"
-    engine: Literal["pyav", "ffmpeg"] = "pyav"
+    engine: Literal["auto", "pyav", "ffmpeg"] = "auto"
     preset: Literal[
         "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"
     ] = "medium"
@@ -99,7 +99,7 @@ class CodecSpec(_Strict):
 
     @model_validator(mode="after")
     def _av1_needs_ffmpeg(self) -> CodecSpec:
-        if self.codec == "libaom-av1" and self.engine != "ffmpeg":
+        if self.codec == "libaom-av1" and self.engine == "pyav":
             raise ValueError("codec 'libaom-av1' needs engine = \"ffmpeg\" (PyAV lacks libaom)")
         return self
 

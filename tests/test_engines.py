@@ -71,8 +71,15 @@ def test_av1_through_ffmpeg_decodes_in_pyav():
         assert q.exact if q.role == "categorical" else q.psnr > 40, q
 
 
+def test_auto_engine_is_the_command_line_when_ffmpeg_exists():
+    from pipeline.planning import resolve_engine
+
+    assert resolve_engine("auto") == "ffmpeg"
+    assert resolve_engine("pyav") == "pyav"
+
+
 def test_av1_without_the_ffmpeg_engine_is_refused():
     from pipeline.errors import InvalidCubeError
 
     with pytest.raises(InvalidCubeError, match="engine='ffmpeg'"):
-        encode_cube(s2_like(t=4), EncodeOptions(codec="libaom-av1"))
+        encode_cube(s2_like(t=4), EncodeOptions(codec="libaom-av1", engine="pyav"))

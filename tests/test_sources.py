@@ -61,7 +61,7 @@ def test_shipped_recipes_validate(name):
         (lambda d: d["variables"].update(categorical=["B02"]), "both continuous and"),
         (lambda d: d.pop("verify"), "verify: Field required"),
         (lambda d: d["taco"].update(id="Has Spaces"), "taco.id"),
-        (lambda d: d["codec"].update(codec="libaom-av1"), "needs engine"),
+        (lambda d: d["codec"].update(codec="libaom-av1", engine="pyav"), "needs engine"),
         (lambda d: d["codec"].update(codec="vp9"), "codec.codec"),
     ],
 )

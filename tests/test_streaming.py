@@ -79,7 +79,9 @@ def test_each_geotiff_is_opened_once_per_pass_for_all_bands(den_cube):
     enc = encode_cube(den_cube, EncodeOptions(crf=12, groups=groups), roles={"label": "metadata"})
     assert [s.planes for s in enc.manifest.streams] == [["red", "green", "blue"], ["nir"]]
     # 4 bands in 2 streams, yet one read per day for the range pass and one to encode
-    assert cache.reads - before == 2 * FRAMES
+    # (per band and stream it would be 8 per day); the range pass's two reader threads
+    # may at worst race for a frame or two
+    assert 2 * FRAMES <= cache.reads - before <= 2 * FRAMES + 2
 
 
 def test_streams_are_spooled_to_disk_and_moved_by_to_folder(s2cube, tmp_path):

@@ -39,10 +39,12 @@ class FrameCache:
     """The last few daily GeoTIFFs of an area, all bands, shared by its four band arrays.
 
     The encoder asks for blue, green, red and nir of the same days one after the other;
-    without the cache each request would open and decompress the same file again.
+    without the cache each request would open and decompress the same file again. Six
+    frames cover the range pass's two reader threads (two 2-day blocks in flight, and the
+    block one of them is starting).
     """
 
-    def __init__(self, capacity: int = 4) -> None:
+    def __init__(self, capacity: int = 6) -> None:
         self.capacity = capacity
         self.reads = 0
         self._frames: OrderedDict[tuple[Path, tuple[int, int, int, int]], np.ndarray] = (
