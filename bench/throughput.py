@@ -166,22 +166,27 @@ CHILDREN = {
 }
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
+def _tree_memory(proc: psutil.Process) -> tuple[int, int]:
+    """(sum of RSS, sum of PSS) over a process and its children. RSS counts pages shared
+    between the processes (libraries, the ffmpeg binary) once per process; PSS splits
+    them, so the PSS sum is the memory the tree really takes."""
+    rss = pss = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            info = p.memory_full_info()
         except psutil.Error:
-            pass
-    return total
+            continue
+        rss += info.rss
+        pss += getattr(info, "pss", info.rss)
+    return rss, pss
 
 
 def measure(name: str, args) -> dict:
     """Run one step in a child process; it reports its own peak RSS and CPU time.
 
     With the ffmpeg engine the encoders are processes of their own, so the parent also
-    samples the RSS of the whole process tree every 0.1 s; the reported peak is the larger
-    of the two.
+    samples the process tree every 0.5 s; the reported peak is the larger of the child's
+    own peak RSS and the tree's peak PSS (its RSS sum is kept in the JSON as well).
     """
     cmd = [
         sys.executable,
@@ -201,21 +206,28 @@ def measure(name: str, args) -> dict:
     ]
     t = time.perf_counter()
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    tree_peak = 0
+    tree_rss = tree_pss = 0
     with contextlib.suppress(psutil.Error):
         ps = psutil.Process(child.pid)
-        while child.poll() is None:
-            tree_peak = max(tree_peak, _tree_rss(ps))
-            time.sleep(0.1)
+        while child.poll() is None:  # reading PSS costs CPU: sample twice a second
+            rss, pss = _tree_memory(ps)
+            tree_rss, tree_pss = max(tree_rss, rss), max(tree_pss, pss)
+            time.sleep(0.5)
     stdout, stderr = child.communicate()
     if child.returncode != 0:
         raise SystemExit(f"{name} failed:\n{stderr[-3000:]}")
     result = json.loads(stdout.strip().splitlines()[-1])
     result["self_peak_rss_mb"] = result["peak_rss_mb"]
-    result["tree_peak_rss_mb"] = tree_peak / 2**20
-    result["peak_rss_mb"] = max(result["peak_rss_mb"], result["tree_peak_rss_mb"])
+    result["tree_peak_rss_mb"] = tree_rss / 2**20
+    result["tree_peak_pss_mb"] = tree_pss / 2**20
+    result["peak_rss_mb"] = max(result["peak_rss_mb"], result["tree_peak_pss_mb"])
     result.update(name=name, process_wall_s=time.perf_counter() - t)
-    print(f"{name}: {result['seconds']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+    print(
+        f"{name}: {result['seconds']:.1f} s, peak memory {result['peak_rss_mb']:.0f} MiB "
+        f"(own RSS {result['self_peak_rss_mb']:.0f}, tree RSS {result['tree_peak_rss_mb']:.0f}, "
+        f"tree PSS {result['tree_peak_pss_mb']:.0f})",
+        flush=True,
+    )
     return result
 
 
@@ -230,6 +242,7 @@ def main() -> None:
     ap.add_argument("--twin", type=Path, default=None)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--steps", default="", help="comma-separated subset of: " + ",".join(CHILDREN))
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -253,15 +266,17 @@ def main() -> None:
         write_dynamicearthnet(args.twin, cubes=1, frames=args.frames, size=args.size)
         print(f"twin written in {time.perf_counter() - t:.0f} s", flush=True)
 
-    rows = [measure(n, args) for n in CHILDREN]
+    steps = args.steps.split(",") if args.steps else list(CHILDREN)
+    rows = [measure(n, args) for n in steps]
     raw_gb = args.frames * args.size * args.size * 4 * 2 / 1e9
     enc = {r["name"]: r for r in rows}
-    ratio = enc["pipeline_encode"]["seconds"] / enc["bare_encode"]["seconds"]
+    both = "pipeline_encode" in enc and "bare_encode" in enc
+    ratio = enc["pipeline_encode"]["seconds"] / enc["bare_encode"]["seconds"] if both else None
     lines = [
         f"cube {tag} x 4 bands uint16 ({raw_gb:.2f} GB raw), x265 preset {args.preset}, "
         f"CRF {args.crf:g}, pipeline engine {args.engine}",
         "",
-        "| step | wall s | CPU s | peak RSS MB | MB/s raw |",
+        "| step | wall s | CPU s | peak memory MiB | MB/s raw |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
@@ -269,11 +284,12 @@ def main() -> None:
             f"| {r['name']} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_mb']:.0f} | "
             f"{raw_gb * 1e3 / r['seconds']:.1f} |"
         )
-    lines += ["", f"encode overhead pipeline/bare: {ratio:.3f}x"]
+    if ratio is not None:
+        lines += ["", f"encode overhead pipeline/bare: {ratio:.3f}x"]
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"throughput_{tag}_{args.engine}"
+    stem = f"throughput_{tag}_{args.engine}" + (f"_{'_'.join(steps)}" if args.steps else "")
     (args.out / f"{stem}.md").write_text(text + "\n")
     (args.out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
 

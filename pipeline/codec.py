@@ -47,7 +47,7 @@ from pipeline.video import (
     open_writer,
 )
 
-READ_BLOCK = 4
+READ_BLOCK = 2
 AUX_FILE = "aux.nc"
 
 

@@ -70,6 +70,7 @@ class FfmpegWriter:
             pix_fmt=settings.pix_fmt,
             s=f"{width}x{height}",
             framerate=1,
+            thread_queue_size=2,  # raw frames waiting in ffmpeg: 2, not 8 (6 MB each at 1 Mpx)
         ).output(
             os.fspath(path),
             vcodec=settings.codec,
