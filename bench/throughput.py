@@ -101,8 +101,8 @@ def _bare_frames(args):
         for frames, info in streams:
             for p, band in enumerate(info.planes):
                 c = manifest.channel(band)
-                codes = Quantiser(c.offset, c.scale, info.bits).to_codes(values[band])
-                frames[block[0] : block[-1] + 1, p, :h, :w] = np.clip(np.rint(codes), 0, 4095)
+                q = Quantiser(c.offset, c.scale, info.bits)
+                q.quantise(values[band], frames[block[0] : block[-1] + 1, p, :h, :w])
     for frames, _ in streams:  # edge padding, as the pipeline pads
         frames[:, :, h:, :] = frames[:, :, h - 1 : h, :]
         frames[:, :, :, w:] = frames[:, :, :, w - 1 : w]

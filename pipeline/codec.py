@@ -108,6 +108,16 @@ def _plan_channels(plan: StreamPlan) -> list[Channel]:
     return plan.mask_of if plan.kind == "mask" else plan.channels
 
 
+def _stream_file(plan: StreamPlan, tag: str = "") -> str:
+    return f"{plan.name}{tag}.{'bits.zst' if plan.kind == 'mask' else 'mkv'}"
+
+
+def _frame_size(ctx: _Context, plan: StreamPlan) -> tuple[int, int]:
+    """(H, W) of the stream's frames, padding included."""
+    pad = stream_pad(ctx, plan)
+    return ctx.ds.sizes[ctx.layout.y_dim] + pad[0], ctx.ds.sizes[ctx.layout.x_dim] + pad[1]
+
+
 class _FrameBuilder:
     """Turns blocks of source values into one stream's frames.
 
@@ -159,9 +169,7 @@ class _FrameBuilder:
 def _open_stream(ctx: _Context, plan: StreamPlan, settings: VideoSettings, path: Path):
     if plan.kind == "mask":
         return MaskWriter(path, settings.keyint)
-    pad = stream_pad(ctx, plan)
-    h, w = ctx.ds.sizes[ctx.layout.y_dim] + pad[0], ctx.ds.sizes[ctx.layout.x_dim] + pad[1]
-    return open_writer(path, h, w, settings)
+    return open_writer(path, *_frame_size(ctx, plan), settings)
 
 
 def _progress(ctx: _Context, total: int, desc: str) -> tqdm | None:
@@ -182,10 +190,7 @@ def _encode_together(
     x265 encoders run their own thread pools, so while one block is quantised the
     encoders work on the previous ones and the next block is read in the background.
     """
-    paths = {
-        plan.name: ctx.spool / f"{plan.name}{tag}.{'bits.zst' if plan.kind == 'mask' else 'mkv'}"
-        for plan, _ in jobs
-    }
+    paths = {plan.name: ctx.spool / _stream_file(plan, tag) for plan, _ in jobs}
     writers = {plan.name: _open_stream(ctx, plan, s, paths[plan.name]) for plan, s in jobs}
     builders = {plan.name: _FrameBuilder(ctx, plan) for plan, _ in jobs}
     channels = list({c.name: c for plan, _ in jobs for c in _plan_channels(plan)}.values())
@@ -267,8 +272,7 @@ def _sample_indices(n_frames: int, frame_pixels: int, budget: int = 2_000_000) -
 def _search_crf(ctx: _Context, plan: StreamPlan) -> VideoSettings:
     """Settings for a PSNR-target stream from trial encodes of a sample of its frames."""
     n_t = ctx.ds.sizes[ctx.layout.time_dim]
-    pad = stream_pad(ctx, plan)
-    h, w = ctx.ds.sizes[ctx.layout.y_dim] + pad[0], ctx.ds.sizes[ctx.layout.x_dim] + pad[1]
+    h, w = _frame_size(ctx, plan)
     sample = _sample_indices(n_t, h * w * len(plan.channels))
     target = cast(float, plan.psnr_target)
 
@@ -401,7 +405,7 @@ def encode_cube(
     mask_bits: dict[str, tuple[str, int]] = {}
     for plan in plans:
         path, settings, chunks = results[plan.name]
-        file = f"{plan.name}.{'bits.zst' if plan.kind == 'mask' else 'mkv'}"
+        file = _stream_file(plan)
         if path.name != file:
             path = path.replace(store.path / file)
         planes = [c.name for c in _plan_channels(plan)]
@@ -545,7 +549,7 @@ class _StreamFrames:
         self, enc: EncodedCube, stream: StreamInfo, start: int, stop: int, stats: DecodeStats
     ) -> None:
         m = enc.manifest
-        self.enc, self.stream, self.start, self.pos, self.stop = enc, stream, start, start, stop
+        self.stream, self.start, self.pos, self.stop = stream, start, start, stop
         self.shape = (len(stream.planes), *m.frame_shape)
         self.name = f"{enc.source}:{stream.file}"
         if stream.kind == "mask":

@@ -14,14 +14,11 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.errors import CorruptStreamError, InvalidCubeError
-
-if TYPE_CHECKING:
-    from pipeline.video import VideoSettings
+from pipeline.video import VideoSettings, sample_dtype
 
 
 def ffmpeg_exe() -> str | None:
@@ -49,8 +46,7 @@ def _require() -> str:
 
 def _planar_bytes(planes: np.ndarray, pix_fmt: str) -> memoryview:
     """gbrp's planar order is G, B, R, which is our plane order 0, 1, 2 (see video.py)."""
-    dtype = "<u1" if pix_fmt in ("gray", "gbrp") else "<u2"
-    return np.ascontiguousarray(planes, dtype=dtype).data
+    return np.ascontiguousarray(planes, dtype=sample_dtype(pix_fmt)).data
 
 
 class FfmpegWriter:
@@ -63,7 +59,6 @@ class FfmpegWriter:
 
         exe = _require()
         self.settings = settings
-        self.frames = 0
         stream = ffmpeg.input(
             "pipe:",
             format="rawvideo",
@@ -89,7 +84,6 @@ class FfmpegWriter:
             self._proc.stdin.write(_planar_bytes(planes, self.settings.pix_fmt))
         except BrokenPipeError:
             self._fail()
-        self.frames += 1
 
     def close(self) -> None:
         try:
@@ -110,8 +104,8 @@ def decode_frames_cli(
     data: bytes, n_planes: int, pix_fmt: str, height: int, width: int, name: str = "stream"
 ) -> Iterator[tuple[int, np.ndarray]]:
     exe = _require()
-    dtype = np.uint8 if pix_fmt in ("gray", "gbrp") else np.dtype("<u2")
-    frame_bytes = n_planes * height * width * np.dtype(dtype).itemsize
+    dtype = sample_dtype(pix_fmt)
+    frame_bytes = n_planes * height * width * dtype.itemsize
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "stream.mkv"
         src.write_bytes(data)

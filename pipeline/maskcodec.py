@@ -7,9 +7,7 @@ under zstd take about a tenth of the bytes FFV1 needs for the same mask.  Chunks
 
 from __future__ import annotations
 
-import io
 import os
-from collections.abc import Iterable
 from typing import BinaryIO
 
 import numpy as np
@@ -52,18 +50,6 @@ class MaskWriter:
             self._flush()
         if self._own:
             self._file.close()
-
-
-def encode_masks(
-    frames: Iterable[np.ndarray], chunk_frames: int, level: int = 19
-) -> tuple[bytes, list[int]]:
-    """frames: bool (planes, H, W) per time step.  Returns bytes and chunk start offsets."""
-    buf = io.BytesIO()
-    writer = MaskWriter(buf, chunk_frames, level)
-    for frame in frames:
-        writer.write(frame)
-    writer.close()
-    return buf.getvalue(), writer.offsets
 
 
 def decode_masks(

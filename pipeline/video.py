@@ -97,14 +97,15 @@ def n_planes(pix_fmt: str) -> int:
     return 3 if pix_fmt.startswith(("gbrp", "yuv444")) else 1
 
 
-def _sample_dtype(pix_fmt: str) -> np.dtype:
+def sample_dtype(pix_fmt: str) -> np.dtype:
+    """8-bit formats hold bytes; every deeper one little-endian uint16."""
     return np.dtype(np.uint8 if pix_fmt in ("gray", "gbrp") else "<u2")
 
 
 def _to_frame(planes: np.ndarray, pix_fmt: str) -> av.VideoFrame:
     """Copy planes straight into the frame's buffers; gbrp's plane order G, B, R is our
     plane order 0, 1, 2, so no interleaved (H, W, 3) copy is needed."""
-    dtype = _sample_dtype(pix_fmt)
+    dtype = sample_dtype(pix_fmt)
     h, w = planes.shape[1:]
     frame = av.VideoFrame(w, h, pix_fmt)
     if all(p.line_size == w * dtype.itemsize for p in frame.planes):
@@ -122,7 +123,7 @@ def _to_frame(planes: np.ndarray, pix_fmt: str) -> av.VideoFrame:
 
 def _from_frame(frame: av.VideoFrame, planes: int) -> np.ndarray:
     fmt = frame.format.name
-    dtype = _sample_dtype(fmt)
+    dtype = sample_dtype(fmt)
     h, w = frame.height, frame.width
     if fmt in (
         "gray",
