@@ -1,8 +1,9 @@
 """The ``publish-dataset`` flow: fetch -> encode -> pack -> verify -> publish, one recipe.
 
 Each task wraps a plain function of :mod:`pipeline.build`; cubes are encoded concurrently
-on a thread pool or a Dask cluster. Encoded cubes are cached on what determines them (the
-recipe's source, variables and codec settings and the cube id), so a re-run skips them.
+in separate processes (the default), on threads, or on a Dask cluster. Encoded cubes are
+cached on what determines them (the recipe's source, variables and codec settings and the
+cube id), so a re-run skips them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+
+# before prefect reads its settings: no telemetry from the temporary local server
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -24,9 +29,6 @@ from pipeline.publish import PublishResult, publish
 from pipeline.recipe import Recipe, load_recipe
 from pipeline.sources import mirror_for, select_ids
 from pipeline.verify import Verification
-
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 Runner = Literal["processes", "threads", "dask"]
 
