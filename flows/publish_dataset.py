@@ -23,11 +23,11 @@ from prefect.futures import wait
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from pipeline.build import encode_step, fingerprint, pack_step, verify_step
+from pipeline.build import encode_step, fingerprint, pack_step, select_cubes, verify_step
 from pipeline.packing import StagedSample
 from pipeline.publish import PublishResult, publish
 from pipeline.recipe import Recipe, load_recipe
-from pipeline.sources import mirror_for, select_ids
+from pipeline.sources import mirror_for
 from pipeline.verify import Verification
 
 Runner = Literal["processes", "threads", "dask"]
@@ -45,7 +45,9 @@ def _recipe(name: str, source: str | None, cubes: int | None) -> Recipe:
 
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5))
 def list_cubes(recipe: Recipe) -> list[str]:
-    return select_ids(mirror_for(recipe.source, progress=False), recipe.source)
+    ids, note = select_cubes(recipe, mirror_for(recipe.source, progress=False))
+    get_run_logger().info(note)
+    return ids
 
 
 def _encode_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -78,19 +80,7 @@ def pack(recipe: Recipe, staged: list[str], out: str) -> list[str]:
 @task
 def verify(recipe: Recipe, shards: list[str], out: str) -> Verification:
     verification = verify_step(recipe, shards, out, progress=False)
-    rows = []
-    for sid, meta in verification.samples.items():
-        checks = [c for c in verification.checks if c.sample == sid]
-        lossy = [c.psnr for c in checks if c.role == "continuous"]
-        rows.append(
-            {
-                "cube": sid,
-                "min_psnr_db": round(min(lossy), 2) if lossy else None,
-                "bpppb": round(float(meta.get("bpppb") or 0), 4),
-                "ratio": round(float(meta.get("ratio") or 0), 1),
-                "passed": all(c.passed for c in checks),
-            }
-        )
+    rows = quality_rows(verification)
     create_table_artifact(rows, key=f"{recipe.name}-quality", description="per-cube quality")
     create_markdown_artifact(
         (Path(out) / "REPORT.md").read_text(),
@@ -99,6 +89,25 @@ def verify(recipe: Recipe, shards: list[str], out: str) -> Verification:
     )
     verification.raise_for_failures()
     return verification
+
+
+def quality_rows(verification: Verification) -> list[dict[str, Any]]:
+    """One row per cube: split, min PSNR, bpppb, ratio, verdict (artifact and summary)."""
+    rows = []
+    for sid, meta in verification.samples.items():
+        checks = [c for c in verification.checks if c.sample == sid]
+        lossy = [c.psnr for c in checks if c.role == "continuous"]
+        rows.append(
+            {
+                "cube": sid,
+                "split": meta.get("split") or "",
+                "min_psnr_db": round(min(lossy), 2) if lossy else None,
+                "bpppb": round(float(meta.get("bpppb") or 0), 4),
+                "ratio": round(float(meta.get("ratio") or 0), 1),
+                "passed": all(c.passed for c in checks),
+            }
+        )
+    return rows
 
 
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=10))
@@ -167,11 +176,16 @@ def publish_dataset(
     result = push(out, target, dry_run, spec.publish.private)
     log.info(result.summary())
     return {
+        "recipe": spec.name,
+        "out": out,
         "shards": shards,
         "verified": verification.passed,
+        "summary": verification.summary(),
+        "cubes": quality_rows(verification),
         "target": result.target,
         "uploaded": result.uploaded,
         "unchanged": result.unchanged,
+        "dry_run": dry_run,
     }
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from pipeline import __version__
 from pipeline.card import write_card
 from pipeline.packing import StagedSample, encode_sample, pack_shards, stage_sample
 from pipeline.recipe import Recipe
-from pipeline.report import write_report
+from pipeline.report import PLOTS, write_report
 from pipeline.sources import Mirror, load_cube, mirror_for
 from pipeline.verify import Verification, verify_shards
 
@@ -95,7 +96,7 @@ def pack_step(recipe: Recipe, staged: Sequence[StagedSample], out: str | Path) -
     shards = pack_shards(staged, out, recipe.dataset_info(), recipe.shards.split_size)
     mark.parent.mkdir(parents=True, exist_ok=True)
     mark.write_text(digest)
-    return shards
+    return sorted(shards)  # the order shards_in gives a re-run: same report, same card
 
 
 def shards_in(out: str | Path) -> list[Path]:
@@ -117,6 +118,7 @@ def verify_step(
         paths = [str(p) for p in shards_in(folder)]
     else:
         folder = Path(paths[0]).parent
+        paths = sorted(paths)  # a stable sample order: an unchanged dataset re-verifies equal
     folder = Path(out) if out else folder
     mirror = mirror or mirror_for(recipe.source, progress=progress)
     verification = verify_shards(
@@ -127,9 +129,64 @@ def verify_step(
         progress=progress,
     )
     verification.write(folder)
-    write_report(verification, folder, title=f"{recipe.taco.title}: verification")
+    panel = draw_sample_panel(recipe, paths, mirror, folder / PLOTS)
+    write_report(verification, folder, title=f"{recipe.taco.title}: verification", panel=panel)
     write_card(recipe, verification, folder)
     return verification
+
+
+def panel_bands(recipe: Recipe, names: Sequence[str]) -> list[str]:
+    """The recipe's RGB group (a group named ``rgb``, else the first three-band group), or
+    the first continuous band: what the report shows of one sample."""
+    groups = [g for g in recipe.codec.groups if all(b in names for b in g.bands)]
+    for g in sorted(groups, key=lambda g: g.name.lower() != "rgb"):
+        if len(g.bands) == 3:
+            return list(g.bands)
+    continuous = [b for b in recipe.variables.continuous if b in names]
+    return (continuous or list(names))[:1]
+
+
+def draw_sample_panel(
+    recipe: Recipe, shards: Sequence[str], mirror: Mirror, out: Path
+) -> Path | None:
+    """Original / decoded / error images of one frame of the first sample, so a reader of
+    the report sees the quality, not only numbers. Reads one frame of each side only."""
+    import numpy as np
+
+    from pipeline.codec import decode_cube
+    from pipeline.reader import _open_archive, sample_encoded, sample_ids
+    from pipeline.report import sample_panel
+
+    if not shards:
+        return None
+    archive, fh = _open_archive(shards[0])
+    with archive, fh:
+        ids = sample_ids(archive)
+        if not ids:
+            return None
+        enc = sample_encoded(archive, ids[0], shards[0])
+        m = enc.manifest
+        lossy = [
+            c.name
+            for c in m.channels
+            if c.name in m.data_vars_order and not m.stream(c.stream).lossless
+        ]
+        bands = panel_bands(recipe, lossy)
+        if not bands:
+            return None
+        source = load_cube(recipe, ids[0], mirror).dataset
+        n = m.n_frames
+        # the clearest of a few evenly spaced frames: a cloudy frame shows little
+        candidates = sorted({int(i) for i in np.linspace(0, n - 1, min(n, 7))})
+
+        def valid(i: int) -> float:
+            return float(np.isfinite(source[bands[0]].isel({m.time_dim: i}).values).mean())
+
+        t = max(candidates, key=lambda i: (valid(i), -abs(i - n // 2)))
+        original = source[bands].isel({m.time_dim: t}).load()
+        decoded = decode_cube(enc, variables=bands, time=slice(t, t + 1))
+    label = f"{ids[0]}, frame {t} of {n}"
+    return sample_panel(original, decoded.isel({m.time_dim: 0}), bands, out, label)
 
 
 @dataclass
@@ -144,16 +201,87 @@ def encode_and_pack(
     cube_ids: Iterable[str] | None = None,
     mirror: Mirror | None = None,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """Encode every selected cube of ``recipe`` (one at a time) and pack them into ``out``."""
-    from pipeline.sources import select_ids
+    """Encode every selected cube of ``recipe`` (one at a time) and pack them into ``out``.
+
+    ``progress`` shows a per-cube bar on a terminal; ``log`` gets one line per cube (the
+    CLI prints them where no bar is shown, so a CI log still says what is happening).
+    """
+    from tqdm.auto import tqdm
 
     mirror = mirror or mirror_for(recipe.source, progress=progress)
-    ids = list(cube_ids) if cube_ids is not None else select_ids(mirror, recipe.source)
-    staged = [encode_step(recipe, cid, out, mirror) for cid in ids]
+    if cube_ids is None:
+        ids, note = select_cubes(recipe, mirror)
+        if log:
+            log(note)
+    else:
+        ids = list(cube_ids)
+    staged = []
+    bar = tqdm(ids, desc="encode", unit="cube", disable=not progress or None, leave=False)
+    for i, cid in enumerate(bar, 1):
+        bar.set_postfix_str(cid)
+        t0 = time.monotonic()
+        sample = encode_step(recipe, cid, out, mirror)
+        staged.append(sample)
+        if log:
+            log(f"[{i}/{len(ids)}] {cid}: encoded in {time.monotonic() - t0:.1f} s")
+    bar.close()
+    if log:
+        log(f"packing {len(staged)} cubes into {out}")
     return pack_step(recipe, staged, out)
 
 
+def select_cubes(recipe: Recipe, mirror: Mirror) -> tuple[list[str], str]:
+    """The recipe's cube selection, and one line saying how many of how many and why."""
+    from pipeline.sources import adapter_for, select_ids
+
+    ids = select_ids(mirror, recipe.source)
+    total = len(adapter_for(recipe.source).list_ids(mirror, recipe.source))
+    sel = recipe.source.cubes
+    why = []
+    if sel.ids or sel.sample_list:
+        why.append("recipe lists cube ids" if sel.ids else f"sample_list {sel.sample_list}")
+    if sel.count and sel.count < total:
+        why.append(f"recipe count = {sel.count}")
+    where = recipe.source.location
+    if len(ids) < total:
+        return ids, f"selected {len(ids)} of {total} cubes in {where}: {'; '.join(why)}"
+    return ids, f"selected all {len(ids)} cubes in {where}"
+
+
+def with_overrides(
+    recipe: Recipe,
+    crf: float | None = None,
+    psnr: float | None = None,
+    split_size: str | None = None,
+    cubes: int | None = None,
+) -> Recipe:
+    """The recipe with command-line settings applied, validated like the TOML itself.
+
+    ``crf`` sets a fixed CRF for every group (dropping PSNR targets), ``psnr`` sets one
+    PSNR target for every group; group band layouts are kept.
+    """
+    from pipeline.recipe import parse_recipe
+
+    if crf is None and psnr is None and split_size is None and cubes is None:
+        return recipe
+    data = recipe.model_dump(exclude_none=True)
+    codec = data["codec"]
+    if crf is not None or psnr is not None:
+        codec.pop("crf", None), codec.pop("psnr", None)
+        for g in codec.get("groups", []):
+            for k in ("crf", "psnr", "lossless"):
+                g.pop(k, None)
+        codec.update({"crf": crf} if crf is not None else {"psnr": psnr})
+    if split_size is not None:
+        data["shards"]["split_size"] = split_size
+    if cubes is not None:
+        data["source"]["cubes"] = {"count": cubes}
+    return parse_recipe(data, f"{recipe.path or recipe.name} (with command-line options)")
+
+
+@holds_output_folder
 def build(
     recipe: Recipe,
     out: str | Path,

@@ -3,12 +3,14 @@ user what the data is, how to load it, how it was encoded and how well it verifi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from pipeline.recipe import Recipe
-from pipeline.report import band_table, codec_summary, sample_table
+from pipeline.report import band_table, sample_table
 from pipeline.verify import Verification
 
 CARD = "README.md"
@@ -34,7 +36,34 @@ def size_category(n: int) -> str:
     return "100K<n<1M"
 
 
-def front_matter(recipe: Recipe, n_samples: int, shard_names: list[str]) -> dict:
+# The install that gives `open_sample` today. `pip install cubecast` becomes true with the
+# first PyPI release (.github/workflows/release.yml); until then the card says both.
+INSTALL_RELEASED = "pip install cubecast"
+INSTALL_FROM_SOURCE = "pip install .            # in a clone of the cubecast repository"
+
+
+def shards_by_split(folder: str | Path, v: Verification, shard_names: list[str]) -> dict:
+    """Split name -> shard file names, read from the samples each shard holds.
+
+    Samples without a split count as ``train`` (the hub needs a split name); a shard that
+    mixes splits is listed under each of them.
+    """
+    from pipeline.reader import _open_archive, sample_ids
+
+    splits: dict[str, list[str]] = {}
+    for name in sorted(shard_names):
+        archive, fh = _open_archive(Path(folder) / name)
+        with archive, fh:
+            ids = sample_ids(archive)
+        for sid in ids:
+            split = str(v.samples.get(sid, {}).get("split") or "train")
+            if name not in splits.setdefault(split, []):
+                splits[split].append(name)
+    order = {"train": 0, "validation": 1, "val": 1, "test": 2}
+    return dict(sorted(splits.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])))
+
+
+def front_matter(recipe: Recipe, n_samples: int, splits: dict[str, list[str]]) -> dict:
     t = recipe.taco
     tasks = sorted({_TASKS.get(x, "other") for x in t.tasks}) or ["other"]
     return {
@@ -46,26 +75,76 @@ def front_matter(recipe: Recipe, n_samples: int, shard_names: list[str]) -> dict
         "configs": [
             {
                 "config_name": "default",
-                "data_files": [{"split": "train", "path": sorted(shard_names)}],
+                "data_files": [{"split": s, "path": names} for s, names in splits.items()],
             }
         ],
     }
 
 
-def render_card(recipe: Recipe, v: Verification, shard_names: list[str]) -> str:
+def stream_rows(v: Verification) -> list[str]:
+    """One row per stream name with the settings of every sample, not just the first one:
+    a PSNR target gives each sample its own CRF."""
+    per_stream: dict[str, dict[str, Any]] = {}
+    for sid, meta in v.samples.items():
+        codec = meta.get("codec") or {}
+        streams = json.loads(codec) if isinstance(codec, str) else codec
+        for name, s in streams.items():
+            row = per_stream.setdefault(
+                name, {"codec": set(), "pix_fmt": set(), "engine": set(), "bands": [], "crf": {}}
+            )
+            row["codec"].add(str(s.get("codec")))
+            row["pix_fmt"].add(str(s.get("pix_fmt")))
+            if s.get("engine") and s.get("codec") != "zstd-bitpack":  # masks: no video engine
+                row["engine"].add(str(s["engine"]))
+            row["bands"] = row["bands"] or list(s.get("bands", []))
+            lossless = s.get("lossless") or s.get("crf") is None
+            row["crf"][sid] = "lossless" if lossless else f"{float(s['crf']):g}"
+    lines = [
+        "| stream | codec | engine | pix_fmt | bands | CRF per sample |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in per_stream.items():
+        crfs = row["crf"]
+        values = sorted(set(crfs.values()))
+        if len(values) == 1:
+            crf = f"{values[0]} (all {len(crfs)})"
+        elif len(crfs) <= 6:
+            crf = ", ".join(f"{sid}: {c}" for sid, c in crfs.items())
+        else:
+            nums = sorted(float(c) for c in values if c != "lossless")
+            crf = f"{nums[0]:g} to {nums[-1]:g} over {len(crfs)} samples"
+            if "lossless" in values:
+                crf += " (some lossless)"
+        lines.append(
+            f"| {name} | {', '.join(sorted(row['codec']))} | "
+            f"{', '.join(sorted(row['engine'])) or '-'} | {', '.join(sorted(row['pix_fmt']))} | "
+            f"{', '.join(row['bands'])} | {crf} |"
+        )
+    return lines
+
+
+def render_card(
+    recipe: Recipe, v: Verification, shard_names: list[str], splits: dict | None = None
+) -> str:
     t = recipe.taco
     repo = recipe.publish.repo_id
+    splits = splits or {"train": sorted(shard_names)}
     first = sorted(shard_names)[0] if shard_names else f"{t.id}.tacozip"
-    codec_rows = ["| stream | codec | CRF | pix_fmt | bands |", "|---|---|---|---|---|"]
-    for name, s in codec_summary(v).items():
-        codec_rows.append(
-            f"| {name} | {s.get('codec')} | {s.get('crf') if s.get('crf') is not None else '-'} "
-            f"| {s.get('pix_fmt')} | {', '.join(s.get('bands', []))} |"
+    codec_rows = stream_rows(v)
+    c = recipe.codec
+    if c.psnr is not None or any(g.psnr is not None for g in c.groups):
+        targets = ", ".join(
+            f"{g.name}: {g.psnr or c.psnr} dB" if (g.psnr or c.psnr) else f"{g.name}: CRF {c.crf:g}"
+            for g in c.groups
         )
-    targets = ", ".join(f"{g.name}: {g.psnr or recipe.codec.psnr} dB" for g in recipe.codec.groups)
+        rate = f"at the cheapest CRF meeting a PSNR target per band group ({targets or c.psnr})"
+    else:
+        rate = f"at a fixed CRF ({c.crf:g} unless a band group sets its own)"
     first_band = recipe.codec.groups[0].bands[0] if recipe.codec.groups else "B04"
     verdict = "PASS" if v.passed else "FAIL"
-    meta = yaml.safe_dump(front_matter(recipe, len(v.samples), shard_names), sort_keys=False)
+    meta = yaml.safe_dump(front_matter(recipe, len(v.samples), splits), sort_keys=False)
+    split_lines = "\n".join(f"- `{s}`: {', '.join(names)}" for s, names in splits.items())
+    base = f"https://huggingface.co/datasets/{repo}/resolve/main"
     body = f"""---
 {meta.rstrip()}
 ---
@@ -77,26 +156,41 @@ def render_card(recipe: Recipe, v: Verification, shard_names: list[str]) -> str:
 - Version: {t.version}
 - Licence: {", ".join(t.licenses)}
 - Providers: {", ".join(t.providers)}
-- Samples: {len(v.samples)} cubes in {len(shard_names)} TACO shard(s)
+- Samples: {len(v.samples)} cubes in {len(shard_names)} TACO shard(s), one set per split:
+
+{split_lines}
 
 ## Load
 
+The metadata (bbox, time, split, PSNR, bpppb) reads with `tacoreader` alone; decoding a
+cube's video streams back into an `xarray.Dataset` needs the cubecast reader:
+
+```bash
+{INSTALL_RELEASED}   # once cubecast is released on PyPI
+{INSTALL_FROM_SOURCE}, until then
+```
+
 ```python
 import tacoreader
-from pipeline import open_sample   # pip install cubecast
+from pipeline import open_sample
 
-url = "https://huggingface.co/datasets/{repo}/resolve/main/{first}"
-ds = tacoreader.load(url)
+url = "{base}/{first}"
+ds = tacoreader.load(url)                      # or the list of all shards above
 cube = open_sample(url, 0)                     # -> xarray.Dataset, first sample
 one = open_sample(url, 0, variables=["{first_band}"])  # fetches only that stream
 ```
 
+The format (sample layout, manifest schema, quantisation, masks) is documented in cubecast's
+`docs/FORMAT.md`, for anyone writing their own decoder.
+
 ## Encoding
 
-Continuous bands are 12-bit x265 video streams (preset {recipe.codec.preset}, keyframe every
-{recipe.codec.keyint} frames) at the cheapest CRF meeting a PSNR target per band group
-({targets or f"{recipe.codec.psnr} dB"}); class layers are lossless FFV1 and validity masks
-bit-packed zstd. Everything that is not a (time, y, x) stack is stored losslessly.
+Continuous bands are 12-bit {recipe.codec.codec} video streams (preset {recipe.codec.preset},
+keyframe every {recipe.codec.keyint} frames) {rate}; class layers are lossless FFV1 and
+validity masks bit-packed zstd. Everything that is not a (time, y, x) stack is stored
+losslessly.
+
+Settings actually used, per stream and sample:
 
 {chr(10).join(codec_rows)}
 
@@ -118,8 +212,9 @@ See `REPORT.md` for plots.
 def write_card(recipe: Recipe, v: Verification, folder: str | Path) -> Path:
     folder = Path(folder)
     shards = sorted(p.name for p in folder.glob("*.tacozip"))
+    splits = shards_by_split(folder, v, shards)
     path = folder / CARD
     tmp = path.with_name(path.name + ".part")
-    tmp.write_text(render_card(recipe, v, shards))
+    tmp.write_text(render_card(recipe, v, shards, splits))
     tmp.replace(path)
     return path

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 import xarray as xr
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.codec import decode_cube, encode_cube
@@ -178,29 +179,63 @@ def pack(
     input: Annotated[str, typer.Argument(help="recipe (name or .toml), or a folder of cubes")],
     output: Annotated[Path, typer.Argument(help="output folder for the .tacozip shards")],
     source: SourceOpt = None,
-    dataset_id: Annotated[str, typer.Option("--id", help="dataset id (folder input)")] = "cubes",
-    crf: Annotated[float, typer.Option(help="x265 CRF (folder input)")] = 12.0,
-    psnr: Annotated[float | None, typer.Option(help="PSNR floor in dB (folder input)")] = None,
-    split_size: Annotated[str, typer.Option(help="max shard size (folder input)")] = "4GB",
+    dataset_id: Annotated[
+        str | None, typer.Option("--id", help="dataset id (folder input; default 'cubes')")
+    ] = None,
+    crf: Annotated[
+        float | None, typer.Option(help="x265 CRF for every band (default 12; overrides a recipe)")
+    ] = None,
+    psnr: Annotated[
+        float | None, typer.Option(help="PSNR floor in dB for every band (overrides a recipe)")
+    ] = None,
+    split_size: Annotated[
+        str | None, typer.Option(help="max shard size, e.g. 4GB (overrides a recipe)")
+    ] = None,
+    cubes: Annotated[
+        int | None, typer.Option(help="number of cubes to take (recipe input; overrides count)")
+    ] = None,
 ) -> None:
     """Encode a recipe's cubes (or every cube in a folder) and pack them into TACO shards."""
     from pipeline.packing import DatasetInfo, encode_sample, pack_shards
 
-    if _is_recipe(input):
-        from pipeline.build import encode_and_pack
-        from pipeline.recipe import load_recipe
+    if crf is not None and psnr is not None:
+        raise CubecastError("choose one of --crf, --psnr")
 
-        paths = encode_and_pack(load_recipe(input, location=source or ""), output)
+    tty = sys.stderr.isatty()
+    say = None if tty else (lambda line: err_console.print(line, highlight=False))
+    if _is_recipe(input):
+        if dataset_id is not None:
+            raise CubecastError(f"--id applies to a folder of cubes; {input} is a recipe")
+        from pipeline.build import encode_and_pack, select_cubes, with_overrides
+        from pipeline.recipe import load_recipe
+        from pipeline.sources import mirror_for
+
+        spec = with_overrides(
+            load_recipe(input, location=source or ""), crf, psnr, split_size, cubes
+        )
+        mirror = mirror_for(spec.source, progress=tty)
+        ids, note = select_cubes(spec, mirror)
+        err_console.print(note, highlight=False)
+        paths = encode_and_pack(spec, output, ids, mirror, progress=tty, log=say)
     else:
+        if source is not None or cubes is not None:
+            flag = "--source" if source is not None else "--cubes"
+            raise CubecastError(f"{flag} applies to a recipe; {input} is a folder of cubes")
         folder = Path(input)
         if not folder.is_dir():
             raise CubecastError(f"{input}: neither a recipe nor a folder of cubes")
         inputs = sorted(p for p in folder.iterdir() if p.suffix in (".nc", ".zarr"))
         if not inputs:
             raise CubecastError(f"{input}: no .nc files or .zarr stores to pack")
-        opts = EncodeOptions(crf=crf, psnr=psnr)
-        samples = [encode_sample(open_input(str(p)), opts, cube_id=p.stem) for p in inputs]
-        paths = pack_shards(samples, output, DatasetInfo(id=dataset_id), split_size=split_size)
+        opts = EncodeOptions(crf=12.0 if crf is None else crf, psnr=psnr)
+        samples = []
+        for i, p in enumerate(inputs, 1):
+            if not tty:
+                err_console.print(f"[{i}/{len(inputs)}] encoding {p.name}", highlight=False)
+            samples.append(encode_sample(open_input(str(p)), opts, cube_id=p.stem, progress=tty))
+        paths = pack_shards(
+            samples, output, DatasetInfo(id=dataset_id or "cubes"), split_size=split_size or "4GB"
+        )
     for p in paths:
         console.print(str(p))
 
@@ -278,22 +313,66 @@ def run(
     dask_address: Annotated[str | None, typer.Option(help="existing Dask scheduler")] = None,
     synthesize: Annotated[bool, typer.Option(help="write a twin at --source if absent")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+    cubes: Annotated[int | None, typer.Option(help="number of cubes (overrides count)")] = None,
 ) -> None:
     """Run the publish-dataset flow once, in this process (Prefect records it)."""
-    from flows.publish_dataset import publish_dataset
-
-    result = publish_dataset(
+    _run_flow(
         recipe=recipe,
         source=source,
         out=out,
         target=to,
+        cubes=cubes,
         workers=workers,
         runner="dask" if dask else "processes",
         dask_address=dask_address,
         synthesize=synthesize,
         dry_run=dry_run,
     )
-    console.print(result)
+
+
+def _run_flow(**params: object) -> dict:
+    """Run publish-dataset against one Prefect API (a temporary local server when none is
+    configured) and print a summary table; a failed verification exits 1."""
+    import time
+
+    from flows.runtime import prefect_api
+
+    t0 = time.monotonic()
+    with prefect_api() as api:
+        from flows.publish_dataset import publish_dataset
+
+        err_console.print(f"Prefect API: {api}", highlight=False)
+        result = publish_dataset(**params)
+    print_summary(result, time.monotonic() - t0)
+    return result
+
+
+def print_summary(result: dict, seconds: float) -> None:
+    """The flow's result as a table of cubes and a few lines, not a raw dict."""
+    table = Table("cube", "split", "min PSNR dB", "bpppb", "ratio", "verdict")
+    for row in result.get("cubes", []):
+        psnr = row.get("min_psnr_db")
+        table.add_row(
+            row["cube"],
+            row.get("split") or "-",
+            "lossless" if psnr is None or psnr == float("inf") else f"{psnr:.2f}",
+            f"{row['bpppb']:.3f}",
+            f"{row['ratio']:.1f}x",
+            "pass" if row["passed"] else "FAIL",
+        )
+    console.print(table)
+    out = Path(str(result.get("out", ".")))
+    console.print(f"{result.get('summary', '')} in {seconds:.0f} s", highlight=False)
+    shards = [Path(str(s)).name for s in result.get("shards", [])]
+    tacocat = " + .tacocat/" if (out / ".tacocat").is_dir() else ""
+    console.print(f"shards:    {out}/ {', '.join(shards)}{tacocat}", highlight=False)
+    console.print(f"report:    {out / 'REPORT.md'}, card: {out / 'README.md'}", highlight=False)
+    verb = "would upload" if result.get("dry_run") else "uploaded"
+    console.print(
+        f"published: {result.get('target')}: {len(result.get('uploaded', []))} files {verb}, "
+        f"{len(result.get('unchanged', []))} unchanged",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -355,16 +434,13 @@ def demo(
 ) -> None:
     """The main job on the embedded default: write a small synthetic twin, then run the
     publish-dataset flow (local Prefect, local output folder) on it."""
-    from flows.publish_dataset import publish_dataset
-
-    result = publish_dataset(
+    _run_flow(
         recipe=dataset,
         source=str(out / "twins" / dataset),
         out=str(out / "shards" / dataset),
         target=str(out / "published" / dataset),
         synthesize=True,
     )
-    console.print(result)
 
 
 @app.command("demo-codec")
@@ -398,6 +474,13 @@ def demo_codec(
             str(target),
         )
     console.print(table)
+
+
+# Import names of the `publish` extra: a command that needs one of them names the extra.
+PUBLISH_MODULES = frozenset(
+    "prefect prefect_dask dask distributed rasterio rioxarray pyproj matplotlib skimage "
+    "huggingface_hub tacotoolbox fsspec zarr ffmpeg imageio_ffmpeg yaml fastapi sqlalchemy".split()
+)
 
 
 def main() -> None:

@@ -60,7 +60,16 @@ class CubeSample:
         lossy = [q.psnr for q in self.quality if q.role == "continuous"]
         w, s, e, n = self.footprint or (np.nan,) * 4
         streams = {
-            s.name: {"codec": s.codec, "crf": s.crf, "pix_fmt": s.pix_fmt, "bands": s.planes}
+            s.name: {
+                "codec": s.codec,
+                "crf": s.crf,
+                "lossless": s.lossless,
+                "preset": s.preset,
+                "pix_fmt": s.pix_fmt,
+                "bands": s.planes,
+                # what wrote the stream, as the manifest records it
+                "engine": getattr(s, "engine", None) or getattr(s, "backend", None),
+            }
             for s in m.streams
         }
         h, wd = m.frame_shape
@@ -195,48 +204,135 @@ def _taco_sample(sample: CubeSample | StagedSample) -> Any:
     return s
 
 
+def sample_nbytes(sample: CubeSample | StagedSample) -> int:
+    if isinstance(sample, StagedSample):
+        return sum(f.stat().st_size for f in sample.files())
+    return int(sample.encoded.nbytes)
+
+
+def extent_of(rows: Iterable[dict[str, Any]]) -> tuple[list[float], list[str] | None]:
+    """Union of the samples' EPSG:4326 bboxes and time ranges (TACO ``extent``).
+
+    tacotoolbox derives an extent only from STAC columns and otherwise states the whole
+    globe with no time range, which says nothing; cubecast's rows carry bbox_* and
+    time_start/time_end, so the real extent is computed here.
+    """
+    rows = list(rows)
+    boxes = [
+        [float(r[k]) for k in ("bbox_west", "bbox_south", "bbox_east", "bbox_north")]
+        for r in rows
+        if all(np.isfinite(float(r.get(k, np.nan))) for k in ("bbox_west", "bbox_south"))
+        and all(np.isfinite(float(r.get(k, np.nan))) for k in ("bbox_east", "bbox_north"))
+    ]
+    if boxes:
+        arr = np.array(boxes)
+        spatial = [
+            max(float(arr[:, 0].min()), -180.0),
+            max(float(arr[:, 1].min()), -90.0),
+            min(float(arr[:, 2].max()), 180.0),
+            min(float(arr[:, 3].max()), 90.0),
+        ]
+    else:
+        spatial = [-180.0, -90.0, 180.0, 90.0]
+    starts = [np.datetime64(r["time_start"], "s") for r in rows if r.get("time_start")]
+    ends = [np.datetime64(r["time_end"], "s") for r in rows if r.get("time_end")]
+    temporal = [f"{min(starts)}Z", f"{max(ends)}Z"] if starts and ends else None
+    return spatial, temporal
+
+
+def _chunks(samples: list[Any], max_bytes: int) -> list[list[Any]]:
+    """Consecutive runs of samples whose sizes add up to at most ``max_bytes`` (at least one)."""
+    chunks: list[list[Any]] = [[]]
+    size = 0
+    for s in samples:
+        n = sample_nbytes(s)
+        if chunks[-1] and size + n > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(s)
+        size += n
+    return chunks
+
+
+def shard_names(
+    dataset_id: str, splits: list[str], n_parts: dict[str, int]
+) -> dict[str, list[str]]:
+    """File names per split: ``<id>.tacozip`` for one split in one file, ``<id>_<split>``
+    when the samples carry several splits, ``_partNNNN`` when a split needs several files."""
+    names = {}
+    for split in splits:
+        base = dataset_id if len(splits) == 1 else f"{dataset_id}_{split or 'nosplit'}"
+        n = n_parts[split]
+        names[split] = (
+            [f"{base}.tacozip"] if n == 1 else [f"{base}_part{i:04d}.tacozip" for i in range(n)]
+        )
+    return names
+
+
+@holds_output_folder  # one writer per folder; stale temporary folders cleared
 def pack_shards(
     samples: Iterable[CubeSample | StagedSample],
     out: Path,
     info: DatasetInfo,
     split_size: str = "4GB",
 ) -> list[Path]:
-    """Write ``out/<id>.tacozip`` (or ``<id>_partNNNN.tacozip`` + ``.tacocat``) atomically.
+    """Write one set of shards per split plus ``out/.tacocat/`` over all of them, atomically.
 
-    Everything is written into a temporary sibling folder first and moved into ``out`` only
-    when tacotoolbox has finished, so an error leaves no partial shard behind.
+    Samples are grouped by their ``split`` so a hub config can list real splits; a split
+    larger than ``split_size`` becomes ``_partNNNN`` files. Each shard's TACO collection
+    carries the real extent of its samples, and ``.tacocat/`` (written even for one shard,
+    so ``tacoreader.load("OUT/.tacocat")`` always works) merges them. Everything is written
+    into a temporary sibling folder and moved into ``out`` only when complete; shards of an
+    earlier pack (any dataset id or settings) are replaced, so ``out`` never holds a mix.
     """
     import tacotoolbox
+    from tacotoolbox._validation import validate_split_size
     from tacotoolbox.datamodel import Taco
-    from tacotoolbox.taco.datamodel import Provider
+    from tacotoolbox.taco.datamodel import Extent, Provider
     from tacotoolbox.tortilla.datamodel import Tortilla
 
-    taco_samples = [_taco_sample(s) for s in samples]
-    if not taco_samples:
+    samples = list(samples)
+    if not samples:
         raise CubecastError(f"nothing to pack into {out}: no samples")
-    ids = [s.id for s in taco_samples]
+    ids = [s.id for s in samples]
     dupes = {i for i in ids if ids.count(i) > 1}
     if dupes:
         raise CubecastError(f"duplicate sample ids: {', '.join(sorted(dupes))}")
-    taco = Taco(
-        tortilla=Tortilla(samples=taco_samples),
-        id=info.id,
-        dataset_version=info.version,
-        title=info.title,
-        description=info.description,
-        licenses=list(info.licenses),
-        providers=[Provider(name=p) for p in info.providers],
-        tasks=list(info.tasks),
-        keywords=list(info.keywords),
-    )
+    try:
+        max_bytes = validate_split_size(split_size)
+    except Exception as exc:  # tacotoolbox's own error type; the user needs the value
+        raise CubecastError(f"split size {split_size!r}: {exc}") from None
+    rows = {s.id: s.metadata() for s in samples}
+    groups: dict[str, list[Any]] = {}
+    for s in samples:
+        groups.setdefault(str(rows[s.id].get("split") or ""), []).append(s)
+    chunks = {split: _chunks(members, max_bytes) for split, members in groups.items()}
+    names = shard_names(info.id, list(groups), {k: len(v) for k, v in chunks.items()})
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pack-", dir=out))
     try:
         tacotoolbox.verbose(False)
-        created = tacotoolbox.create(taco, tmp / f"{info.id}.tacozip", split_size=split_size)
-        final = []
-        for stale in [*out.glob(f"{info.id}.tacozip"), *out.glob(f"{info.id}_part*.tacozip")]:
+        created = []
+        for split, parts in chunks.items():
+            for members, name in zip(parts, names[split], strict=True):
+                taco = Taco(
+                    tortilla=Tortilla(samples=[_taco_sample(s) for s in members]),
+                    id=info.id,
+                    dataset_version=info.version,
+                    title=info.title,
+                    description=info.description,
+                    licenses=list(info.licenses),
+                    providers=[Provider(name=p) for p in info.providers],
+                    tasks=list(info.tasks),
+                    keywords=list(info.keywords),
+                )
+                spatial, temporal = extent_of(rows[s.id] for s in members)
+                taco.extent = Extent(spatial=spatial, temporal=temporal)
+                created += tacotoolbox.create(taco, tmp / name, split_size=None, consolidate=False)
+        tacotoolbox.create_tacocat(created, output=tmp)
+        for stale in out.glob("*.tacozip"):  # any earlier pack, whatever its id: no mix
             stale.unlink()
         shutil.rmtree(out / ".tacocat", ignore_errors=True)
         for item in sorted(tmp.iterdir()):
@@ -244,9 +340,7 @@ def pack_shards(
             if dest.exists():
                 shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
             item.rename(dest)
-            if item in created or item.suffix == ".tacozip":
-                final.append(dest)
-        return sorted(final)
+        return [out / p.name for p in created]  # splits in the order the samples came
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -259,12 +353,15 @@ def encode_sample(
     roles: dict[str, str] | None = None,
     bbox: tuple[float, float, float, float] | None = None,
     workdir: str | Path | None = None,
+    progress: bool = False,
 ) -> CubeSample:
     """Encode a cube and measure it against its source: the unit of work before packing."""
     from pipeline.codec import encode_cube
     from pipeline.metrics import compare_encoded, raw_nbytes
 
-    enc = encode_cube(ds, options, cube_id=cube_id, roles=roles, workdir=workdir)
+    enc = encode_cube(
+        ds, options, cube_id=cube_id, roles=roles, workdir=workdir, progress=progress
+    )
     quality = compare_encoded(ds, enc, roles=roles)
     m = enc.manifest
     where = bbox if bbox is not None else footprint(ds, m.y_dim, m.x_dim)

@@ -242,11 +242,20 @@ class Recipe(_Strict):
         )
 
 
-def recipe_dirs() -> list[Path]:
-    """Where recipe names are looked up: $CUBECAST_RECIPES, ./datasets, the source tree's."""
+def recipe_search_path() -> list[Path]:
+    """Where recipe names are looked up, first match wins: $CUBECAST_RECIPES (a user's own
+    folders), ./datasets, then the recipes shipped with the package (``pipeline/recipes``
+    in a wheel, built from the repository's ``datasets/``; the source tree's ``datasets/``
+    in a checkout or editable install)."""
+    here = Path(__file__).resolve().parent
     dirs = [Path(p) for p in os.environ.get(RECIPES_ENV, "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "datasets", Path(__file__).resolve().parents[1] / "datasets"]
-    return [d for i, d in enumerate(dirs) if d.is_dir() and d not in dirs[:i]]
+    dirs += [Path.cwd() / "datasets", here / "recipes", here.parent / "datasets"]
+    return [d for i, d in enumerate(dirs) if d not in dirs[:i]]
+
+
+def recipe_dirs() -> list[Path]:
+    """The folders of :func:`recipe_search_path` that exist."""
+    return [d for d in recipe_search_path() if d.is_dir()]
 
 
 def available_recipes() -> dict[str, Path]:
@@ -284,8 +293,10 @@ def load_recipe(name_or_path: str | os.PathLike[str], **source_overrides: str) -
         known = available_recipes()
         if str(name_or_path) not in known:
             names = ", ".join(known) or "none found"
+            looked = ", ".join(str(d) for d in recipe_search_path())
             raise RecipeError(
-                f"{name_or_path}: no such recipe file, and not a recipe name (available: {names})"
+                f"{name_or_path}: no such recipe file, and not a recipe name "
+                f"(available: {names}; looked in {looked}; add folders with ${RECIPES_ENV})"
             )
         p = known[str(name_or_path)]
     try:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import xarray as xr
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -71,53 +72,147 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _band_order(v: Verification) -> list[str]:
+    """Continuous bands in the order the data holds them (first appearance in the checks)."""
+    return list(
+        dict.fromkeys(c.band for c in v.checks if c.role == "continuous" and math.isfinite(c.psnr))
+    )
+
+
 def _plots(v: Verification, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     lossy = [c for c in v.checks if c.role == "continuous" and math.isfinite(c.psnr)]
-    bands = sorted({c.band for c in lossy})
+    bands = _band_order(v)
+    req = [c.required for c in lossy if c.required is not None]
     paths = []
 
-    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(bands) + 2), 3.5))
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(bands) + 2), 4))
     if bands:
         ax.boxplot([[c.psnr for c in lossy if c.band == b] for b in bands], tick_labels=bands)
-        req = [c.required for c in lossy if c.required is not None]
         if req:
-            ax.axhline(min(req), color="tab:red", ls="--", lw=1, label=f"threshold {min(req):g} dB")
-            ax.legend(loc="lower right", fontsize=8)
-    ax.set_ylabel("PSNR (dB)")
-    ax.set_title("PSNR per band over samples")
+            need = min(req)
+            ax.axhline(need, color="tab:red", ls="--", lw=1.2, label=f"required {need:g} dB")
+            ax.legend(loc="lower right", fontsize=9)
+    ax.set_ylabel("PSNR (dB)", fontsize=10)
+    ax.set_title("PSNR per band over samples (bands in data order)", fontsize=11)
+    ax.tick_params(labelsize=9)
     paths.append(_save(fig, out / "psnr_per_band.png"))
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    splits = sorted({str(m.get("split") or "-") for m in v.samples.values()})
+    colours = dict(zip(splits, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    shown: set[str] = set()
     for sid, meta in v.samples.items():
         ps = [c.psnr for c in lossy if c.sample == sid]
-        if ps and meta.get("bpppb") is not None:
-            ax.scatter(meta["bpppb"], min(ps), s=25)
-            ax.annotate(sid[:18], (meta["bpppb"], min(ps)), fontsize=6)
-    ax.set_xlabel("bits per pixel per band")
-    ax.set_ylabel("min PSNR over bands (dB)")
-    ax.set_title("Quality vs rate per cube")
+        if not ps or meta.get("bpppb") is None:
+            continue
+        split = str(meta.get("split") or "-")
+        ax.scatter(
+            meta["bpppb"],
+            min(ps),
+            s=40,
+            color=colours.get(split),
+            label=f"split {split}" if split not in shown else None,
+        )
+        shown.add(split)
+        ax.annotate(
+            sid[:24],
+            (meta["bpppb"], min(ps)),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    if req:
+        ax.axhline(min(req), color="tab:red", ls="--", lw=1.2, label=f"required {min(req):g} dB")
+    if shown or req:
+        ax.legend(fontsize=9, loc="best")
+    ax.set_xlabel("bits per pixel per band (lower = smaller)", fontsize=10)
+    ax.set_ylabel("worst band PSNR (dB)", fontsize=10)
+    ax.set_title("Quality vs rate, one point per cube", fontsize=11)
+    ax.tick_params(labelsize=9)
+    ax.margins(x=0.15, y=0.15)
     paths.append(_save(fig, out / "psnr_vs_bpppb.png"))
 
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(v.samples) + 2), 3.5))
     ids = list(v.samples)
     raw = [(v.samples[i].get("raw_bytes") or 0) / 1e6 for i in ids]
     enc = [(v.samples[i].get("encoded_bytes") or 0) / 1e6 for i in ids]
-    xs = range(len(ids))
-    ax.bar([x - 0.2 for x in xs], raw, width=0.4, label="raw")
-    ax.bar([x + 0.2 for x in xs], enc, width=0.4, label="encoded")
-    ax.set_xticks(list(xs), [i[:12] for i in ids], rotation=45, ha="right", fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("MB")
-    ax.set_title("Size per cube")
-    ax.legend(fontsize=8)
+    ratio = [r / e if e else 0.0 for r, e in zip(raw, enc, strict=True)]
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.45 * len(ids) + 1.5)))
+    ys = list(range(len(ids)))
+    ax.barh(ys, ratio, color="tab:blue", height=0.6)
+    for y, r, mb_raw, mb_enc in zip(ys, ratio, raw, enc, strict=True):
+        ax.annotate(
+            f" {r:.1f}x  ({mb_raw:.2f} MB -> {mb_enc:.2f} MB)", (r, y), va="center", fontsize=8
+        )
+    ax.set_yticks(ys, [i[:24] for i in ids], fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(ratio or [1]) * 1.6)
+    ax.set_xlabel("compression ratio (raw size / encoded size, higher = smaller)", fontsize=10)
+    ax.set_title("Compression per cube", fontsize=11)
     paths.append(_save(fig, out / "sizes.png"))
     return paths
 
 
-def write_report(v: Verification, folder: str | Path, title: str = "Verification report") -> Path:
+def _stretch(img: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return np.clip((img - lo) / np.where(hi > lo, hi - lo, 1), 0, 1)
+
+
+def sample_panel(
+    original: xr.Dataset,
+    decoded: xr.Dataset,
+    bands: list[str],
+    out: Path,
+    title: str,
+) -> Path:
+    """Original | decoded | absolute error for one frame of one sample.
+
+    ``original`` and ``decoded`` hold one time step of ``bands`` (three bands: shown as
+    RGB, else the first band in grey). Both images share the original's 2-98 % stretch, so
+    differences are not hidden by separate scaling; the error is in % of the band's range.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    orig = np.stack([np.asarray(original[b].values, dtype=np.float64).squeeze() for b in bands], -1)
+    dec = np.stack([np.asarray(decoded[b].values, dtype=np.float64).squeeze() for b in bands], -1)
+    valid = np.isfinite(orig) & np.isfinite(dec)
+    lo = np.array([np.nanpercentile(orig[..., i], 2) for i in range(len(bands))])
+    hi = np.array([np.nanpercentile(orig[..., i], 98) for i in range(len(bands))])
+    rng = np.array([np.nanmax(orig[..., i]) - np.nanmin(orig[..., i]) for i in range(len(bands))])
+    err = np.where(valid, np.abs(dec - orig), np.nan) / np.where(rng > 0, rng, 1) * 100
+    mse = np.nanmean(((dec - orig) / np.where(rng > 0, rng, 1))[valid] ** 2) if valid.any() else 0
+    psnr = -10 * math.log10(mse) if mse > 0 else math.inf
+    rgb = len(bands) == 3
+    show_o = _stretch(orig, lo, hi)
+    show_d = _stretch(dec, lo, hi)
+    if not rgb:
+        show_o, show_d = show_o[..., 0], show_d[..., 0]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    kw = {} if rgb else {"cmap": "gray", "vmin": 0, "vmax": 1}
+    for ax, img, name in ((axes[0], show_o, "original"), (axes[1], show_d, "decoded")):
+        ax.imshow(np.nan_to_num(img, nan=0.0), interpolation="nearest", **kw)
+        ax.set_title(name, fontsize=10)
+    worst = np.nanmax(err, axis=-1) if np.isfinite(err).any() else np.zeros(err.shape[:2])
+    im = axes[2].imshow(worst, cmap="magma", interpolation="nearest", vmin=0)
+    axes[2].set_title("abs error, worst band (% of band range)", fontsize=10)
+    fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.04)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    label = "RGB = " + "/".join(bands) if rgb else bands[0]
+    fig.suptitle(f"{title}: {label}, PSNR of this frame {psnr:.1f} dB", fontsize=11)
+    return _save(fig, out / "sample.png")
+
+
+def write_report(
+    v: Verification,
+    folder: str | Path,
+    title: str = "Verification report",
+    panel: Path | None = None,
+) -> Path:
+    """REPORT.md plus plots; ``panel`` is an already drawn :func:`sample_panel` image."""
     folder = Path(folder)
     plots = _plots(v, folder / PLOTS)
+    if panel is not None:
+        plots.insert(0, panel)
     raw = sum((m.get("raw_bytes") or 0) for m in v.samples.values())
     enc = sum((m.get("encoded_bytes") or 0) for m in v.samples.values())
     body = [
@@ -145,12 +240,3 @@ def write_report(v: Verification, folder: str | Path, title: str = "Verification
     tmp.write_text("\n".join(body))
     tmp.replace(path)
     return path
-
-
-def codec_summary(v: Verification) -> dict[str, dict]:
-    """Stream settings as recorded in the first sample's metadata."""
-    for meta in v.samples.values():
-        codec = meta.get("codec")
-        if codec:
-            return json.loads(codec) if isinstance(codec, str) else codec
-    return {}

@@ -31,6 +31,7 @@ def test_dockerfile_passes_hadolint():
     [
         (".github/workflows/ci.yml", "vendor.github-workflows"),
         (".github/workflows/publish.yml", "vendor.github-workflows"),
+        (".github/workflows/release.yml", "vendor.github-workflows"),
         ("docker/compose.yaml", "vendor.compose-spec"),
     ],
 )
@@ -46,6 +47,19 @@ def test_workflows_do_what_the_readme_says():
     triggers = pub[True]  # YAML 1.1 reads the key "on" as True
     assert "schedule" in triggers and "workflow_dispatch" in triggers
     assert "secrets.HF_TOKEN" in str(pub["jobs"]) and "cubecast run" in str(pub["jobs"])
+
+
+def test_release_builds_and_publishes_with_trusted_publishing():
+    rel = yaml.safe_load((ROOT / ".github/workflows/release.yml").read_text())
+    jobs = rel["jobs"]
+    assert "python -m build" in str(jobs["build"])
+    publish = jobs["publish"]
+    assert publish["permissions"] == {"id-token": "write"}
+    assert any("pypa/gh-action-pypi-publish" in s.get("uses", "") for s in publish["steps"])
+    assert "password" not in str(publish) and "PYPI" not in str(publish).replace("pypi", "")
+    # the jobs that run the pipeline install its extra
+    assert '".[publish]"' in (ROOT / ".github/workflows/publish.yml").read_text()
+    assert '".[publish]"' in (ROOT / "docker/Dockerfile").read_text()
 
 
 def test_prefect_yaml_matches_the_served_deployments():

@@ -68,13 +68,16 @@ def test_report_pngs_and_card_render(built):
     for png in (built / "report").glob("*.png"):
         img = mpimg.imread(png)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
-    assert len(list((built / "report").glob("*.png"))) == 3
+    names = {p.name for p in (built / "report").glob("*.png")}
+    assert names == {"sample.png", "sizes.png", "psnr_per_band.png", "psnr_vs_bpppb.png"}
     card = (built / "README.md").read_text()
     _, front, body = card.split("---\n", 2)
     meta = yaml.safe_load(front)
     assert meta["license"] == "cc-by-sa-4.0" and "image-segmentation" in meta["task_categories"]
     shards = sorted(p.name for p in built.glob("*.tacozip"))
-    assert meta["configs"][0]["data_files"][0]["path"] == shards
+    files = meta["configs"][0]["data_files"]  # one entry per split, its own shards
+    assert sorted(n for d in files for n in d["path"]) == shards
+    assert all(n.endswith(f"_{d['split']}.tacozip") for d in files for n in d["path"])
     html = MarkdownIt().enable("table").render(body)
     assert "<table>" in html and "tacoreader.load" in html and "PASS" in html
     report = MarkdownIt().enable("table").render((built / "REPORT.md").read_text())
