@@ -24,6 +24,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from pipeline.build import encode_step, fingerprint, pack_step, select_cubes, verify_step
+from pipeline.lock import folder_lock
 from pipeline.packing import StagedSample
 from pipeline.publish import PublishResult, publish
 from pipeline.recipe import Recipe, load_recipe
@@ -170,9 +171,10 @@ def publish_dataset(
     ids = list_cubes(spec)
     log.info("%d cubes from %s", len(ids), spec.source.location)
     encoder = encode_cubes.with_options(task_runner=task_runner(runner, workers, dask_address))
-    staged = encoder(spec, ids, out)
-    shards = pack(spec, staged, out)
-    verification = verify(spec, shards, out)
+    with folder_lock(out, "cubecast run or pack"):  # one writer per output folder
+        staged = encoder(spec, ids, out)
+        shards = pack(spec, staged, out)
+        verification = verify(spec, shards, out)
     result = push(out, target, dry_run, spec.publish.private)
     log.info(result.summary())
     return {

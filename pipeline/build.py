@@ -19,6 +19,8 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.card import write_card
+from pipeline.confine import safe_name
+from pipeline.lock import holds_output_folder
 from pipeline.packing import StagedSample, encode_sample, pack_shards, stage_sample
 from pipeline.recipe import Recipe
 from pipeline.report import PLOTS, write_report
@@ -54,7 +56,7 @@ def encode_step(
 ) -> StagedSample:
     """Fetch one source cube, encode it at the recipe's settings and stage it on disk."""
     staging = staging_dir(out)
-    staged = StagedSample(staging / cube_id)
+    staged = StagedSample(staging / safe_name(cube_id, "cube id"))  # ids come from the source
     fp = fingerprint(recipe, cube_id)
     mark = staged.folder / FINGERPRINT
     if not force and mark.is_file() and mark.read_text() == fp:
@@ -132,6 +134,8 @@ def verify_step(
     panel = draw_sample_panel(recipe, paths, mirror, folder / PLOTS)
     write_report(verification, folder, title=f"{recipe.taco.title}: verification", panel=panel)
     write_card(recipe, verification, folder)
+    verification.record_files(folder)  # what publish will mirror, hashed after it is all written
+    verification.write(folder)
     return verification
 
 
@@ -195,6 +199,7 @@ class BuildResult:
     verification: Verification
 
 
+@holds_output_folder  # two packs into one folder cannot interleave
 def encode_and_pack(
     recipe: Recipe,
     out: str | Path,

@@ -18,6 +18,7 @@ from pipeline.encoded import EncodedCube
 from pipeline.errors import CubecastError
 from pipeline.metrics import bpppb
 from pipeline.planning import EncodeOptions
+from pipeline.recipe import PSNR_MAX
 
 app = typer.Typer(
     help="Compress Earth-observation cubes as video streams, pack them into TACO shards, "
@@ -56,6 +57,18 @@ def write_netcdf(ds: xr.Dataset, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def check_quality(crf: float | None, psnr: float | None) -> None:
+    """Refuse rate settings the encoder would misread or silently cap, naming the option."""
+    if crf is not None and not 0 <= crf <= 51:
+        raise CubecastError(f"--crf {crf:g}: x265's CRF range is 0 to 51 (lower is better)")
+    if psnr is not None and not 0 < psnr <= PSNR_MAX:
+        if psnr <= 0:
+            raise CubecastError(f"--psnr {psnr:g}: a PSNR floor must be above 0 dB")
+        raise CubecastError(
+            f"--psnr {psnr:g}: above {PSNR_MAX:g} dB lossy x265 cannot reach; use --lossless"
+        )
+
+
 @app.command()
 def encode(
     input: Annotated[str, typer.Argument(help="netCDF file or zarr store")],
@@ -68,9 +81,9 @@ def encode(
         float | None, typer.Option(help="target PSNR floor in dB: search the cheapest CRF")
     ] = None,
     preset: Annotated[str, typer.Option(help="x265 preset")] = "medium",
-    keyint: Annotated[int, typer.Option(help="max frames between keyframes")] = 64,
+    keyint: Annotated[int, typer.Option(min=1, help="max frames between keyframes")] = 64,
     workers: Annotated[
-        int, typer.Option(help="PSNR-target streams whose CRF searches run concurrently")
+        int, typer.Option(min=1, help="PSNR-target streams whose CRF searches run concurrently")
     ] = 1,
     codec: Annotated[
         str, typer.Option(help="libx265, or libaom-av1 (12-bit AV1, needs --engine ffmpeg)")
@@ -89,6 +102,7 @@ def encode(
     """
     if sum(x is not None and x is not False for x in (crf, psnr, lossless or None)) > 1:
         raise CubecastError("choose one of --crf, --psnr, --lossless")
+    check_quality(crf, psnr)
     ds = open_input(input)
     opts = EncodeOptions(
         crf=12.0 if crf is None else crf,
@@ -200,7 +214,10 @@ def pack(
 
     if crf is not None and psnr is not None:
         raise CubecastError("choose one of --crf, --psnr")
+    check_quality(crf, psnr)
+    from pipeline.lock import probe_lock
 
+    probe_lock(output)  # a second pack into this folder fails now, not after encoding
     tty = sys.stderr.isatty()
     say = None if tty else (lambda line: err_console.print(line, highlight=False))
     if _is_recipe(input):
@@ -308,7 +325,7 @@ def run(
     source: SourceOpt = None,
     out: Annotated[str | None, typer.Option(help="work/shard folder")] = None,
     to: Annotated[str | None, typer.Option("--to", help="publish target")] = None,
-    workers: Annotated[int, typer.Option(help="cubes encoded concurrently")] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="cubes encoded concurrently")] = 2,
     dask: Annotated[bool, typer.Option(help="run on a Dask LocalCluster")] = False,
     dask_address: Annotated[str | None, typer.Option(help="existing Dask scheduler")] = None,
     synthesize: Annotated[bool, typer.Option(help="write a twin at --source if absent")] = False,
@@ -397,7 +414,15 @@ def list_samples(
     import tacoreader
 
     source = shards[0] if len(shards) == 1 and Path(shards[0]).is_dir() else shards
-    table = tacoreader.load(source).data.to_arrow().to_pylist()
+    try:
+        table = tacoreader.load(source).data.to_arrow().to_pylist()
+    except Exception as exc:  # tacoreader raises many types for folders and corrupt shards
+        what = ", ".join(shards)
+        cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CubecastError(
+            f"{what}: not readable TACO shards or a .tacocat folder "
+            f"({exc.__class__.__name__}{': ' + cause if cause else ''})"
+        ) from None
     out = Table("id", "shape", "min PSNR dB", "bpppb", "ratio", "split")
     for row in table:
         out.add_row(
@@ -484,11 +509,31 @@ PUBLISH_MODULES = frozenset(
 
 
 def main() -> None:
+    from pipeline.download import network_errors
+
     try:
         app()
     except CubecastError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(exc))
+    except network_errors() as exc:  # anything the pipeline did not wrap: still one line
+        _fail(f"network error: {exc.__class__.__name__}: {exc}")
+    except ModuleNotFoundError as exc:  # the reader install running a pipeline command
+        if (exc.name or "").split(".")[0] not in PUBLISH_MODULES:
+            raise
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "this command")
+        _fail(
+            f"cubecast {command} needs {exc.name}, part of the publish extra: "
+            + escape("pip install 'cubecast[publish]'")
+        )
+
+
+def _fail(message: str) -> None:
+    token = os.environ.get("HF_TOKEN")
+    if token:
+        message = message.replace(token, "***")
+    line = " ".join(message.split())  # one line, whatever the cause text held
+    err_console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

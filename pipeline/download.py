@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 from tqdm.auto import tqdm
@@ -35,10 +36,53 @@ class RetryPolicy:
         return min(self.backoff * 2**attempt, self.max_backoff)
 
 
+DEFAULT_HUB = "https://huggingface.co"
+
+
+def hub_endpoint() -> str:
+    """The hub the token belongs to: ``HF_ENDPOINT`` if set, else huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_HUB).rstrip("/")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    u = urlsplit(url)
+    port = u.port or {"https": 443, "http": 80}.get(u.scheme)
+    return u.scheme.lower(), (u.hostname or "").lower(), port
+
+
+def token_allowed(url: str) -> bool:
+    """Whether ``url`` is on the configured hub endpoint: same scheme, host and port.
+
+    The default endpoint is https, so the token never travels in clear text unless the user
+    configured a plain-http endpoint themselves (a local hub, as the tests do).
+    """
+    try:
+        return _origin(url) == _origin(hub_endpoint())
+    except ValueError:  # a malformed port: not the hub
+        return False
+
+
 def auth_headers(url: str) -> dict[str, str]:
-    """The HuggingFace token for huggingface URLs only; never logged."""
+    """The HuggingFace token for URLs on the configured hub endpoint only; never logged."""
     token = os.environ.get("HF_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token and "huggingface" in url else {}
+    return {"Authorization": f"Bearer {token}"} if token and token_allowed(url) else {}
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """Transport errors of the HTTP clients in play (requests here, httpx in
+    huggingface_hub): what an unreachable host or a dropped connection raises."""
+    errors: list[type[BaseException]] = [
+        ConnectionError,
+        TimeoutError,
+        requests.ConnectionError,
+        requests.Timeout,
+    ]
+    for module in ("httpx", "httpx2"):  # huggingface_hub 1.x uses httpx, 2.x httpx2
+        try:
+            errors.append(__import__(module).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
 
 
 def _total_size(r: requests.Response, offset: int) -> int | None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+from pipeline.confine import check_manifest_names, confined, safe_name
 from pipeline.errors import CorruptStreamError, ManifestError
 from pipeline.manifest import Manifest
 
@@ -51,6 +52,7 @@ class MemoryStore:
         self.reads: list[str] = []
 
     def read(self, filename: str) -> bytes:
+        safe_name(filename, "stream file")  # the name may be written to disk by to_folder
         self.reads.append(filename)
         try:
             return self.files[filename]
@@ -67,7 +69,7 @@ class FolderStore:
 
     def file_path(self, filename: str) -> Path:
         """The file on disk, so large streams can be decoded or copied without loading them."""
-        path = self.path / filename
+        path = confined(self.path, safe_name(filename, f"{self.path}: stream file"))
         if not path.is_file():
             raise CorruptStreamError(f"{self.path}: encoded cube is missing file {filename!r}")
         return path
@@ -225,6 +227,7 @@ class EncodedCube:
         if not mf.is_file():
             raise ManifestError(f"{path}: no {MANIFEST_FILE} in encoded cube folder")
         manifest = Manifest.from_json(mf.read_bytes(), source=str(mf))
+        check_manifest_names(manifest, str(mf))
         return cls(manifest, FolderStore(path), source=str(path))
 
     @classmethod
@@ -233,6 +236,7 @@ class EncodedCube:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
                 files = {}
                 for m in tar.getmembers():
+                    safe_name(m.name, f"{source}: archive member")
                     f = tar.extractfile(m)
                     if f is not None:
                         files[m.name] = f.read()
@@ -241,6 +245,7 @@ class EncodedCube:
         if MANIFEST_FILE not in files:
             raise ManifestError(f"{source}: archive has no {MANIFEST_FILE}")
         manifest = Manifest.from_json(files.pop(MANIFEST_FILE), source=f"{source}:{MANIFEST_FILE}")
+        check_manifest_names(manifest, f"{source}:{MANIFEST_FILE}")
         return cls(manifest, MemoryStore(files), source=source)
 
     @classmethod

@@ -31,3 +31,11 @@ class VerificationError(CubecastError):
 
 class PublishError(CubecastError):
     """A publish target refused or failed."""
+
+
+class UnsafePathError(CubecastError):
+    """A path taken from data (an index, an id, a manifest, an archive) leaves its root."""
+
+
+class BusyError(CubecastError):
+    """Another cubecast process holds the output folder."""

@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from pipeline.confine import confined, safe_name
 from pipeline.encoded import MANIFEST_FILE, EncodedCube
 from pipeline.errors import CubecastError
+from pipeline.lock import holds_output_folder
 from pipeline.metrics import BandQuality, bpppb
 
 
@@ -179,7 +181,7 @@ class StagedSample:
 def stage_sample(sample: CubeSample, root: str | Path) -> StagedSample:
     """Write ``root/<id>/`` (streams, manifest, ``sample.json``) atomically."""
     root = Path(root)
-    dest = root / sample.id
+    dest = confined(root, safe_name(sample.id, "cube id"), "cube id")
     tmp = root / f".{sample.id}.part"
     shutil.rmtree(tmp, ignore_errors=True)
     sample.encoded.to_folder(tmp)

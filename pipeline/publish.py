@@ -1,9 +1,16 @@
 """Publishing a verified dataset folder: to a HuggingFace dataset repo, a local folder or any
 fsspec URL. Only changed files move; nothing moves unless verification passed.
 
-On the hub, LFS files are pre-uploaded one by one as they are ready and a single commit is
-made at the end; a re-run whose files are all present uploads nothing and makes no commit,
-and an interrupted run resumes (the LFS batch endpoint skips objects already stored).
+The target becomes a mirror of exactly the files ``verification.json`` recorded: a file
+changed, added or deleted since verification stops the publish, and files that an earlier
+layout left on the target (old ``_partNNNN`` shards, a stale ``.tacocat``) are deleted.
+
+On the hub, LFS files are pre-uploaded one by one as they are ready and a single commit
+(additions and deletions) is made at the end; a re-run whose files are all present uploads
+nothing and makes no commit, and an interrupted run resumes (the LFS batch endpoint skips
+objects already stored). On a folder or fsspec target each file is written under a
+temporary name, renamed, and recorded in the target's index at once, so a killed publish
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
+from pipeline.download import hub_endpoint, network_errors
 from pipeline.encoded import file_sha256
 from pipeline.errors import PublishError
-from pipeline.verify import REPORT_JSON, Verification
+from pipeline.verify import REPORT_JSON, Verification, dataset_files
 
 log = logging.getLogger(__name__)
 INDEX_FILE = ".cubecast-index.json"
@@ -32,6 +41,7 @@ class PublishResult:
     target: str
     uploaded: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)  # left on the target by an earlier layout
     bytes_uploaded: int = 0
     commit: str | None = None
     dry_run: bool = False
@@ -39,21 +49,20 @@ class PublishResult:
     def summary(self) -> str:
         verb = "would upload" if self.dry_run else "uploaded"
         commit = f", commit {self.commit[:10]}" if self.commit else ", no commit"
+        gone = ""
+        if self.deleted:
+            gone = f", {'would delete' if self.dry_run else 'deleted'} {len(self.deleted)} stale"
         return (
             f"{self.target}: {verb} {len(self.uploaded)} files ({self.bytes_uploaded:,} bytes), "
-            f"{len(self.unchanged)} unchanged{'' if self.dry_run else commit}"
+            f"{len(self.unchanged)} unchanged{gone}{'' if self.dry_run else commit}"
         )
 
 
 def publishable_files(folder: Path) -> list[str]:
     """Shards first (so they are uploaded while later files are still being written), then
-    the index, report and card last. Work folders and partial files stay behind."""
-    files = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).as_posix()
-        hidden = any(part.startswith(".") and part != ".tacocat" for part in rel.split("/"))
-        if p.is_file() and not hidden and not rel.endswith(".part"):
-            files.append(rel)
+    the index, report and card last. Work folders and partial files stay behind; symbolic
+    links are refused (see :func:`pipeline.verify.dataset_files`)."""
+    files = dataset_files(folder)
 
     def order(rel: str) -> tuple[int, str]:
         if rel.endswith(".tacozip"):
@@ -69,6 +78,8 @@ Digest = Callable[[Path], str]
 
 
 def require_verified(folder: Path, digest: Digest = file_sha256) -> Verification:
+    """The folder's verification, if it passed and the folder holds exactly the files it
+    recorded, byte for byte; anything else is refused with the first differences named."""
     if not (folder / REPORT_JSON).is_file():
         raise PublishError(f"{folder}: no {REPORT_JSON}; run `cubecast verify` before publishing")
     verification = Verification.read(folder)
@@ -76,12 +87,32 @@ def require_verified(folder: Path, digest: Digest = file_sha256) -> Verification
         raise PublishError(
             f"{folder}: verification failed, nothing published. {verification.summary()}"
         )
-    for shard in sorted(folder.glob("*.tacozip")):
-        if verification.shards.get(shard.name) != digest(shard):
+    if not verification.files:
+        raise PublishError(
+            f"{folder / REPORT_JSON}: records no files (written by an older cubecast); run "
+            "`cubecast verify` again"
+        )
+    again = "; run `cubecast verify` again"
+    present = [rel for rel in dataset_files(folder) if rel != REPORT_JSON]
+    for rel in present:
+        if rel not in verification.files:
+            kind = "shard" if rel.endswith(".tacozip") else "file"
             raise PublishError(
-                f"{shard}: not the shard that was verified (changed or new since "
-                "verification); run `cubecast verify` again"
+                f"{folder / rel}: not the {kind} that was verified (new since verification)" + again
             )
+        if digest(folder / rel) != verification.files[rel]:
+            kind = "shard" if rel.endswith(".tacozip") else "file"
+            raise PublishError(
+                f"{folder / rel}: not the {kind} that was verified (changed since "
+                "verification)" + again
+            )
+    missing = sorted(set(verification.files) - set(present))
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise PublishError(
+            f"{folder}: {', '.join(missing[:3])}{more} verified but missing (deleted since "
+            "verification)" + again
+        )
     return verification
 
 
@@ -95,6 +126,37 @@ def _scrub(text: str, token: str | None) -> str:
 
 
 # -- fsspec (local folders included) ------------------------------------------------------
+def _same_bytes(fs: Any, dest: str, entry: dict) -> bool:
+    """Whether ``dest`` on the target already holds the file (size, then SHA-256): a publish
+    killed after a rename but before its index write does not upload that file again."""
+    try:
+        if not fs.exists(dest) or fs.size(dest) != entry["size"]:
+            return False
+        h = hashlib.sha256()
+        with fs.open(dest, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest() == entry["sha256"]
+    except Exception:  # unreadable: upload it
+        return False
+
+
+def _stale_on_target(fs: Any, root: str, remote: dict, wanted: set[str]) -> list[str]:
+    """Files to delete: what an earlier publish recorded, plus any shard or ``.tacocat``
+    file on the target (readers would see their samples twice), that is not published now."""
+    found = set(remote)
+    for pattern in (f"{root}/*.tacozip", f"{root}/.tacocat/**"):
+        try:
+            hits = fs.glob(pattern)
+        except Exception:  # nothing there, or a backend that cannot glob
+            continue
+        for h in hits:
+            rel = str(h).removeprefix(root.rstrip("/") + "/")
+            if fs.isfile(h):
+                found.add(rel)
+    return sorted(found - wanted)
+
+
 def _publish_fsspec(
     folder: Path,
     files: list[str],
@@ -111,16 +173,31 @@ def _publish_fsspec(
     index_path = f"{root}/{INDEX_FILE}"
     try:
         remote = json.loads(fs.cat_file(index_path)) if fs.exists(index_path) else {}
+        if not isinstance(remote, dict):
+            remote = {}
     except Exception as exc:  # a target we cannot read is a target we cannot publish to
         raise PublishError(f"{target}: cannot read ({exc})") from exc
-    index: dict[str, dict] = {}
+    index = dict(remote)  # the progress record: what the target holds, file by file
+
+    def save_index() -> None:
+        tmp = f"{index_path}.part"
+        with fs.open(tmp, "w") as f:
+            f.write(json.dumps(index, indent=1, sort_keys=True))
+        fs.mv(tmp, index_path)
+
     for rel in files:
         path = folder / rel
         entry = {"sha256": digest(path), "size": path.stat().st_size}
-        index[rel] = entry
         dest = f"{root}/{rel}"
-        if remote.get(rel) == entry and fs.exists(dest) and fs.size(dest) == entry["size"]:
+        recorded = remote.get(rel) == entry
+        if recorded and fs.exists(dest) and fs.size(dest) == entry["size"]:
             result.unchanged.append(rel)
+            continue
+        if not recorded and _same_bytes(fs, dest, entry):
+            result.unchanged.append(rel)
+            if not dry_run:
+                index[rel] = entry
+                save_index()
             continue
         result.uploaded.append(rel)
         result.bytes_uploaded += entry["size"]
@@ -132,17 +209,36 @@ def _publish_fsspec(
             tmp = f"{dest}.part"
             fs.put_file(str(path), tmp)
             fs.mv(tmp, dest)
+            index[rel] = entry
+            save_index()
         except Exception as exc:  # each backend has its own errors
             raise PublishError(f"{target}: cannot write {rel} ({exc})") from exc
-    if not dry_run and (result.uploaded or remote != index):
-        tmp = f"{index_path}.part"
-        with fs.open(tmp, "w") as f:
-            f.write(json.dumps(index, indent=1))
-        fs.mv(tmp, index_path)
+    result.deleted = _stale_on_target(fs, root, remote, set(files))
+    if dry_run:
+        return result
+    for rel in result.deleted:
+        try:
+            if fs.exists(f"{root}/{rel}"):
+                fs.rm(f"{root}/{rel}")
+        except Exception as exc:
+            raise PublishError(f"{target}: cannot delete stale {rel} ({exc})") from exc
+        index.pop(rel, None)
+        save_index()
+    for d in sorted({rel.rsplit("/", 1)[0] for rel in result.deleted if "/" in rel}, reverse=True):
+        try:  # folders an earlier layout left empty (``.tacocat``) go too
+            if not fs.ls(f"{root}/{d}"):
+                fs.rmdir(f"{root}/{d}")
+        except Exception:  # not empty, or a store without folders
+            pass
+    if index != remote or not fs.exists(index_path):
+        save_index()
     return result
 
 
 # -- HuggingFace hub ----------------------------------------------------------------------
+_HUB_KEEP = {".gitattributes"}  # the hub's own file, not part of the dataset
+
+
 def hub_token() -> str:
     token = os.environ.get("HF_TOKEN")
     if not token:
@@ -166,11 +262,12 @@ def _publish_hub(
     progress: Callable[[str], None],
     digest: Digest,
 ) -> PublishResult:
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     token = hub_token()
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+    endpoint = hub_endpoint()
+    api = HfApi(endpoint=endpoint, token=token)
     target = f"hf://datasets/{repo_id}"
     result = PublishResult(target, dry_run=dry_run)
     try:
@@ -184,7 +281,7 @@ def _publish_hub(
             remote = {}
             if not dry_run:
                 api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        ops = []
+        ops: list[Any] = []
         for rel in files:
             path = folder / rel
             have = remote.get(rel)
@@ -205,6 +302,10 @@ def _publish_hub(
             op = CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(path))
             api.preupload_lfs_files(repo_id, additions=[op], repo_type="dataset")
             ops.append(op)
+        # the repo mirrors the folder: what an earlier layout left goes, in the same commit
+        result.deleted = sorted(p for p in remote if p not in set(files) and p not in _HUB_KEEP)
+        if not dry_run:
+            ops += [CommitOperationDelete(path_in_repo=p) for p in result.deleted]
         if ops:
             info = api.create_commit(
                 repo_id, operations=ops, commit_message=message, repo_type="dataset"
@@ -215,7 +316,12 @@ def _publish_hub(
         if status in (401, 403):
             raise PublishError(f"{target}: the token has no write access (HTTP {status})") from None
         raise PublishError(f"{target}: {_scrub(str(exc), token)}") from None
-    except OSError as exc:
+    except (OSError, *network_errors()) as exc:
+        if isinstance(exc, network_errors()):
+            raise PublishError(
+                f"{target}: cannot reach the hub at {endpoint} ({exc.__class__.__name__}: "
+                f"{_scrub(str(exc), token)})"
+            ) from None
         raise PublishError(f"{target}: {_scrub(str(exc), token)}") from None
     return result
 

@@ -18,6 +18,7 @@ import requests
 import xarray as xr
 
 from pipeline.codec import decode_cube
+from pipeline.confine import check_manifest_names
 from pipeline.download import auth_headers
 from pipeline.encoded import MANIFEST_FILE, EncodedCube
 from pipeline.errors import CorruptStreamError, ManifestError, SourceError
@@ -179,6 +180,7 @@ def sample_encoded(archive: zipfile.ZipFile, sid: str, shard: str) -> EncodedCub
     """One sample of an open shard as an encoded cube; its streams are read on demand."""
     store = ShardStore(archive, sid, shard)
     manifest = Manifest.from_json(store.read(MANIFEST_FILE), source=f"{shard}:{sid}")
+    check_manifest_names(manifest, f"{shard}:{sid}")
     if manifest.cube_id != sid:
         raise ManifestError(
             f"{shard}: sample {sid!r} carries the manifest of cube {manifest.cube_id!r}"

@@ -22,6 +22,29 @@ from pipeline.planning import EncodeOptions, GroupSpec
 RECIPES_ENV = "CUBECAST_RECIPES"
 _SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB)$", re.IGNORECASE)
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")  # a folder name and a Prefect artifact key
+PSNR_MAX = 100.0  # above this the CRF search cannot deliver (x265 tops out near 83 dB)
+
+
+def _psnr_target(v: float | None) -> float | None:
+    if v is not None and v > PSNR_MAX:
+        raise ValueError(
+            f"{v:g} dB is above {PSNR_MAX:g} dB, which lossy x265 cannot reach; use lossless"
+        )
+    return v
+
+
+def _relative_file(v: str | None) -> str | None:
+    """Files named by a recipe are read from the source: no absolute paths, no ``..``."""
+    if v is None:
+        return v
+    from pipeline.confine import safe_relpath
+    from pipeline.errors import UnsafePathError
+
+    try:
+        return safe_relpath(v, "path")
+    except UnsafePathError:
+        raise ValueError(f"{v!r} must be a path relative to source.location (no '..')") from None
 
 
 class _Strict(BaseModel):
@@ -34,6 +57,8 @@ class CubeSelection(_Strict):
     ids: list[str] | None = None
     count: Annotated[int, Field(gt=0)] | None = None
     sample_list: str | None = None
+
+    _sample_list = field_validator("sample_list")(_relative_file)
 
 
 class SourceSpec(_Strict):
@@ -48,6 +73,8 @@ class SourceSpec(_Strict):
     index: str = Field("SHA256SUMS", description="file list (+checksums) for HTTP mirrors")
     revision: str | None = None
     cache: str | None = Field(None, description="download cache folder (default ~/.cache)")
+
+    _split_file = field_validator("split_file")(_relative_file)
 
     @field_validator("location")
     @classmethod
@@ -80,8 +107,10 @@ class GroupRecipe(_Strict):
     name: str
     bands: Annotated[list[str], Field(min_length=1, max_length=3)]
     crf: Annotated[float, Field(ge=0, le=51)] | None = None
-    psnr: Annotated[float, Field(gt=0, le=120)] | None = None
+    psnr: Annotated[float, Field(gt=0)] | None = None
     lossless: bool | None = None
+
+    _psnr = field_validator("psnr")(_psnr_target)
 
 
 class CodecSpec(_Strict):
@@ -91,11 +120,23 @@ class CodecSpec(_Strict):
         "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"
     ] = "medium"
     crf: Annotated[float, Field(ge=0, le=51)] = 12.0
-    psnr: Annotated[float, Field(gt=0, le=120)] | None = None
+    psnr: Annotated[float, Field(gt=0)] | None = None
     keyint: Annotated[int, Field(ge=1, le=1000)] = 64
     x265_params: str = ""
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     groups: list[GroupRecipe] = []
+
+    _psnr = field_validator("psnr")(_psnr_target)
+
+    @field_validator("x265_params")
+    @classmethod
+    def _known_x265_params(cls, v: str) -> str:
+        from pipeline.validate import x265_params_problem
+
+        problem = x265_params_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @model_validator(mode="after")
     def _av1_needs_ffmpeg(self) -> CodecSpec:
@@ -189,6 +230,27 @@ class Recipe(_Strict):
     taco: TacoSpec
     publish: PublishSpec
     path: str | None = Field(None, description="where the recipe was loaded from")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(
+                f"{v!r}: use lower-case letters, digits and '-' (the name becomes the output "
+                'folder and Prefect artifact keys); set name = "..." or rename the file'
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _verify_bands_exist(self) -> Recipe:
+        known = set(self.variables.continuous) | {b for g in self.codec.groups for b in g.bands}
+        unknown = sorted(set(self.verify.bands) - known)
+        if unknown and known:
+            raise ValueError(
+                f"verify.bands names {', '.join(map(repr, unknown))}, not a continuous band of "
+                f"this recipe (known: {', '.join(sorted(known))})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _groups_are_continuous(self) -> Recipe:
@@ -301,7 +363,7 @@ def load_recipe(name_or_path: str | os.PathLike[str], **source_overrides: str) -
         p = known[str(name_or_path)]
     try:
         data = tomllib.loads(p.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RecipeError(f"{p}: cannot read recipe ({exc})") from None
     data.setdefault("name", p.stem)
     if source_overrides:

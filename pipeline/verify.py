@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,11 +19,47 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from pipeline.encoded import file_sha256
-from pipeline.errors import VerificationError
+from pipeline.errors import UnsafePathError, VerificationError
 from pipeline.metrics import BandQuality, compare_encoded
 from pipeline.reader import _open_archive, _shards_of, sample_encoded, sample_ids
 
 REPORT_JSON = "verification.json"
+
+
+def dataset_files(folder: str | os.PathLike[str]) -> list[str]:
+    """Every file of a dataset folder that is published (relative POSIX paths, sorted).
+
+    Hidden work files (``.work/``, spools, locks) and ``*.part`` files stay behind; the
+    ``.tacocat`` index is published. A symbolic link is refused rather than followed: it
+    would publish whatever it points to, which nobody verified.
+    """
+    root = Path(folder)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        rel_dir = here.relative_to(root).as_posix()
+        keep = []
+        for name in sorted(dirnames):
+            if name.startswith(".") and not (name == ".tacocat" and rel_dir == "."):
+                continue
+            if (here / name).is_symlink():
+                raise UnsafePathError(
+                    f"{here / name}: is a symbolic link; cubecast does not publish links "
+                    "(copy what it points to into the folder)"
+                )
+            keep.append(name)
+        dirnames[:] = keep
+        for name in filenames:
+            if name.startswith(".") or name.endswith(".part"):
+                continue
+            path = here / name
+            if path.is_symlink():
+                raise UnsafePathError(
+                    f"{path}: is a symbolic link; cubecast does not publish links "
+                    "(copy what it points to into the folder)"
+                )
+            out.append(path.relative_to(root).as_posix())
+    return sorted(out)
 
 
 @dataclass(frozen=True)
@@ -51,6 +88,8 @@ class Verification:
     checks: list[BandCheck] = field(default_factory=list)
     samples: dict[str, dict[str, Any]] = field(default_factory=dict)  # metadata rows
     shards: dict[str, str] = field(default_factory=dict)  # shard file name -> sha256
+    # every published file but this record itself -> sha256: publish mirrors exactly these
+    files: dict[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -77,7 +116,13 @@ class Verification:
 
         rows = [{**asdict(c), "psnr": clean(c.psnr)} for c in self.checks]
         return json.dumps(
-            {"passed": self.passed, "checks": rows, "samples": self.samples, "shards": self.shards},
+            {
+                "passed": self.passed,
+                "checks": rows,
+                "samples": self.samples,
+                "shards": self.shards,
+                "files": self.files,
+            },
             indent=1,
             default=str,
         )
@@ -89,11 +134,28 @@ class Verification:
         tmp.replace(path)
         return path
 
+    def record_files(self, folder: str | Path, digest: Callable[[Path], str] = file_sha256) -> None:
+        """Hash every file the folder will publish (shards, index, report, card)."""
+        self.files = {
+            rel: digest(Path(folder) / rel) for rel in dataset_files(folder) if rel != REPORT_JSON
+        }
+
     @classmethod
     def read(cls, folder: str | Path) -> Verification:
-        data = json.loads((Path(folder) / REPORT_JSON).read_text())
-        checks = [BandCheck(**{**c, "psnr": float(c["psnr"])}) for c in data["checks"]]
-        return cls(checks, data["samples"], data.get("shards", {}))
+        path = Path(folder) / REPORT_JSON
+        try:
+            data = json.loads(path.read_text())
+            checks = [BandCheck(**{**c, "psnr": float(c["psnr"])}) for c in data["checks"]]
+            result = cls(checks, dict(data["samples"]), dict(data.get("shards", {})))
+            result.files = {str(k): str(v) for k, v in dict(data.get("files", {})).items()}
+        except OSError as exc:
+            raise VerificationError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise VerificationError(
+                f"{path}: not a cubecast verification record ({exc.__class__.__name__}: "
+                f"{str(exc)[:120]}); run `cubecast verify` again"
+            ) from None
+        return result
 
 
 def check_bands(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import xarray as xr
@@ -54,7 +53,7 @@ def mirror_for(spec: SourceSpec, progress: bool = True) -> Mirror:
 
 
 def _read_lines(mirror: Mirror, name: str) -> list[str]:
-    p = Path(name) if Path(name).is_absolute() else mirror.fetch(name)
+    p = mirror.fetch(name)  # recipe validation keeps ``name`` relative to the source
     try:
         text = p.read_text()
     except OSError as exc:

@@ -15,8 +15,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
+from pipeline.confine import confined, safe_relpath
 from pipeline.download import RetryPolicy, download
-from pipeline.errors import SourceError
+from pipeline.errors import SourceError, UnsafePathError
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
@@ -62,7 +63,8 @@ class LocalMirror:
         return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob(pattern))
 
     def fetch(self, rel: str) -> Path:
-        p = self.root / rel
+        # lexical check only: symlinks the owner put in their own source folder are fine
+        p = self.root / safe_relpath(rel, f"{self.location}: file")
         if not p.exists():
             raise SourceError(f"{p}: not found in source folder {self.root}")
         return p
@@ -109,7 +111,12 @@ class HttpMirror:
             parts = line.split(maxsplit=1)
             if len(parts) != 2 or not re.fullmatch(r"[0-9a-f]{64}", parts[0]):
                 raise SourceError(f"{self.url(self.index_name)}: line {n} is not '<sha256>  path'")
-            entries[parts[1].lstrip("*").strip()] = parts[0]
+            rel = parts[1].lstrip("*").strip()
+            try:  # a hostile index must not name files outside the cache
+                rel = safe_relpath(rel, f"{self.url(self.index_name)}: line {n}: path")
+            except UnsafePathError as exc:
+                raise SourceError(str(exc)) from None
+            entries[rel] = parts[0]
         path.unlink()
         return entries
 
@@ -129,7 +136,7 @@ class HttpMirror:
             raise SourceError(f"{self.url(rel)}: not listed in {self.url(self.index_name)}")
         return download(
             self.url(rel),
-            self.cache / rel,
+            confined(self.cache, rel, f"{self.url(self.index_name)}: path"),
             sha256=self.index[rel],
             policy=self.policy,
             progress=self.progress,
@@ -141,7 +148,7 @@ class HttpMirror:
             raise SourceError(f"{self.url(rel)}: no files under it in the index")
         for r in members:
             self.fetch(r)
-        return self.cache / rel
+        return confined(self.cache, rel, f"{self.url(self.index_name)}: path")
 
 
 class FsspecMirror:
@@ -172,7 +179,7 @@ class FsspecMirror:
         return sorted(str(h).removeprefix(root) for h in hits)
 
     def _get(self, rel: str, recursive: bool) -> Path:
-        dest = self.cache / rel
+        dest = confined(self.cache, rel, f"{self.location}: path")
         if dest.exists():
             return dest
         part = dest.with_name(dest.name + ".part")
