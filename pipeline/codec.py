@@ -1,12 +1,13 @@
 """Encode an xarray cube into video streams plus a manifest, and decode it back.
 
 The pipeline is streaming: frames are read from the (possibly lazy) Dataset a block at a time,
-quantised, gap-filled and handed to the encoder, so memory holds a few frames per stream.
+quantised, gap-filled (and decorrelated) per group, and handed to the encoders, so memory
+holds a few frames per stream.
 """
 
 from __future__ import annotations
 
-import math
+import bisect
 import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,72 +21,58 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from pipeline import jsonvalues
-from pipeline.cube import Block, Channel, ChannelStats, CubeLayout, analyse, cube_stats, iter_blocks
+from pipeline.codemap import CodeMap
+from pipeline.cube import analyse, cube_stats, iter_blocks
 from pipeline.cube import valid_mask as _valid_mask
 from pipeline.encoded import EncodedCube, SpoolStore, file_sha256, sha256
 from pipeline.errors import CorruptStreamError, InvalidCubeError
+from pipeline.groupcoder import (
+    CubeContext,
+    GroupCoder,
+    coding_gains,
+    klt_moments,
+    psnr_from_mse,
+)
 from pipeline.manifest import (
     AuxInfo,
     ChannelInfo,
     CoordInfo,
     Manifest,
     StreamInfo,
+    TransformInfo,
     VariableInfo,
 )
 from pipeline.maskcodec import MaskWriter, decode_masks
 from pipeline.netcdf import dataset_from_bytes, dataset_to_bytes, packing_encoding
-from pipeline.planning import LOSSLESS_BITS, LOSSY_BITS, EncodeOptions, StreamPlan, plan_streams
-from pipeline.quantize import Quantiser, TemporalFiller, pad_even
+from pipeline.planning import (
+    EncodeOptions,
+    GroupPlan,
+    StreamPlan,
+    candidate_groups,
+    codec_candidates,
+    plan_groups,
+)
 from pipeline.ratecontrol import search_crf
 from pipeline.video import (
-    LOSSY_CODECS,
     DecodeStats,
     VideoSettings,
     decode_frames,
-    encode_frames,
     n_planes,
     open_writer,
 )
+from pipeline.videocodecs import X265_CODEC, get_codec
+
+__all__ = ["decode_cube", "encode_cube", "iter_decode", "psnr_from_mse"]
 
 READ_BLOCK = 2
 AUX_FILE = "aux.nc"
+LARGE_FRAME = 1 << 20  # pixels
+LARGE_FRAME_LOOKAHEAD = 10
 
 
 # ---------------------------------------------------------------------------------------
 # encoding
 # ---------------------------------------------------------------------------------------
-@dataclass
-class _Context:
-    ds: xr.Dataset
-    layout: CubeLayout
-    stats: dict[str, ChannelStats]
-    quantisers: dict[str, Quantiser]
-    pad: tuple[int, int]
-    progress: bool
-    spool: Path
-
-
-X265_CTU = 64
-
-
-def stream_pad(ctx: _Context, plan: StreamPlan) -> tuple[int, int]:
-    """Rows/cols of edge padding for a stream.
-
-    x265 frames are padded to whole 64-px CTUs: the libx265 in PyAV's wheels encodes noisy
-    content in partial CTUs non-deterministically, with errors of half the code range and
-    at times heap corruption (seen at 32, 48 and 96 px; never at multiples of 64).
-    Edge-replicated padding costs almost no bits. FFV1 only needs even sizes.
-    """
-    h, w = ctx.ds.sizes[ctx.layout.y_dim], ctx.ds.sizes[ctx.layout.x_dim]
-    if plan.settings.codec == "libx265":
-        return (-h % X265_CTU, -w % X265_CTU)
-    return ctx.pad
-
-
-LARGE_FRAME = 1 << 20  # pixels
-LARGE_FRAME_LOOKAHEAD = 10
-
-
 def bounded_lookahead(settings: VideoSettings, frame_pixels: int) -> VideoSettings:
     """Shorter x265 lookahead for frames of a megapixel and more, unless set explicitly.
 
@@ -94,7 +81,7 @@ def bounded_lookahead(settings: VideoSettings, frame_pixels: int) -> VideoSettin
     1.5 GB; on a DynamicEarthNet twin the stream was 0.7% smaller and 0.08 dB lower.
     """
     if (
-        settings.codec != "libx265"
+        settings.codec != X265_CODEC.name
         or frame_pixels < LARGE_FRAME
         or "rc-lookahead" in settings.x265_params
     ):
@@ -104,158 +91,171 @@ def bounded_lookahead(settings: VideoSettings, frame_pixels: int) -> VideoSettin
     return replace(settings, x265_params=params)
 
 
-def _plan_channels(plan: StreamPlan) -> list[Channel]:
-    return plan.mask_of if plan.kind == "mask" else plan.channels
+def _stream_file(stream: StreamPlan, kind: str, tag: str = "") -> str:
+    return f"{stream.name}{tag}.{'bits.zst' if kind == 'mask' else 'mkv'}"
 
 
-def _stream_file(plan: StreamPlan, tag: str = "") -> str:
-    return f"{plan.name}{tag}.{'bits.zst' if plan.kind == 'mask' else 'mkv'}"
+@dataclass
+class _Encoded:
+    """One group as written: its settings, streams and files, and the frames it kept."""
+
+    group: GroupPlan
+    settings: VideoSettings
+    coder: GroupCoder
+    streams: list[StreamPlan]
+    paths: dict[str, Path]
+    offsets: dict[str, list[int] | None]
+    kept: list[int]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.stat().st_size for p in self.paths.values())
+
+    def unlink(self) -> None:
+        for p in self.paths.values():
+            p.unlink(missing_ok=True)
 
 
-def _frame_size(ctx: _Context, plan: StreamPlan) -> tuple[int, int]:
-    """(H, W) of the stream's frames, padding included."""
-    pad = stream_pad(ctx, plan)
-    return ctx.ds.sizes[ctx.layout.y_dim] + pad[0], ctx.ds.sizes[ctx.layout.x_dim] + pad[1]
-
-
-class _FrameBuilder:
-    """Turns blocks of source values into one stream's frames.
-
-    It keeps the gap-fill state between blocks, so a stream can be fed block after block
-    alongside the other streams of the cube.
-    """
-
-    def __init__(self, ctx: _Context, plan: StreamPlan) -> None:
-        self.ctx, self.plan = ctx, plan
-        self.shape = (ctx.ds.sizes[ctx.layout.y_dim], ctx.ds.sizes[ctx.layout.x_dim])
-        self.pad = stream_pad(ctx, plan)
-        self.fillers = {
-            ch.name: TemporalFiller(ctx.quantisers[ch.name].max_code) for ch in plan.channels
-        }
-
-    def _valid(self, ch: Channel, vals: np.ndarray) -> np.ndarray | None:
-        """None when every pixel is valid (the common case costs no mask)."""
-        nodata = self.ctx.layout.nodata[ch.variable]
-        if nodata is None and vals.dtype.kind in "biu":
-            return None
-        valid = _valid_mask(vals, nodata)
-        return None if valid.all() else valid
-
-    def frames(self, values: Block, n: int) -> Iterator[np.ndarray]:
-        plan, h, w = self.plan, *self.shape
-        if plan.kind == "mask":
-            invalid = np.zeros((n, len(plan.mask_of), h, w), dtype=bool)
-            for b, ch in enumerate(plan.mask_of):
-                valid = self._valid(ch, values[ch.name])
-                if valid is not None:
-                    invalid[:, b] = ~valid
-            yield from invalid
-            return
-        planes = np.zeros((n, n_planes(plan.settings.pix_fmt), h, w), dtype=np.uint16)
-        for p, ch in enumerate(plan.channels):
-            q = self.ctx.quantisers[ch.name]
-            vals = values[ch.name]
-            if plan.kind == "categorical":
-                planes[:, p] = (vals.astype(np.int64) - int(q.offset)).astype(np.uint16)
-            else:
-                q.quantise(vals, planes[:, p])
-                valid = self._valid(ch, vals)
-                for i in range(n):
-                    self.fillers[ch.name].fill(planes[i, p], None if valid is None else valid[i])
-        for frame in planes:
-            yield pad_even(frame, self.pad)
-
-
-def _open_stream(ctx: _Context, plan: StreamPlan, settings: VideoSettings, path: Path):
-    if plan.kind == "mask":
-        return MaskWriter(path, settings.keyint)
-    return open_writer(path, *_frame_size(ctx, plan), settings)
-
-
-def _progress(ctx: _Context, total: int, desc: str) -> tqdm | None:
-    if not ctx.progress:
+def _progress(enabled: bool, total: int, desc: str) -> tqdm | None:
+    if not enabled:
         return None
     return tqdm(total=total, desc=desc, unit="frame", leave=False)
 
 
 def _encode_together(
-    ctx: _Context,
-    jobs: Sequence[tuple[StreamPlan, VideoSettings]],
+    ctx: CubeContext,
+    spool: Path,
+    jobs: Sequence[tuple[GroupPlan, VideoSettings]],
     indices: Sequence[int],
     tag: str,
-) -> dict[str, tuple[Path, list[int] | None]]:
-    """Encode several streams in one pass over the source.
+    progress: bool = False,
+) -> dict[str, _Encoded]:
+    """Encode several groups in one pass over the source.
 
-    Each block of frames is read once for all streams and handed to every encoder; the
-    x265 encoders run their own thread pools, so while one block is quantised the
-    encoders work on the previous ones and the next block is read in the background.
+    Each block of frames is read once for all groups and handed to every encoder; the
+    encoders run in their own processes (or x265's thread pool), so while one block is
+    quantised the encoders work on the previous ones and the next block is read in the
+    background.
     """
-    paths = {plan.name: ctx.spool / _stream_file(plan, tag) for plan, _ in jobs}
-    writers = {plan.name: _open_stream(ctx, plan, s, paths[plan.name]) for plan, s in jobs}
-    builders = {plan.name: _FrameBuilder(ctx, plan) for plan, _ in jobs}
-    channels = list({c.name: c for plan, _ in jobs for c in _plan_channels(plan)}.values())
-    bar = _progress(ctx, len(indices), ", ".join(p.name for p, _ in jobs))
+    out: dict[str, _Encoded] = {}
+    writers: dict[str, object] = {}
+    for group, settings in jobs:
+        coder = GroupCoder(ctx, group, settings)
+        streams = group.streams(settings)
+        paths = {s.name: spool / _stream_file(s, group.kind, tag) for s in streams}
+        out[group.name] = _Encoded(group, settings, coder, streams, paths, {}, [])
+        for s in streams:
+            writers[s.name] = (
+                MaskWriter(paths[s.name], settings.keyint)
+                if group.kind == "mask"
+                else open_writer(paths[s.name], *coder.size, s.settings)
+            )
+    channels = list(
+        {
+            c.name: c for g, _ in jobs for c in (g.mask_of if g.kind == "mask" else g.channels)
+        }.values()
+    )
+    bar = _progress(progress, len(indices), ", ".join(g.name for g, _ in jobs))
     try:
         for block, values in iter_blocks(ctx.ds, ctx.layout, channels, indices, READ_BLOCK):
-            for plan, _ in jobs:
-                writer = writers[plan.name]
-                for frame in builders[plan.name].frames(values, len(block)):
-                    writer.write(frame)
+            for enc in out.values():
+                for idx, (keep, planes) in zip(
+                    block, enc.coder.frames(values, len(block)), strict=True
+                ):
+                    if not keep:
+                        continue
+                    enc.kept.append(idx)
+                    for s in enc.streams:
+                        writers[s.name].write(planes[s.planes])  # type: ignore[attr-defined]
             if bar is not None:
                 bar.update(len(block))
-        for w in writers.values():
-            w.close()
+        for enc in out.values():
+            for s in enc.streams:
+                w = writers[s.name]
+                if enc.kept or enc.group.kind == "mask":
+                    w.close()  # type: ignore[attr-defined]
+                else:  # nothing valid in these frames: an empty stream, no encoder run
+                    _abandon(w, enc.paths[s.name])
+                enc.offsets[s.name] = getattr(w, "offsets", None)
     except BaseException:
-        for path in paths.values():
-            path.unlink(missing_ok=True)
+        for enc in out.values():
+            enc.unlink()
         raise
     finally:
         if bar is not None:
             bar.close()
-    return {name: (paths[name], getattr(writers[name], "offsets", None)) for name in paths}
-
-
-def _stream_psnr(
-    ctx: _Context, streams: Sequence[tuple[StreamPlan, bytes | Path]], indices: Sequence[int]
-) -> dict[str, float]:
-    """Worst channel PSNR of each encoded stream against the source, over valid pixels,
-    all streams compared in one pass over the source."""
-    h, w = ctx.ds.sizes[ctx.layout.y_dim], ctx.ds.sizes[ctx.layout.x_dim]
-    sse: dict[str, float] = {}
-    count: dict[str, int] = {}
-    decoders = {
-        plan.name: decode_frames(data, n_planes(plan.settings.pix_fmt), name=plan.name)
-        for plan, data in streams
-    }
-    channels = [c for plan, _ in streams for c in plan.channels]
-    for block, values in iter_blocks(ctx.ds, ctx.layout, channels, indices, READ_BLOCK):
-        for plan, _ in streams:
-            frames = np.stack([next(decoders[plan.name])[1][:, :h, :w] for _ in block])
-            for p, ch in enumerate(plan.channels):
-                vals = values[ch.name]
-                valid = _valid_mask(vals, ctx.layout.nodata[ch.variable])
-                dtype = ctx.ds[ch.variable].dtype
-                rec = ctx.quantisers[ch.name].from_codes(frames[:, p], dtype)
-                diff = rec[valid].astype(np.float64) - vals[valid].astype(np.float64)
-                sse[ch.name] = sse.get(ch.name, 0.0) + float(np.dot(diff, diff))
-                count[ch.name] = count.get(ch.name, 0) + int(valid.sum())
-    for gen in decoders.values():
-        gen.close()
-    out = {}
-    for plan, _ in streams:
-        worst = math.inf
-        for ch in plan.channels:
-            st = ctx.stats[ch.name]
-            mse = sse[ch.name] / max(count[ch.name], 1)
-            worst = min(worst, psnr_from_mse(mse, st.vmax - st.vmin))
-        out[plan.name] = worst
     return out
 
 
-def psnr_from_mse(mse: float, data_range: float) -> float:
-    if mse <= 0:
-        return math.inf
-    return 20 * math.log10((data_range if data_range > 0 else 1.0) / math.sqrt(mse))
+def _abandon(writer: object, path: Path) -> None:
+    try:
+        writer.close()  # type: ignore[attr-defined]
+    except InvalidCubeError:
+        pass  # an encoder given no frame may refuse to finish: there is nothing to keep
+    path.unlink(missing_ok=True)
+    path.touch()
+
+
+def _group_psnr(
+    ctx: CubeContext, encoded: Sequence[_Encoded], indices: Sequence[int]
+) -> dict[str, float]:
+    """Worst channel PSNR of each encoded group against the source over valid pixels, every
+    group compared in one pass over the source and decoded as a reader decodes it."""
+    h, w = ctx.shape
+    sse: dict[str, float] = {}
+    count: dict[str, int] = {}
+    decoders = {
+        s.name: decode_frames(e.paths[s.name], n_planes(s.settings.pix_fmt), name=s.name)
+        for e in encoded
+        if e.kept
+        for s in e.streams
+    }
+    infos = [e.coder for e in encoded]
+    codemap = CodeMap(
+        {
+            c.name: c
+            for e, coder in zip(encoded, infos, strict=True)
+            for c in coder.channel_infos(e.streams)
+        },
+        {
+            t.name: t
+            for e, coder in zip(encoded, infos, strict=True)
+            if (t := coder.transform_info(e.streams))
+        },
+        {s.name: q.bits for e in encoded for s in e.streams for q in e.coder.quantisers[:1]},
+    )
+    channels = [c for e in encoded for c in e.group.channels]
+    try:
+        for block, values in iter_blocks(ctx.ds, ctx.layout, channels, indices, READ_BLOCK):
+            for e in encoded:
+                kept = set(e.kept)
+                rows = [i for i, idx in enumerate(block) if idx in kept]
+                if not rows:
+                    continue
+                decoded = {
+                    s.name: np.stack([next(decoders[s.name])[1][:, :h, :w] for _ in rows])
+                    for s in e.streams
+                }
+                for ch in e.group.channels:
+                    vals = values[ch.name][rows]
+                    valid = _valid_mask(vals, ctx.layout.nodata[ch.variable])
+                    rec = codemap.values(ch.name, decoded, ctx.ds[ch.variable].dtype)
+                    diff = rec[valid].astype(np.float64) - vals[valid].astype(np.float64)
+                    sse[ch.name] = sse.get(ch.name, 0.0) + float(np.dot(diff, diff))
+                    count[ch.name] = count.get(ch.name, 0) + int(valid.sum())
+    finally:
+        for gen in decoders.values():
+            gen.close()
+    out = {}
+    for e in encoded:
+        worst = float("inf")
+        for ch in e.group.channels:
+            st = ctx.stats[ch.name]
+            if count.get(ch.name):
+                mse = sse[ch.name] / count[ch.name]
+                worst = min(worst, psnr_from_mse(mse, st.vmax - st.vmin))
+        out[e.group.name] = worst
+    return out
 
 
 def _sample_indices(n_frames: int, frame_pixels: int, budget: int = 2_000_000) -> list[int]:
@@ -269,75 +269,177 @@ def _sample_indices(n_frames: int, frame_pixels: int, budget: int = 2_000_000) -
     return sorted({i for s in starts for i in range(s, s + run)})
 
 
-def _search_crf(ctx: _Context, plan: StreamPlan) -> VideoSettings:
-    """Settings for a PSNR-target stream from trial encodes of a sample of its frames."""
-    n_t = ctx.ds.sizes[ctx.layout.time_dim]
-    h, w = _frame_size(ctx, plan)
-    sample = _sample_indices(n_t, h * w * len(plan.channels))
-    target = cast(float, plan.psnr_target)
+def _search(
+    ctx: CubeContext, spool: Path, group: GroupPlan, options: EncodeOptions
+) -> VideoSettings:
+    """Codec and quantiser for a PSNR-target group, from trial encodes of a sample of its
+    frames: each candidate codec's largest CRF/QP that meets the floor, and of those the
+    one with the fewest bytes."""
+    h, w = ctx.shape
+    sample = _sample_indices(ctx.ds.sizes[ctx.layout.time_dim], h * w * len(group.channels))
+    target = cast(float, group.psnr_target)
+    best: tuple[int, VideoSettings] | None = None
+    start = group.settings.crf
+    for name in codec_candidates(options, group.settings.engine, target, ctx.shape):
+        codec = get_codec(name)
+        base = replace(group.settings, codec=name)
+        sizes: dict[float, int] = {}
 
-    def quality(crf: float) -> float:
-        settings = replace(plan.settings, crf=crf)
-        builder = _FrameBuilder(ctx, plan)
-        frames = (
-            f
-            for block, values in iter_blocks(ctx.ds, ctx.layout, plan.channels, sample, READ_BLOCK)
-            for f in builder.frames(values, len(block))
-        )
-        data = encode_frames(frames, h, w, settings)
-        return _stream_psnr(ctx, [(plan, data)], sample)[plan.name]
-
-    crf = search_crf(quality, target, start=plan.settings.crf)
-    if crf is None:
-        return replace(plan.settings, lossless=True, crf=None)
-    return replace(plan.settings, crf=crf)
-
-
-def _encode_plans(
-    ctx: _Context, plans: Sequence[StreamPlan], workers: int
-) -> dict[str, tuple[Path, VideoSettings, list[int] | None]]:
-    """All streams of a cube: PSNR targets searched on samples, then one pass over the
-    whole cube for every stream, then PSNR-target streams checked in full and re-encoded
-    at a lower CRF (down to lossless) until they meet their target."""
-    targeted = [p for p in plans if p.kind != "mask" and p.psnr_target is not None]
-    with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
-        searched = dict(
-            zip(
-                (p.name for p in targeted),
-                pool.map(lambda p: _search_crf(ctx, p), targeted),
-                strict=True,
+        def quality(crf: float, base: VideoSettings = base, sizes: dict = sizes) -> float:
+            trial = _encode_together(
+                ctx, spool, [(group, replace(base, crf=crf))], sample, ".trial"
             )
-        )
-    settings = {p.name: searched.get(p.name, p.settings) for p in plans}
+            enc = trial[group.name]
+            try:
+                sizes[crf] = enc.nbytes
+                return _group_psnr(ctx, [enc], sample)[group.name]
+            finally:
+                enc.unlink()
+
+        crf = search_crf(quality, target, start=start, hi=codec.max_quality)
+        if crf is None:
+            continue
+        if best is None or sizes[float(crf)] < best[0]:
+            best = (sizes[float(crf)], replace(base, crf=float(crf)))
+        start = crf
+    if best is None:
+        return replace(group.settings, codec=X265_CODEC.name, lossless=True, crf=None)
+    return best[1]
+
+
+def _step_down(settings: VideoSettings) -> VideoSettings:
+    """The next setting to try for a group that missed its floor over the whole cube."""
+    crf = cast(float, settings.crf)
+    if crf >= 2:
+        return replace(settings, crf=crf - 2)
+    return replace(settings, codec=X265_CODEC.name, lossless=True, crf=None)
+
+
+def _encode_groups(
+    ctx: CubeContext,
+    spool: Path,
+    groups: Sequence[GroupPlan],
+    options: EncodeOptions,
+    progress: bool,
+) -> dict[str, _Encoded]:
+    """All groups of a cube: PSNR targets searched on samples, then one pass over the
+    whole cube for every group, then PSNR-target groups checked in full and re-encoded a
+    step lower (down to lossless x265) until they meet their target."""
+    targeted = [
+        g
+        for g in groups
+        if g.kind == "continuous" and g.psnr_target is not None and not g.settings.lossless
+    ]
+    with ThreadPoolExecutor(max_workers=max(options.workers, 1)) as pool:
+        found = pool.map(lambda g: _search(ctx, spool, g, options), targeted)
+        searched = dict(zip((g.name for g in targeted), found, strict=True))
+    h, w = ctx.shape
+    settings = {g.name: bounded_lookahead(searched.get(g.name, g.settings), h * w) for g in groups}
     all_idx = list(range(ctx.ds.sizes[ctx.layout.time_dim]))
-    done = {
-        name: (path, settings[name], offsets)
-        for name, (path, offsets) in _encode_together(
-            ctx, [(p, settings[p.name]) for p in plans], all_idx, ""
-        ).items()
-    }
-    pending = [p for p in targeted if not settings[p.name].lossless]
+    jobs = [(g, settings[g.name]) for g in groups]
+    done = _encode_together(ctx, spool, jobs, all_idx, "", progress)
+    pending = [g for g in targeted if not settings[g.name].lossless]
     attempt = 0
     while pending:
-        psnr = _stream_psnr(ctx, [(p, done[p.name][0]) for p in pending], all_idx)
-        failed = [p for p in pending if psnr[p.name] < cast(float, p.psnr_target)]
+        psnr = _group_psnr(ctx, [done[g.name] for g in pending], all_idx)
+        failed = [g for g in pending if psnr[g.name] < cast(float, g.psnr_target)]
         if not failed:
             break
         attempt += 1
         retry = []
-        for p in failed:
-            crf = cast(float, settings[p.name].crf)
-            settings[p.name] = (
-                replace(settings[p.name], crf=crf - 2)
-                if crf >= 2
-                else replace(settings[p.name], lossless=True, crf=None)
-            )
-            retry.append((p, settings[p.name]))
-        for name, (path, offsets) in _encode_together(ctx, retry, all_idx, f".{attempt}").items():
-            done[name][0].unlink(missing_ok=True)
-            done[name] = (path, settings[name], offsets)
-        pending = [p for p, s in retry if not s.lossless]
+        for g in failed:
+            settings[g.name] = bounded_lookahead(_step_down(settings[g.name]), h * w)
+            retry.append((g, settings[g.name]))
+        for name, enc in _encode_together(ctx, spool, retry, all_idx, f".{attempt}").items():
+            done[name].unlink()
+            done[name] = enc
+        pending = [g for g, s in retry if not s.lossless]
     return done
+
+
+def _runs(kept: Sequence[int], n_frames: int) -> list[tuple[int, int]] | None:
+    """[start, stop) runs of the stored frames; None when every frame is stored."""
+    if len(kept) == n_frames:
+        return None
+    runs: list[tuple[int, int]] = []
+    for i in kept:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def _stream_infos(
+    encoded: Mapping[str, _Encoded], store: SpoolStore, n_frames: int
+) -> list[StreamInfo]:
+    out = []
+    for enc in encoded.values():
+        g, settings = enc.group, enc.settings
+        lossy = g.kind != "mask" and not get_codec(settings.codec).lossless_only
+        for s in enc.streams:
+            path, file = enc.paths[s.name], _stream_file(s, g.kind)
+            if path.name != file:
+                path = path.replace(store.path / file)
+                enc.paths[s.name] = path
+            if g.kind == "mask":
+                bits, planes = 1, [c.name for c in g.mask_of]
+            else:
+                planes = (
+                    [c.name for c in g.channels]
+                    if enc.coder.klt is None
+                    else [f"{g.name}.pc{k}" for k in range(enc.coder.klt.n_components)]
+                )
+                planes = [planes[p] for p in s.planes]
+                bits = 8 if s.settings.pix_fmt == "gray" else enc.coder.quantisers[0].bits
+            out.append(
+                StreamInfo(
+                    name=s.name,
+                    file=file,
+                    kind=g.kind,
+                    codec=s.settings.codec,
+                    pix_fmt=s.settings.pix_fmt,
+                    planes=planes,
+                    bits=bits,
+                    lossless=s.settings.lossless,
+                    crf=s.settings.crf if lossy and not s.settings.lossless else None,
+                    preset=s.settings.preset if lossy else None,
+                    x265_params=(
+                        s.settings.x265_params if s.settings.codec == X265_CODEC.name else ""
+                    ),
+                    keyint=s.settings.keyint,
+                    backend=s.settings.engine if g.kind != "mask" else "zstd",
+                    nbytes=path.stat().st_size,
+                    sha256=file_sha256(path),
+                    chunk_offsets=enc.offsets.get(s.name),
+                    frames=_runs(enc.kept, n_frames) if g.kind == "continuous" else None,
+                )
+            )
+    return out
+
+
+def _channel_infos(
+    ctx: CubeContext, encoded: Mapping[str, _Encoded]
+) -> tuple[list[ChannelInfo], list[TransformInfo]]:
+    infos: dict[str, ChannelInfo] = {}
+    transforms = []
+    masks = {}
+    for enc in encoded.values():
+        if enc.group.kind == "mask":
+            s = enc.streams[0]
+            masks |= {c.name: (s.name, b) for b, c in enumerate(enc.group.mask_of)}
+            continue
+        infos |= {c.name: c for c in enc.coder.channel_infos(enc.streams)}
+        t = enc.coder.transform_info(enc.streams)
+        if t is not None:
+            transforms.append(t)
+    channels = []
+    for ch in ctx.layout.channels:
+        mstream, mbit = masks.get(ch.name, (None, None))
+        channels.append(
+            infos[ch.name].model_copy(update={"mask_stream": mstream, "mask_bit": mbit})
+        )
+    return channels, transforms
 
 
 def _coord_info(da: xr.DataArray) -> CoordInfo:
@@ -357,107 +459,12 @@ def _cube_id(ds: xr.Dataset) -> str:
     return uuid.uuid4().hex[:12]
 
 
-def encode_cube(
-    ds: xr.Dataset,
-    options: EncodeOptions | None = None,
-    *,
-    cube_id: str | None = None,
-    roles: Mapping[str, str] | None = None,
-    nodata: dict[str, float | int] | None = None,
-    progress: bool = False,
-    workdir: str | os.PathLike[str] | None = None,
-) -> EncodedCube:
-    """Encode a Dataset with (time, y, x) or (time, band, y, x) variables.
-
-    Continuous bands go to 12-bit x265 streams (three per stream), categorical variables to
-    lossless FFV1, validity masks to bit-packed zstd; other variables ride along losslessly
-    in ``aux.nc``. Streams are written to files as they are encoded (in a temporary folder
-    under ``workdir``, default the system's), so memory does not grow with the cube.
-    """
-    options = options or EncodeOptions()
-    layout = analyse(ds, roles=roles, nodata=nodata)
-    stats = cube_stats(ds, layout)
-    bits = LOSSLESS_BITS if options.lossless else LOSSY_BITS
-    quantisers: dict[str, Quantiser] = {}
-    for ch in layout.channels:
-        st = stats[ch.name]
-        integer = ds[ch.variable].dtype.kind in "biu"
-        if ch.role == "categorical":
-            quantisers[ch.name] = Quantiser(offset=st.vmin, scale=1.0, bits=16)
-        else:
-            quantisers[ch.name] = Quantiser.for_range(st.vmin, st.vmax, bits, integer)
-    plans = plan_streams(layout, stats, options)
-    for plan in plans:  # group-level lossless overrides the cube's bit depth
-        if plan.kind == "continuous" and plan.settings.codec == "ffv1":
-            for ch in plan.channels:
-                st = stats[ch.name]
-                integer = ds[ch.variable].dtype.kind in "biu"
-                quantisers[ch.name] = Quantiser.for_range(st.vmin, st.vmax, LOSSLESS_BITS, integer)
-    h, w = ds.sizes[layout.y_dim], ds.sizes[layout.x_dim]
-    for plan in plans:
-        plan.settings = bounded_lookahead(plan.settings, h * w)
-    store = SpoolStore(workdir)
-    ctx = _Context(ds, layout, stats, quantisers, (h % 2, w % 2), progress, store.path)
-    results = _encode_plans(ctx, plans, options.workers)
-
-    streams: list[StreamInfo] = []
-    chan_stream: dict[str, tuple[str, int]] = {}
-    mask_bits: dict[str, tuple[str, int]] = {}
-    for plan in plans:
-        path, settings, chunks = results[plan.name]
-        file = _stream_file(plan)
-        if path.name != file:
-            path = path.replace(store.path / file)
-        planes = [c.name for c in _plan_channels(plan)]
-        for i, name in enumerate(planes):
-            (mask_bits if plan.kind == "mask" else chan_stream)[name] = (plan.name, i)
-        codec_bits = {"bits": 1, "gray": 8}.get(
-            settings.pix_fmt, LOSSY_BITS if "12" in settings.pix_fmt else LOSSLESS_BITS
-        )
-        streams.append(
-            StreamInfo(
-                name=plan.name,
-                file=file,
-                kind=plan.kind,
-                codec=settings.codec,
-                pix_fmt=settings.pix_fmt,
-                planes=planes,
-                bits=codec_bits,
-                lossless=settings.lossless,
-                crf=settings.crf if settings.codec in LOSSY_CODECS else None,
-                preset=settings.preset if settings.codec in LOSSY_CODECS else None,
-                x265_params=settings.x265_params if settings.codec == "libx265" else "",
-                keyint=settings.keyint,
-                nbytes=path.stat().st_size,
-                sha256=file_sha256(path),
-                chunk_offsets=chunks,
-            )
-        )
-
-    channels = []
-    for ch in layout.channels:
-        q, st = quantisers[ch.name], stats[ch.name]
-        stream, plane = chan_stream[ch.name]
-        mstream, mbit = mask_bits.get(ch.name, (None, None))
-        channels.append(
-            ChannelInfo(
-                name=ch.name,
-                variable=ch.variable,
-                band_index=ch.band_index,
-                stream=stream,
-                plane=plane,
-                offset=q.offset,
-                scale=q.scale,
-                mask_stream=mstream,
-                mask_bit=mbit,
-                valid_min=st.vmin,
-                valid_max=st.vmax,
-            )
-        )
-    variables = []
+def _variable_infos(ds: xr.Dataset, ctx: CubeContext) -> list[VariableInfo]:
+    layout = ctx.layout
+    out = []
     for name in layout.image_vars:
         da = ds[name]
-        variables.append(
+        out.append(
             VariableInfo(
                 name=name,
                 dims=[str(d) for d in da.dims],
@@ -470,7 +477,14 @@ def encode_cube(
                 encoding=jsonvalues.dict_to_json(packing_encoding(da.encoding)),
             )
         )
+    return out
 
+
+def _coords_and_aux(
+    ds: xr.Dataset, ctx: CubeContext, store: SpoolStore
+) -> tuple[dict[str, CoordInfo], AuxInfo | None]:
+    """1-D coordinates go into the manifest (compactly); other variables and large
+    multi-dimensional coordinates into ``aux.nc``, written only when there are any."""
     coords = {}
     aux_coords = []
     for name, c in ds.coords.items():
@@ -478,39 +492,82 @@ def encode_cube(
             coords[str(name)] = _coord_info(c)
         else:
             aux_coords.append(str(name))
-    aux = None
-    if layout.aux_vars or aux_coords:
-        aux_ds = ds[layout.aux_vars].reset_coords(drop=True)
-        aux_ds = aux_ds.assign_coords({n: ds.coords[n] for n in aux_coords})
-        aux_ds.attrs = {}
-        for v in aux_ds.variables.values():
-            v.encoding = {}
-        blob = dataset_to_bytes(aux_ds)
-        store.write(AUX_FILE, blob)
-        aux = AuxInfo(
-            file=AUX_FILE,
-            variables=layout.aux_vars + aux_coords,
-            nbytes=len(blob),
-            sha256=sha256(blob),
-            encodings={
-                n: jsonvalues.dict_to_json(packing_encoding(ds[n].encoding))
-                for n in layout.aux_vars + aux_coords
-            },
-            attrs={n: jsonvalues.dict_to_json(ds[n].attrs) for n in layout.aux_vars + aux_coords},
-        )
+    aux_vars = ctx.layout.aux_vars
+    if not (aux_vars or aux_coords):
+        return coords, None
+    aux_ds = ds[aux_vars].reset_coords(drop=True)
+    aux_ds = aux_ds.assign_coords({n: ds.coords[n] for n in aux_coords})
+    aux_ds.attrs = {}
+    for v in aux_ds.variables.values():
+        v.encoding = {}
+    blob = dataset_to_bytes(aux_ds)
+    store.write(AUX_FILE, blob)
+    names = aux_vars + aux_coords
+    return coords, AuxInfo(
+        file=AUX_FILE,
+        variables=names,
+        nbytes=len(blob),
+        sha256=sha256(blob),
+        encodings={n: jsonvalues.dict_to_json(packing_encoding(ds[n].encoding)) for n in names},
+        attrs={n: jsonvalues.dict_to_json(ds[n].attrs) for n in names},
+    )
 
+
+def encode_cube(
+    ds: xr.Dataset,
+    options: EncodeOptions | None = None,
+    *,
+    cube_id: str | None = None,
+    roles: Mapping[str, str] | None = None,
+    nodata: dict[str, float | int] | None = None,
+    progress: bool = False,
+    workdir: str | os.PathLike[str] | None = None,
+) -> EncodedCube:
+    """Encode a Dataset with (time, y, x) or (time, band, y, x) variables.
+
+    Continuous bands are grouped, decorrelated where they correlate (a KLT) and coded as
+    lossy video (VVC, x265 or AV1: chosen per group under a PSNR target); categorical
+    variables go to lossless FFV1, validity masks to bit-packed zstd; other variables ride
+    along losslessly in ``aux.nc``. Streams are written to files as they are encoded (in a
+    temporary folder under ``workdir``, default the system's), so memory does not grow
+    with the cube.
+    """
+    options = options or EncodeOptions()
+    layout = analyse(ds, roles=roles, nodata=nodata)
+
+    def lossless(spec: object) -> bool:
+        own = getattr(spec, "lossless", None)
+        return options.lossless if own is None else bool(own)
+
+    klt_candidates = [
+        chans
+        for chans, spec in candidate_groups(layout, options.groups)
+        if options.decorrelate != "none" and not lossless(spec)
+    ]
+    moments = klt_moments(layout, klt_candidates)
+    stats = cube_stats(ds, layout, moments=moments)
+    shape = (ds.sizes[layout.y_dim], ds.sizes[layout.x_dim])
+    groups = plan_groups(layout, stats, options, coding_gains(moments, stats), shape)
+    store = SpoolStore(workdir)
+    ctx = CubeContext(ds, layout, stats, moments, options.skip_empty)
+    encoded = _encode_groups(ctx, store.path, groups, options, progress)
+    n_frames = ds.sizes[layout.time_dim]
+    channels, transforms = _channel_infos(ctx, encoded)
+    coords, aux = _coords_and_aux(ds, ctx, store)
+    h, w = ctx.shape
     manifest = Manifest(
         cube_id=cube_id or _cube_id(ds),
         time_dim=layout.time_dim,
         y_dim=layout.y_dim,
         x_dim=layout.x_dim,
         sizes={str(k): int(v) for k, v in ds.sizes.items()},
-        pad=ctx.pad,
+        pad=(h % 2, w % 2),
         coords=coords,
         attrs=jsonvalues.dict_to_json(ds.attrs),
-        variables=variables,
+        variables=_variable_infos(ds, ctx),
         channels=channels,
-        streams=streams,
+        streams=_stream_infos(encoded, store, n_frames),
+        transforms=transforms,
         aux=aux,
         data_vars_order=[str(v) for v in ds.data_vars],
     )
@@ -543,6 +600,8 @@ class _StreamFrames:
 
     Video streams keep their decoder open between windows (so a cube read window after
     window is decoded once), and read the stream from its file where the cube is on disk.
+    Frames the stream does not store (nothing valid in them) come back as zeros: the mask
+    marks every pixel of them invalid.
     """
 
     def __init__(
@@ -555,12 +614,18 @@ class _StreamFrames:
         if stream.kind == "mask":
             self._data = enc.read_file(stream.file)
             return
+        self._stored = stream.stored_frames(m.n_frames)
+        self._stored_set = set(self._stored)
+        first = bisect.bisect_left(self._stored, start)
+        last = bisect.bisect_left(self._stored, stop)
         source: bytes | Path | None = enc.file_path(stream.file)
         if source is None:
             source = enc.read_file(stream.file)
-        self._frames = decode_frames(
-            source, n_planes(stream.pix_fmt), start, stop, name=self.name, stats=stats
-        )
+        self._frames: Iterator[tuple[int, np.ndarray]] = iter(())
+        if last > first:
+            self._frames = decode_frames(
+                source, n_planes(stream.pix_fmt), first, last, name=self.name, stats=stats
+            )
 
     def take(self, n: int) -> np.ndarray:
         """The next n frames as (n, planes, H, W): bool for masks, uint16 codes otherwise."""
@@ -574,6 +639,9 @@ class _StreamFrames:
         h, w = self.shape[1:]
         out = np.empty((n, *self.shape), dtype=np.uint16)
         for i in range(n):
+            if lo + i not in self._stored_set:
+                out[i] = 0
+                continue
             got = next(self._frames, None)
             if got is None:
                 raise CorruptStreamError(
@@ -585,8 +653,9 @@ class _StreamFrames:
         return out
 
     def close(self) -> None:
-        if self.stream.kind != "mask":
-            self._frames.close()
+        close = getattr(self._frames, "close", None) if self.stream.kind != "mask" else None
+        if close is not None:
+            close()
 
 
 def _wanted(m: Manifest, variables: Sequence[str] | None) -> list[str]:
@@ -603,8 +672,9 @@ def _wanted(m: Manifest, variables: Sequence[str] | None) -> list[str]:
 
 
 def _needed_streams(m: Manifest, wanted: Sequence[str]) -> list[StreamInfo]:
-    chans = [m.channel(c) for v in m.variables if v.name in wanted for c in v.channels]
-    needed = {c.stream for c in chans} | {c.mask_stream for c in chans if c.mask_stream}
+    names = [c for v in m.variables if v.name in wanted for c in v.channels]
+    needed = {s for c in names for s in m.channel_streams(c)}
+    needed |= {m.channel(c).mask_stream for c in names if m.channel(c).mask_stream}
     return [s for s in m.streams if s.name in needed]
 
 
@@ -627,6 +697,7 @@ def _assemble(
         coords[name] = var
 
     data_vars: dict[str, xr.DataArray] = {}
+    codemap = CodeMap.from_manifest(m)
     for v in m.variables:
         if v.name not in wanted:
             continue
@@ -635,9 +706,7 @@ def _assemble(
         bands = []
         for cname in v.channels:
             c = m.channel(cname)
-            codes = decoded[c.stream][:, c.plane]
-            q = Quantiser(c.offset, c.scale, m.stream(c.stream).bits)
-            vals = q.from_codes(codes, dtype)
+            vals = codemap.values(cname, decoded, dtype)
             if v.role == "continuous" and c.valid_min is not None:
                 lo, hi = c.valid_min, c.valid_max
                 np.clip(vals, np.asarray(lo).astype(dtype), np.asarray(hi).astype(dtype), out=vals)

@@ -12,6 +12,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline.errors import InvalidCubeError
+from pipeline.klt import Moments
 from pipeline.manifest import Role
 
 TIME_NAMES = ("time", "t", "date")
@@ -233,16 +234,30 @@ def iter_blocks(
 
 
 def cube_stats(
-    ds: xr.Dataset, layout: CubeLayout, block: int = 2, readers: int = 2
+    ds: xr.Dataset,
+    layout: CubeLayout,
+    block: int = 2,
+    readers: int = 2,
+    moments: Mapping[tuple[str, ...], Moments] | None = None,
 ) -> dict[str, ChannelStats]:
     """Min/max over valid pixels of every channel, in one streaming pass over time.
 
     Nothing else runs during this pass, so ``readers`` threads decompress blocks in
     parallel (the pass costs one read of the cube, before the encoders can start).
+    ``moments`` (channel names -> running sums) are filled in the same pass, over the
+    pixels valid in all of a group's channels: a KLT basis costs no extra read.
     """
     acc = {c.name: [np.inf, -np.inf, 0, 0] for c in layout.channels}
     indices = range(ds.sizes[layout.time_dim])
+    by_name = {c.name: c for c in layout.channels}
     for _, values in iter_blocks(ds, layout, layout.channels, indices, block, ahead=readers):
+        for names, mom in (moments or {}).items():
+            valid = None
+            for n in names:
+                v = valid_mask(values[n], layout.nodata[by_name[n].variable])
+                if not v.all():
+                    valid = v if valid is None else valid & v
+            mom.add([values[n] for n in names], valid)
         for ch in layout.channels:
             vals = values[ch.name]
             valid = valid_mask(vals, layout.nodata[ch.variable])

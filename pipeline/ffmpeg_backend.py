@@ -1,15 +1,16 @@
 """The ffmpeg command-line engine: the same Matroska streams as the PyAV engine, produced by
-an ``ffmpeg`` binary (the system's, or the one ``imageio-ffmpeg`` ships).
+an ``ffmpeg`` binary (the one ``imageio-ffmpeg`` ships, or ``$CUBECAST_FFMPEG``).
 
-It exists for encoders PyAV's wheels lack (SVT-AV1, libaom, NVENC where a GPU is present):
-frames go to ffmpeg's stdin as raw planar video, so the pipeline around it is unchanged,
-and either engine decodes what the other wrote.
+It exists for encoders PyAV's wheels lack (VVC, libaom, SVT-AV1, NVENC where a GPU is
+present) and because one encoder per process is reproducible where PyAV's in-process
+libx265 is not: frames go to ffmpeg's stdin as raw planar video, so the pipeline around it
+is unchanged, and PyAV decodes what it wrote.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -19,11 +20,20 @@ import numpy as np
 
 from pipeline.errors import CorruptStreamError, InvalidCubeError
 from pipeline.video import VideoSettings, sample_dtype
+from pipeline.videocodecs import get_codec
+
+# Matroska without dates, random segment UIDs or writing-application strings: the same
+# frames and settings give the same bytes, so a re-publish uploads nothing.
+BITEXACT = {"fflags": "+bitexact", "flags:v": "+bitexact", "map_metadata": "-1"}
 
 
 def ffmpeg_exe() -> str | None:
-    """``$CUBECAST_FFMPEG``, ffmpeg on PATH, or imageio-ffmpeg's binary; None if none."""
-    exe = os.environ.get("CUBECAST_FFMPEG") or shutil.which("ffmpeg")
+    """``$CUBECAST_FFMPEG`` if set, else imageio-ffmpeg's binary; None if neither exists.
+
+    ffmpeg on PATH is never picked silently: Debian's 5.1 decodes FFV1 frames of 1-2 px
+    wrongly, and an unknown build may lack the encoders the recipes name.
+    """
+    exe = os.environ.get("CUBECAST_FFMPEG")
     if exe:
         return exe
     try:
@@ -38,27 +48,72 @@ def _require() -> str:
     exe = ffmpeg_exe()
     if exe is None:
         raise InvalidCubeError(
-            "engine 'ffmpeg' needs an ffmpeg binary: install imageio-ffmpeg, put ffmpeg on "
-            "PATH or set CUBECAST_FFMPEG"
+            "engine 'ffmpeg' needs an ffmpeg binary: install imageio-ffmpeg or set "
+            "CUBECAST_FFMPEG to one"
         )
+    self_test(exe)
     return exe
 
 
-def _planar_bytes(planes: np.ndarray, pix_fmt: str) -> memoryview:
-    """gbrp's planar order is G, B, R, which is our plane order 0, 1, 2 (see video.py)."""
-    return np.ascontiguousarray(planes, dtype=sample_dtype(pix_fmt)).data
+@functools.lru_cache(maxsize=8)
+def self_test(exe: str) -> None:
+    """Refuse a binary that does not round-trip a tiny FFV1 and x265 frame exactly.
+
+    Run once per binary and process: two encodes of one tiny frame (about 0.1 s).
+    """
+    from pipeline.video import decode_frames
+
+    rng = np.random.default_rng(0)
+    cases = [
+        (
+            VideoSettings("ffv1", "gray16le", crf=None, lossless=True, keyint=1),
+            np.array([[[0, 65535], [1234, 4321]]], dtype=np.uint16),
+        ),
+        (
+            VideoSettings("libx265", "gray12le", crf=None, lossless=True, preset="ultrafast"),
+            rng.integers(0, 4096, (1, 16, 16)).astype(np.uint16),
+        ),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for settings, planes in cases:
+            path = Path(tmp) / f"{settings.codec}.mkv"
+            h, w = planes.shape[1:]
+            try:
+                writer = FfmpegWriter(path, h, w, settings, exe=exe, checked=True)
+                writer.write(planes)
+                writer.close()
+                got = [f for _, f in decode_frames(path, 1, name=str(path))]
+            except (InvalidCubeError, CorruptStreamError, OSError) as exc:
+                raise InvalidCubeError(
+                    f"ffmpeg binary {exe} fails the self-test ({settings.codec}): {exc}"
+                ) from exc
+            if len(got) != 1 or not np.array_equal(got[0], planes):
+                raise InvalidCubeError(
+                    f"ffmpeg binary {exe} fails the self-test: a {h} x {w} {settings.codec} frame "
+                    "does not round-trip exactly (set CUBECAST_FFMPEG to a working ffmpeg, "
+                    "or unset it to use imageio-ffmpeg's)"
+                )
 
 
 class FfmpegWriter:
     """Streams raw planar frames into an ``ffmpeg`` process that writes ``path``."""
 
     def __init__(
-        self, path: str | os.PathLike[str], height: int, width: int, settings: VideoSettings
+        self,
+        path: str | os.PathLike[str],
+        height: int,
+        width: int,
+        settings: VideoSettings,
+        exe: str | None = None,
+        checked: bool = False,
     ) -> None:
         import ffmpeg
 
-        exe = _require()
+        exe = exe or _require()
+        if not checked:
+            self_test(exe)
         self.settings = settings
+        self._codec = get_codec(settings.codec)
         stream = ffmpeg.input(
             "pipe:",
             format="rawvideo",
@@ -71,6 +126,7 @@ class FfmpegWriter:
             vcodec=settings.codec,
             pix_fmt=settings.pix_fmt,
             format="matroska",
+            **BITEXACT,
             **settings.options(),
         )
         self._proc = (
@@ -81,7 +137,7 @@ class FfmpegWriter:
 
     def write(self, planes: np.ndarray) -> None:
         try:
-            self._proc.stdin.write(_planar_bytes(planes, self.settings.pix_fmt))
+            self._proc.stdin.write(self._codec.frame_bytes(planes, self.settings.pix_fmt))
         except BrokenPipeError:
             self._fail()
 

@@ -22,12 +22,75 @@ def _float(x: float) -> Any:
     return x
 
 
+_RANGE = "__range__"
+_PACKED = "__zstd__"
+PACK_MIN = 64  # arrays at least this long are stored as a range or zstd-packed bytes
+
+
+def _as_range(arr: np.ndarray) -> dict[str, Any] | None:
+    """start/step/n for a 1-D array that is exactly ``start + step * arange(n)``: the
+    common case for coordinates (pixel centres, daily or hourly time axes)."""
+    if arr.ndim != 1 or arr.size < 3 or arr.dtype.kind not in "iufMm":
+        return None
+    ints = arr.dtype.kind in "iuMm"
+    a = arr.view("i8") if arr.dtype.kind in "Mm" else arr
+    if ints:
+        a = a.astype(np.int64)
+        step = int(a[1] - a[0])
+        if not np.array_equal(a[0] + step * np.arange(a.size, dtype=np.int64), a):
+            return None
+        return {_RANGE: [int(a[0]), step, int(a.size)], "dtype": str(arr.dtype)}
+    start = float(a[0])
+    for step in (float(a[1]) - start, (float(a[-1]) - start) / (a.size - 1)):
+        rebuilt = (start + step * np.arange(a.size, dtype=np.float64)).astype(arr.dtype)
+        if np.array_equal(rebuilt, a):
+            return {_RANGE: [start, step, int(a.size)], "dtype": str(arr.dtype)}
+    return None
+
+
+def _packed(arr: np.ndarray) -> dict[str, Any]:
+    import base64
+
+    import zstandard
+
+    raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+    blob = base64.b64encode(zstandard.ZstdCompressor(level=19).compress(raw)).decode("ascii")
+    return {_PACKED: blob, "dtype": str(arr.dtype), "shape": list(arr.shape)}
+
+
+def _unpacked(value: dict[str, Any]) -> np.ndarray:
+    import base64
+
+    import zstandard
+
+    dtype = np.dtype(value["dtype"])
+    raw = zstandard.ZstdDecompressor().decompress(base64.b64decode(value[_PACKED]))
+    arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
+    return arr.reshape(value["shape"])
+
+
+def _from_range(value: dict[str, Any]) -> np.ndarray:
+    dtype = np.dtype(value["dtype"])
+    start, step, n = value[_RANGE]
+    if dtype.kind in "Mm":
+        return (start + step * np.arange(n, dtype=np.int64)).view(dtype)
+    work = np.int64 if dtype.kind in "iu" else np.float64
+    return (start + step * np.arange(n, dtype=work)).astype(dtype)
+
+
 def to_json(value: Any) -> Any:
-    """Convert an attribute value into a JSON-safe structure that :func:`from_json` inverts."""
+    """Convert an attribute value into a JSON-safe structure that :func:`from_json` inverts.
+
+    Long numeric and time arrays (coordinates) are stored as start/step when regular and
+    as zstd-packed bytes otherwise; times always as integers of their unit, so NaT and
+    timedelta64 round-trip exactly.
+    """
     if isinstance(value, np.ndarray | np.generic):
         arr = np.asarray(value)
+        if arr.dtype.kind in "iufMmb" and arr.size >= PACK_MIN:
+            return _as_range(arr) or _packed(arr)
         if arr.dtype.kind in "Mm":
-            return {_TAG: arr.astype(str).tolist(), "dtype": str(arr.dtype), "shape": arr.shape}
+            return {_TAG: arr.view("i8").tolist(), "dtype": str(arr.dtype), "shape": arr.shape}
         data = [_float(v) if isinstance(v, float) else v for v in arr.ravel().tolist()]
         return {_TAG: data, "dtype": str(arr.dtype), "shape": list(arr.shape)}
     if isinstance(value, float):
@@ -45,6 +108,18 @@ def to_json(value: Any) -> Any:
 
 def from_json(value: Any) -> Any:
     if isinstance(value, dict):
+        if _RANGE in value:
+            return _from_range(value)
+        if _PACKED in value:
+            return _unpacked(value)
+        if _TAG in value and np.dtype(value["dtype"]).kind in "Mm":
+            data = value[_TAG]
+            if data and isinstance(np.ravel(np.asarray(data, dtype=object))[0], str):
+                arr = np.array(data, dtype=np.dtype(value["dtype"]))  # manifest version 1
+            else:
+                arr = np.array(data, dtype=np.int64).view(np.dtype(value["dtype"]))
+            arr = arr.reshape(value["shape"])
+            return arr[()] if arr.ndim == 0 else arr
         if _TAG in value:
             dtype = np.dtype(value["dtype"])
             data = [float(v["__float__"]) if isinstance(v, dict) else v for v in value[_TAG]]

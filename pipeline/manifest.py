@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipeline.errors import ManifestError
 
 FORMAT = "cubecast-cube"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: KLT transforms, skipped empty frames, compact coordinates
 
 Role = Literal["continuous", "categorical"]
 StreamKind = Literal["continuous", "categorical", "mask"]
@@ -38,8 +38,11 @@ class ChannelInfo(_Model):
     name: str
     variable: str
     band_index: int | None = None
-    stream: str
-    plane: int
+    # where the channel's codes are: a stream plane, or (``transform`` set) the components
+    # of a KLT group, in which case offset/scale normalise the band for that transform
+    stream: str | None = None
+    plane: int | None = None
+    transform: str | None = None
     offset: float = 0.0
     scale: float = 1.0
     mask_stream: str | None = None
@@ -60,13 +63,25 @@ class VariableInfo(_Model):
     encoding: dict[str, Any] = Field(default_factory=dict)
 
 
-class PcaInfo(_Model):
-    """Decorrelating transform applied across a stream's planes before quantisation."""
+class ComponentInfo(_Model):
+    """One KLT component: a stream plane, quantised as ``value = offset + scale * code``."""
 
+    stream: str
+    plane: int
+    offset: float
+    scale: float
+
+
+class TransformInfo(_Model):
+    """A group's KLT (see pipeline/klt.py): with n_b = (x_b - offset_b) / scale_b,
+    components c = (n - mean) @ matrix; decoding inverts it: n = mean + c @ matrix.T."""
+
+    name: str
+    kind: Literal["klt"] = "klt"
+    channels: list[str]
     mean: list[float]
-    components: list[list[float]]
-    comp_offset: list[float]
-    comp_scale: list[float]
+    matrix: list[list[float]]  # [band][component], orthonormal columns
+    components: list[ComponentInfo]
 
 
 class StreamInfo(_Model):
@@ -82,11 +97,18 @@ class StreamInfo(_Model):
     preset: str | None = None
     x265_params: str = ""
     keyint: int
-    backend: str = "pyav"
+    backend: str = "pyav"  # the engine that wrote it: "pyav" or "ffmpeg"
     nbytes: int = 0
     sha256: str = ""
-    pca: PcaInfo | None = None
     chunk_offsets: list[int] | None = None
+    # frames stored, as [start, stop) runs of cube frame indices; None = every frame.
+    # Frames left out had no valid pixel in any of the stream's bands.
+    frames: list[tuple[int, int]] | None = None
+
+    def stored_frames(self, n_frames: int) -> list[int]:
+        if self.frames is None:
+            return list(range(n_frames))
+        return [i for a, b in self.frames for i in range(a, b)]
 
 
 class AuxInfo(_Model):
@@ -114,6 +136,7 @@ class Manifest(_Model):
     variables: list[VariableInfo]
     channels: list[ChannelInfo]
     streams: list[StreamInfo]
+    transforms: list[TransformInfo] = Field(default_factory=list)
     aux: AuxInfo | None = None
     data_vars_order: list[str]
 
@@ -128,6 +151,19 @@ class Manifest(_Model):
             if c.name == name:
                 return c
         raise ManifestError(f"manifest of cube {self.cube_id!r} has no channel {name!r}")
+
+    def transform(self, name: str) -> TransformInfo:
+        for t in self.transforms:
+            if t.name == name:
+                return t
+        raise ManifestError(f"manifest of cube {self.cube_id!r} has no transform {name!r}")
+
+    def channel_streams(self, name: str) -> list[str]:
+        """Streams a channel's values are decoded from (all components of its KLT)."""
+        c = self.channel(name)
+        if c.transform is not None:
+            return list(dict.fromkeys(p.stream for p in self.transform(c.transform).components))
+        return [c.stream] if c.stream is not None else []
 
     def variable(self, name: str) -> VariableInfo:
         for v in self.variables:
@@ -144,7 +180,11 @@ class Manifest(_Model):
         return self.sizes[self.time_dim]
 
     def to_json(self) -> str:
-        return self.model_dump_json(indent=1)
+        """Compact: no indentation, defaults left out (a small cube's manifest is a
+        noticeable share of its bytes)."""
+        data = self.model_dump(mode="json", exclude_defaults=True)
+        data = {"format": FORMAT, "version": self.version, **data}
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str = "manifest") -> Manifest:

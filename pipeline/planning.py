@@ -1,4 +1,10 @@
-"""Stream planning: which channels share a video stream, and with which codec settings."""
+"""Planning: which channels are coded together (groups), and how a group becomes streams.
+
+A *group* is the unit of rate control: its channels share one codec and one quantiser
+setting and, when decorrelated, one KLT. A *stream* is one video file; a group's planes
+(its channels, or its KLT components) are split over as many streams as the codec needs
+(three planes per x265/AV1 stream, one per VVC stream).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,16 @@ from pipeline.cube import Channel, ChannelStats, CubeLayout
 from pipeline.errors import InvalidCubeError
 from pipeline.manifest import StreamKind
 from pipeline.maskcodec import CODEC as MASK_CODEC
-from pipeline.video import AV1, LOSSY_CODECS, VideoSettings
+from pipeline.video import VideoSettings
+from pipeline.videocodecs import FFV1_CODEC, VVC_CODEC, X265_CODEC, codec_names, get_codec
 
-LOSSY_BITS = 12
 LOSSLESS_BITS = 16
+MAX_GROUP = 16  # channels in one decorrelated group (the KLT is B x B per pixel)
+AUTO = "auto"
+DECORRELATE = ("auto", "klt", "none")
+# a KLT pays off when the bands are correlated enough: arithmetic over geometric mean of
+# the eigenvalues; 1.0 means independent bands (see klt.coding_gain)
+KLT_MIN_GAIN = 1.5
 
 
 @dataclass(frozen=True)
@@ -29,8 +41,8 @@ class GroupSpec:
 
 @dataclass(frozen=True)
 class EncodeOptions:
-    crf: float = 12.0
-    preset: str = "medium"
+    crf: float = 12.0  # the codec's own quantiser: x265/AV1 CRF, VVC QP
+    preset: str = "medium"  # x265 preset names; mapped onto VVC's and libaom's speeds
     lossless: bool = False
     psnr: float | None = None
     groups: tuple[GroupSpec, ...] = ()
@@ -41,20 +53,83 @@ class EncodeOptions:
     # "ffmpeg": the ffmpeg command line, one process per stream; "pyav": in-process;
     # "auto": ffmpeg when a binary is found (see resolve_engine), else pyav
     engine: str = "auto"
-    codec: str = "libx265"  # or "libaom-av1" (12-bit AV1; needs the ffmpeg engine)
+    # a registered lossy codec, or "auto": with a PSNR target, the candidate that meets it
+    # in the fewest bytes on a sample; at a fixed CRF, VVC where the engine has it
+    codec: str = AUTO
+    candidates: tuple[str, ...] = (VVC_CODEC.name, X265_CODEC.name)
+    # encode-time budget for "auto": candidates slower than this many times x265 medium
+    # are not tried
+    max_cost: float = 8.0
+    decorrelate: str = AUTO  # "klt", "none", or "auto": KLT where the bands correlate
+    skip_empty: bool = True  # frames with no valid pixel are not stored in video streams
+
+    def __post_init__(self) -> None:
+        if self.decorrelate not in DECORRELATE:
+            raise InvalidCubeError(
+                f"decorrelate {self.decorrelate!r} is not one of {', '.join(DECORRELATE)}"
+            )
+        lossy = codec_names(lossy_only=True)
+        for c in (self.codec, *self.candidates):
+            if c != AUTO and c not in lossy:
+                raise InvalidCubeError(
+                    f"codec {c!r} is not supported (choose auto, {', '.join(lossy)})"
+                )
 
 
 @dataclass
 class StreamPlan:
+    """One stream file of a group: which of the group's planes it carries."""
+
+    name: str
+    planes: list[int]
+    settings: VideoSettings
+
+
+@dataclass
+class GroupPlan:
     name: str
     kind: StreamKind
     channels: list[Channel]
     settings: VideoSettings
     psnr_target: float | None = None
+    # "klt" when the group is coded as principal components (decided from the cube stats)
+    decorrelate: str = "none"
     mask_of: list[Channel] = field(default_factory=list)
 
+    @property
+    def n_planes(self) -> int:
+        return len(self.mask_of) if self.kind == "mask" else len(self.channels)
 
-def _stream_name(names: Sequence[str], taken: set[str]) -> str:
+    def streams(self, settings: VideoSettings | None = None) -> list[StreamPlan]:
+        """The group's planes split into streams the codec can carry; a lone stream takes
+        the group's name, several get ``.0``, ``.1``... (3 planes where the codec holds
+        three, single planes otherwise: a 2-plane stream has no pixel format)."""
+        settings = settings or self.settings
+        if self.kind == "mask":
+            return [StreamPlan(self.name, list(range(self.n_planes)), settings)]
+        per = get_codec(settings.codec).max_planes
+        idx = list(range(self.n_planes))
+        chunks: list[list[int]] = []
+        while idx:
+            take = 3 if per >= 3 and len(idx) >= 3 else 1
+            chunks.append(idx[:take])
+            idx = idx[take:]
+        if len(chunks) == 1:
+            return [StreamPlan(self.name, chunks[0], _with_planes(settings, len(chunks[0])))]
+        return [
+            StreamPlan(f"{self.name}.{i}", c, _with_planes(settings, len(c)))
+            for i, c in enumerate(chunks)
+        ]
+
+
+def _with_planes(settings: VideoSettings, planes: int) -> VideoSettings:
+    codec = get_codec(settings.codec)
+    if codec is FFV1_CODEC:
+        return settings  # class layers pick gray/gray16le themselves
+    return replace(settings, pix_fmt=codec.pix_fmt(planes))
+
+
+def group_name(names: Sequence[str], taken: set[str]) -> str:
     base = "_".join(re.sub(r"[^A-Za-z0-9]+", "", n) or "band" for n in names)[:48] or "stream"
     name, i = base.lower(), 1
     while name in taken:
@@ -63,9 +138,12 @@ def _stream_name(names: Sequence[str], taken: set[str]) -> str:
     return name
 
 
-def _continuous_groups(
-    continuous: list[Channel], groups: Sequence[GroupSpec]
+def candidate_groups(
+    layout: CubeLayout, groups: Sequence[GroupSpec]
 ) -> list[tuple[list[Channel], GroupSpec | None]]:
+    """Continuous channels in the recipe's groups, then the rest in groups of up to
+    ``MAX_GROUP`` (split further into codec-sized groups where decorrelation is off)."""
+    continuous = [c for c in layout.channels if c.role == "continuous"]
     by_name = {c.name: c for c in continuous}
     out: list[tuple[list[Channel], GroupSpec | None]] = []
     used: set[str] = set()
@@ -81,12 +159,14 @@ def _continuous_groups(
                 raise InvalidCubeError(f"channel {n!r} appears in more than one band group")
             used.add(n)
             chans.append(by_name[n])
-        if not 1 <= len(chans) <= 3:
-            raise InvalidCubeError(f"band group {list(g.channels)} must have 1 to 3 channels")
+        if not 1 <= len(chans) <= MAX_GROUP:
+            raise InvalidCubeError(
+                f"band group {list(g.channels)} must have 1 to {MAX_GROUP} channels"
+            )
         out.append((chans, g))
     rest = [c for c in continuous if c.name not in used]
-    for i in range(0, len(rest), 3):
-        out.append((rest[i : i + 3], None))
+    for i in range(0, len(rest), MAX_GROUP):
+        out.append((rest[i : i + MAX_GROUP], None))
     return out
 
 
@@ -110,25 +190,51 @@ def resolve_engine(engine: str) -> str:
     return "ffmpeg" if ffmpeg_exe() else "pyav"
 
 
-def plan_streams(
+def codec_candidates(
+    options: EncodeOptions, engine: str, target: float | None, shape: tuple[int, int] = (0, 0)
+) -> list[str]:
+    """Lossy codecs a group may use, best guess first.
+
+    An explicit codec is checked against the engine; ``auto`` keeps the candidates the
+    engine can run, within the encode-time budget, below their PSNR ceiling (VVC's 10 bits
+    cannot reach the highest targets; 12-bit x265 can) and whose minimum frame size needs
+    no padding of the cube's ``shape`` (padding costs bits).
+    """
+    if options.codec != AUTO:
+        codec = get_codec(options.codec)
+        if engine not in codec.engines:
+            raise InvalidCubeError(
+                f"codec {codec.name!r} is not in PyAV's wheels: encode it with "
+                "engine='ffmpeg' (PyAV decodes it)"
+            )
+        return [codec.name]
+    out = []
+    for name in options.candidates:
+        codec = get_codec(name)
+        if engine not in codec.engines or codec.relative_cost > options.max_cost:
+            continue
+        if target is not None and target > codec.psnr_ceiling:
+            continue
+        if min(shape) < codec.min_side:
+            continue
+        out.append(name)
+    return out or [X265_CODEC.name]
+
+
+def plan_groups(
     layout: CubeLayout,
     stats: dict[str, ChannelStats],
     options: EncodeOptions,
-) -> list[StreamPlan]:
+    klt_gain: dict[str, float] | None = None,
+    frame_shape: tuple[int, int] = (0, 0),
+) -> list[GroupPlan]:
+    """Groups of the cube with their first settings (the codec may still change under a
+    PSNR target). ``klt_gain`` maps a candidate group's first channel to its coding gain."""
     taken: set[str] = set()
-    plans: list[StreamPlan] = []
-    if options.codec not in LOSSY_CODECS:
-        raise InvalidCubeError(
-            f"codec {options.codec!r} is not supported (choose {' or '.join(LOSSY_CODECS)})"
-        )
+    plans: list[GroupPlan] = []
     engine = resolve_engine(options.engine)
-    if options.codec == AV1 and engine != "ffmpeg":
-        raise InvalidCubeError(
-            f"codec {AV1!r} is not in PyAV's wheels: encode it with engine='ffmpeg' "
-            "(PyAV decodes it)"
-        )
     base = VideoSettings(
-        codec=options.codec,
+        codec=X265_CODEC.name,
         pix_fmt="gray12le",
         crf=options.crf,
         preset=options.preset,
@@ -138,7 +244,7 @@ def plan_streams(
         engine=engine,
     )
     ffv1 = VideoSettings(
-        codec="ffv1",
+        codec=FFV1_CODEC.name,
         pix_fmt="gray16le",
         crf=None,
         lossless=True,
@@ -146,23 +252,36 @@ def plan_streams(
         threads=options.threads,
         engine=engine,
     )
-    continuous = [c for c in layout.channels if c.role == "continuous"]
-    for chans, spec in _continuous_groups(continuous, options.groups):
+    klt_gain = klt_gain or {}
+    for chans, spec in candidate_groups(layout, options.groups):
         lossless = options.lossless if spec is None or spec.lossless is None else spec.lossless
         target = options.psnr if spec is None or spec.psnr is None else spec.psnr
         if lossless:
             for c in chans:
-                plans.append(StreamPlan(_stream_name([c.name], taken), "continuous", [c], ffv1))
+                plans.append(GroupPlan(group_name([c.name], taken), "continuous", [c], ffv1))
             continue
         crf = options.crf if spec is None or spec.crf is None else spec.crf
-        split = chans if len(chans) == 2 else None
-        for sub in ([c] for c in split) if split else [chans]:
-            pix = "gbrp12le" if len(sub) == 3 else "gray12le"
-            name = spec.name if spec and spec.name and not split else None
-            name = name or _stream_name([c.name for c in sub], taken)
+        codec = codec_candidates(options, engine, target, frame_shape)[0]
+        settings = replace(base, codec=codec, crf=crf)
+        gain = klt_gain.get(chans[0].name, 1.0)
+        klt = len(chans) > 1 and (
+            options.decorrelate == "klt" or (options.decorrelate == AUTO and gain >= KLT_MIN_GAIN)
+        )
+        if klt:
+            name = spec.name if spec and spec.name else None
+            name = name or group_name([c.name for c in chans[:3]], taken)
             taken.add(name)
-            settings = replace(base, pix_fmt=pix, crf=crf)
-            plans.append(StreamPlan(name, "continuous", list(sub), settings, target))
+            plans.append(GroupPlan(name, "continuous", chans, settings, target, "klt"))
+            continue
+        # without a KLT, each codec-sized run of channels is its own rate-control unit
+        per = 3 if get_codec(codec).max_planes >= 3 else 1
+        runs = [chans[i : i + per] for i in range(0, len(chans), per)]
+        runs = [r for run in runs for r in ([run] if len(run) != 2 else [[run[0]], [run[1]]])]
+        for sub in runs:
+            name = spec.name if spec and spec.name and len(runs) == 1 else None
+            name = name or group_name([c.name for c in sub], taken)
+            taken.add(name)
+            plans.append(GroupPlan(name, "continuous", list(sub), settings, target))
 
     for c in (c for c in layout.channels if c.role == "categorical"):
         st = stats[c.name]
@@ -173,15 +292,14 @@ def plan_streams(
                 "65536 classes cannot be stored losslessly"
             )
         plans.append(
-            StreamPlan(
-                _stream_name([c.name], taken), "categorical", [c], replace(ffv1, pix_fmt=pix)
-            )
+            GroupPlan(group_name([c.name], taken), "categorical", [c], replace(ffv1, pix_fmt=pix))
         )
 
+    continuous = [c for c in layout.channels if c.role == "continuous"]
     masked = [c for c in continuous if stats[c.name].n_invalid > 0]
     if masked:
         mask = VideoSettings(
             codec=MASK_CODEC, pix_fmt="bits", crf=None, lossless=True, keyint=options.keyint
         )
-        plans.append(StreamPlan(_stream_name(["masks"], taken), "mask", [], mask, mask_of=masked))
+        plans.append(GroupPlan(group_name(["masks"], taken), "mask", [], mask, mask_of=masked))
     return plans

@@ -60,10 +60,16 @@ class Quantiser:
         if self.scale != 1.0:
             values *= work.type(self.scale)
         values += work.type(self.offset)
-        if dtype.kind in "iu":
-            info = np.iinfo(dtype)
-            return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-        return values.astype(dtype)
+        return cast_values(values, dtype)
+
+
+def cast_values(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Float values into the band's dtype: integers rounded and clipped to the type."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
 
 
 def _work_dtype(dtype: np.dtype) -> np.dtype:

@@ -1,0 +1,236 @@
+"""One group's source values -> code planes for its streams, and the manifest entries that
+say how to turn them back.
+
+A group is quantised to its codec's depth (12 bits for x265/AV1, 10 for VVC, 16 for FFV1),
+gaps are filled with each pixel's previous value, and a decorrelated group is rotated onto
+its KLT components first. Frames where no channel of the group has a valid pixel are
+reported as skippable: they cost nothing in the stream, the mask restores them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from pipeline.cube import Block, Channel, ChannelStats, CubeLayout, valid_mask
+from pipeline.klt import Klt, Moments, fit_klt
+from pipeline.manifest import ChannelInfo, ComponentInfo, TransformInfo
+from pipeline.planning import LOSSLESS_BITS, GroupPlan, StreamPlan
+from pipeline.quantize import Quantiser, TemporalFiller, pad_even
+from pipeline.video import VideoSettings
+from pipeline.videocodecs import X265_CODEC, get_codec
+
+KLT_FILL_BITS = 16  # bands are gap-filled on 16-bit codes before the rotation
+X265_CTU = 64
+
+
+@dataclass
+class CubeContext:
+    """What every group coder of one cube shares."""
+
+    ds: xr.Dataset
+    layout: CubeLayout
+    stats: dict[str, ChannelStats]
+    moments: dict[tuple[str, ...], Moments]
+    skip_empty: bool
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.ds.sizes[self.layout.y_dim], self.ds.sizes[self.layout.x_dim]
+
+
+def frame_size(shape: tuple[int, int], settings: VideoSettings) -> tuple[int, int]:
+    """(H, W) of a stream's frames: the cube's, made even and at least the encoder's minimum.
+
+    Only PyAV's in-process libx265 gets whole 64-px CTUs: it encodes noisy content in
+    partial CTUs non-deterministically (errors of half the code range, at times heap
+    corruption); the command line's x265 does not, and the padding cost up to 2.5x the
+    pixels on small frames.
+    """
+    h, w = shape
+    codec = get_codec(settings.codec) if settings.codec != "zstd-bitpack" else None
+    if codec is None:
+        return h, w
+    if codec is X265_CODEC and settings.engine == "pyav":
+        return h + (-h % X265_CTU), w + (-w % X265_CTU)
+    side = codec.min_side + codec.min_side % 2
+    return max(h + h % 2, side), max(w + w % 2, side)
+
+
+def _integer(ds: xr.Dataset, ch: Channel) -> bool:
+    return ds[ch.variable].dtype.kind in "biu"
+
+
+class GroupCoder:
+    """Turns blocks of source values into a group's code planes, block after block.
+
+    It keeps the gap-fill state between blocks, so every group of the cube is fed from one
+    read pass.
+    """
+
+    def __init__(self, ctx: CubeContext, group: GroupPlan, settings: VideoSettings) -> None:
+        self.ctx, self.group, self.settings = ctx, group, settings
+        self.shape = ctx.shape
+        self.size = frame_size(self.shape, settings)
+        self.klt: Klt | None = None
+        if group.kind == "mask":
+            self.quantisers: list[Quantiser] = []
+            return
+        if group.kind == "categorical":
+            st = ctx.stats[group.channels[0].name]
+            self.quantisers = [Quantiser(offset=st.vmin, scale=1.0, bits=LOSSLESS_BITS)]
+            return
+        bits = LOSSLESS_BITS if settings.lossless and settings.codec == "ffv1" else None
+        bits = bits or get_codec(settings.codec).bits
+        if group.decorrelate == "klt":
+            names = tuple(c.name for c in group.channels)
+            lo = np.array([ctx.stats[n].vmin for n in names])
+            hi = np.array([ctx.stats[n].vmax for n in names])
+            self.klt = fit_klt(ctx.moments[names], lo, hi, bits)
+        if self.klt is not None:
+            # 16-bit band codes normalised by 1 / 65535 are exactly the KLT's n = (x - lo) / range
+            self.band_q = [
+                Quantiser(ctx.stats[c.name].vmin, self._range(c) / 65535, KLT_FILL_BITS)
+                for c in group.channels
+            ]
+            self.quantisers = self.klt.quantisers(bits)
+        else:
+            self.band_q = [
+                Quantiser.for_range(
+                    ctx.stats[c.name].vmin, ctx.stats[c.name].vmax, bits, _integer(ctx.ds, c)
+                )
+                for c in group.channels
+            ]
+            self.quantisers = self.band_q
+        self.fillers = [TemporalFiller(q.max_code) for q in self.band_q]
+
+    def _range(self, ch: Channel) -> float:
+        st = self.ctx.stats[ch.name]
+        return st.vmax - st.vmin
+
+    def _valid(self, ch: Channel, vals: np.ndarray) -> np.ndarray | None:
+        """None when every pixel is valid (the common case costs no mask)."""
+        nodata = self.ctx.layout.nodata[ch.variable]
+        if nodata is None and vals.dtype.kind in "biu":
+            return None
+        valid = valid_mask(vals, nodata)
+        return None if valid.all() else valid
+
+    def frames(self, values: Block, n: int) -> Iterator[tuple[bool, np.ndarray]]:
+        """(keep, planes) per frame: planes (P, H', W') uint16 (bool for masks), padded to
+        the stream's frame size; keep is False for a frame with nothing valid to store."""
+        g, (h, w) = self.group, self.shape
+        pad = (self.size[0] - h, self.size[1] - w)
+        if g.kind == "mask":
+            invalid = np.zeros((n, len(g.mask_of), h, w), dtype=bool)
+            for b, ch in enumerate(g.mask_of):
+                valid = self._valid(ch, values[ch.name])
+                if valid is not None:
+                    invalid[:, b] = ~valid
+            for frame in invalid:
+                yield True, frame
+            return
+        if g.kind == "categorical":
+            q, ch = self.quantisers[0], g.channels[0]
+            codes = (values[ch.name].astype(np.int64) - int(q.offset)).astype(np.uint16)
+            for frame in codes:
+                yield True, pad_even(frame[np.newaxis], pad)
+            return
+        codes = np.zeros((n, len(g.channels), h, w), dtype=np.uint16)
+        any_valid = np.zeros(n, dtype=bool)
+        for p, ch in enumerate(g.channels):
+            vals = values[ch.name]
+            self.band_q[p].quantise(vals, codes[:, p])
+            valid = self._valid(ch, vals)
+            any_valid |= True if valid is None else valid.any(axis=(1, 2))
+            for i in range(n):  # an all-invalid frame repeats the last: state unchanged
+                self.fillers[p].fill(codes[i, p], None if valid is None else valid[i])
+        keep = any_valid | (not self.ctx.skip_empty)
+        planes = self._components(codes) if self.klt is not None else codes
+        for i in range(n):
+            yield bool(keep[i]), pad_even(planes[i], pad)
+
+    def _components(self, codes: np.ndarray) -> np.ndarray:
+        assert self.klt is not None
+        norm = codes.astype(np.float32)
+        norm *= np.float32(1 / 65535)
+        comps = self.klt.forward(norm)
+        out = np.empty(comps.shape, dtype=np.uint16)
+        for k, q in enumerate(self.quantisers):
+            q.quantise(comps[:, k], out[:, k])
+        return out
+
+    # -- manifest entries ------------------------------------------------------------------
+    def channel_infos(self, streams: list[StreamPlan]) -> list[ChannelInfo]:
+        where = {p: (s.name, i) for s in streams for i, p in enumerate(s.planes)}
+        out = []
+        for p, ch in enumerate(self.group.channels):
+            st = self.ctx.stats[ch.name]
+            info = dict(
+                name=ch.name,
+                variable=ch.variable,
+                band_index=ch.band_index,
+                valid_min=st.vmin,
+                valid_max=st.vmax,
+            )
+            if self.klt is not None:
+                q = self.band_q[p]
+                out.append(
+                    ChannelInfo(
+                        **info, transform=self.group.name, offset=q.offset, scale=q.scale * 65535
+                    )
+                )
+            else:
+                q = self.quantisers[p]
+                stream, plane = where[p]
+                out.append(
+                    ChannelInfo(**info, stream=stream, plane=plane, offset=q.offset, scale=q.scale)
+                )
+        return out
+
+    def transform_info(self, streams: list[StreamPlan]) -> TransformInfo | None:
+        if self.klt is None:
+            return None
+        where = {p: (s.name, i) for s in streams for i, p in enumerate(s.planes)}
+        return TransformInfo(
+            name=self.group.name,
+            channels=[c.name for c in self.group.channels],
+            mean=[float(v) for v in self.klt.mean],
+            matrix=[[float(v) for v in row] for row in self.klt.matrix],
+            components=[
+                ComponentInfo(
+                    stream=where[k][0], plane=where[k][1], offset=float(q.offset), scale=q.scale
+                )
+                for k, q in enumerate(self.quantisers)
+            ],
+        )
+
+
+def klt_moments(layout: CubeLayout, groups: list[list[Channel]]) -> dict[tuple[str, ...], Moments]:
+    return {tuple(c.name for c in g): Moments(len(g)) for g in groups if len(g) > 1}
+
+
+def coding_gains(
+    moments: dict[tuple[str, ...], Moments], stats: dict[str, ChannelStats]
+) -> dict[str, float]:
+    """Each candidate group's KLT coding gain, keyed by its first channel."""
+    from pipeline.klt import coding_gain
+
+    out = {}
+    for names, mom in moments.items():
+        cov = mom.covariance()
+        scale = np.array([stats[n].vmax - stats[n].vmin for n in names])
+        if cov is None or np.any(scale <= 0) or not np.all(np.isfinite(cov)):
+            continue
+        out[names[0]] = coding_gain(cov / np.outer(scale, scale))
+    return out
+
+
+def psnr_from_mse(mse: float, data_range: float) -> float:
+    if mse <= 0:
+        return math.inf
+    return 20 * math.log10((data_range if data_range > 0 else 1.0) / math.sqrt(mse))

@@ -1,0 +1,220 @@
+"""One small registered class per video codec: what it stores, and how ffmpeg is told to.
+
+Like zarr's codec registry: a frozen dataclass per codec, looked up by the encoder's ffmpeg
+name, so the planner, the writers and the manifest never branch on a codec's name. Every
+codec here is decoded by PyAV's wheels alone (hevc, vvc, dav1d, ffv1), so reading a shard
+never needs an ffmpeg binary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from pipeline.errors import InvalidCubeError
+
+if TYPE_CHECKING:
+    from pipeline.video import VideoSettings
+
+_REGISTRY: dict[str, VideoCodec] = {}
+
+
+def register_codec(codec: VideoCodec) -> VideoCodec:
+    _REGISTRY[codec.name] = codec
+    return codec
+
+
+def get_codec(name: str) -> VideoCodec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InvalidCubeError(
+            f"codec {name!r} is not supported (choose {', '.join(sorted(_REGISTRY))})"
+        ) from None
+
+
+def codec_names(lossy_only: bool = False) -> list[str]:
+    return [n for n, c in _REGISTRY.items() if not (lossy_only and c.lossless_only)]
+
+
+@dataclass(frozen=True)
+class VideoCodec:
+    """Base: a codec's code depth, plane capacity, engines and ffmpeg options.
+
+    ``bits`` is the depth continuous bands are quantised to for this codec; ``max_planes``
+    how many bands one stream can carry; ``max_quality`` the highest CRF/QP value;
+    ``relative_cost`` the encode time against x265 preset medium (measured in
+    bench/rate_distortion.py), which a recipe's encode-time budget compares against.
+    """
+
+    name: str
+    bits: int
+    max_planes: int
+    engines: tuple[str, ...]
+    max_quality: int
+    relative_cost: float
+    lossless_only: bool = False
+    # highest PSNR (dB) worth asking of this codec: above it the code depth, not the
+    # quantiser, limits quality, so a PSNR-target stream goes to a deeper codec
+    psnr_ceiling: float = 200.0
+    # smallest frame side the encoder opens (smaller frames are edge-padded to it)
+    min_side: int = 1
+    pix_fmts: ClassVar[dict[int, str]] = {}
+
+    def pix_fmt(self, planes: int) -> str:
+        try:
+            return self.pix_fmts[planes]
+        except KeyError:
+            raise InvalidCubeError(f"{self.name} cannot carry {planes} planes per stream") from None
+
+    def options(self, s: VideoSettings) -> dict[str, str]:
+        raise NotImplementedError
+
+    def frame_bytes(self, planes: np.ndarray, pix_fmt: str) -> bytes | memoryview:
+        """Raw planar bytes of one frame as ffmpeg's rawvideo demuxer reads them."""
+        from pipeline.video import sample_dtype
+
+        return np.ascontiguousarray(planes, dtype=sample_dtype(pix_fmt)).data
+
+    def check_quality(self, value: float) -> None:
+        if not 0 <= value <= self.max_quality:
+            raise InvalidCubeError(
+                f"{self.name}: quality (crf/qp) {value:g} is outside 0..{self.max_quality}"
+            )
+
+
+@dataclass(frozen=True)
+class X265(VideoCodec):
+    name: str = "libx265"
+    bits: int = 12
+    max_planes: int = 3
+    engines: tuple[str, ...] = ("ffmpeg", "pyav")
+    max_quality: int = 51
+    relative_cost: float = 1.0
+    min_side: int = 16
+    pix_fmts: ClassVar[dict[int, str]] = {1: "gray12le", 3: "gbrp12le"}
+
+    def options(self, s: VideoSettings) -> dict[str, str]:
+        opts = {"preset": s.preset, "tune": "psnr", "x265-params": s.x265_param_string()}
+        if not s.lossless and s.crf is not None:
+            opts["crf"] = f"{s.crf:g}"
+        return opts
+
+
+@dataclass(frozen=True)
+class Vvc(VideoCodec):
+    """H.266 through libvvenc: 10-bit 4:2:0 only, so one band per stream in the luma plane
+    with constant chroma (which costs a few bytes a frame). ``qpa`` (perceptual QP
+    adaptation) is off and the intra period follows ``keyint``: the defaults are tuned for
+    viewers, not for PSNR."""
+
+    name: str = "libvvenc"
+    bits: int = 10
+    max_planes: int = 1
+    engines: tuple[str, ...] = ("ffmpeg",)
+    max_quality: int = 63
+    relative_cost: float = 5.0
+    psnr_ceiling: float = 58.0
+    # vvenc 1.x fails ("Error submitting video frame") on some frames under 64 px a side
+    # (32, 34, 38 px failed on noisy content, 36 and 40 passed): pad to 64, and "auto"
+    # does not pick VVC for frames that small
+    min_side: int = 64
+    pix_fmts: ClassVar[dict[int, str]] = {1: "yuv420p10le"}
+
+    def options(self, s: VideoSettings) -> dict[str, str]:
+        if s.lossless:
+            raise InvalidCubeError("libvvenc has no lossless mode: use libx265 or ffv1")
+        preset = VVC_PRESET_OF.get(s.preset, "fast")
+        opts = {"preset": preset, "qpa": "0", "period": str(max(s.keyint, 1))}
+        if s.threads:
+            opts["threads"] = str(s.threads)
+        if s.crf is not None:
+            opts["qp"] = str(round(s.crf))
+        return opts
+
+    def frame_bytes(self, planes: np.ndarray, pix_fmt: str) -> bytes | memoryview:
+        h, w = planes.shape[1:]
+        chroma = np.full(2 * (h // 2) * (w // 2), 1 << (self.bits - 1), dtype="<u2")
+        luma = np.ascontiguousarray(planes[0], dtype="<u2")
+        return luma.tobytes() + chroma.tobytes()
+
+
+VVC_PRESETS = ("faster", "fast", "medium", "slow", "slower")
+# x265 preset names onto vvenc's five: medium -> fast, which measured 5-7x x265 medium's
+# time for 15-20 % fewer bits than x265 (vvenc's own medium costs twice that for 1-2 %)
+VVC_PRESET_OF = {
+    "ultrafast": "faster",
+    "superfast": "faster",
+    "veryfast": "faster",
+    "faster": "faster",
+    "fast": "faster",
+    "medium": "fast",
+    "slow": "medium",
+    "slower": "slow",
+    "veryslow": "slower",
+    "placebo": "slower",
+}
+
+
+@dataclass(frozen=True)
+class Aom(VideoCodec):
+    name: str = "libaom-av1"
+    bits: int = 12
+    max_planes: int = 3
+    engines: tuple[str, ...] = ("ffmpeg",)
+    max_quality: int = 63
+    relative_cost: float = 2.5
+    pix_fmts: ClassVar[dict[int, str]] = {1: "gray12le", 3: "gbrp12le"}
+
+    def options(self, s: VideoSettings) -> dict[str, str]:
+        opts = {
+            "cpu-used": str(AOM_CPU_USED.get(s.preset, 4)),
+            "g": str(s.keyint),
+            "keyint_min": str(min(s.keyint, 8)),
+            "row-mt": "1",
+            "b:v": "0",
+            "tune": "psnr",
+        }
+        if s.lossless:
+            opts["lossless"] = "1"
+        elif s.crf is not None:
+            opts["crf"] = f"{round(s.crf)}"
+        return opts
+
+
+# x265 preset names mapped onto libaom's speed levels (0 slowest .. 8 fastest)
+AOM_CPU_USED = {
+    "ultrafast": 8,
+    "superfast": 7,
+    "veryfast": 6,
+    "faster": 6,
+    "fast": 5,
+    "medium": 4,
+    "slow": 3,
+    "slower": 2,
+}
+
+
+@dataclass(frozen=True)
+class Ffv1(VideoCodec):
+    """Lossless: class layers (8 or 16 bit) and continuous bands marked lossless."""
+
+    name: str = "ffv1"
+    bits: int = 16
+    max_planes: int = 1
+    engines: tuple[str, ...] = ("ffmpeg", "pyav")
+    max_quality: int = 0
+    relative_cost: float = 0.2
+    lossless_only: bool = True
+    pix_fmts: ClassVar[dict[int, str]] = {1: "gray16le"}
+
+    def options(self, s: VideoSettings) -> dict[str, str]:
+        return {"level": "3", "coder": "1", "context": "1", "slicecrc": "1", "g": "1"}
+
+
+X265_CODEC = register_codec(X265())
+VVC_CODEC = register_codec(Vvc())
+AOM_CODEC = register_codec(Aom())
+FFV1_CODEC = register_codec(Ffv1())
