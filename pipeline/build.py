@@ -35,16 +35,80 @@ def staging_dir(out: str | Path) -> Path:
     return Path(out) / WORK / "staging"
 
 
+def _resolved_location(location: str) -> str:
+    """A local source folder as an absolute, symlink-free path: ``data/x`` and
+    ``/home/me/data/x`` are one source (URLs are kept as given)."""
+    if "://" in location:
+        return location
+    return str(Path(location).resolve())
+
+
 def fingerprint(recipe: Recipe, cube_id: str) -> str:
-    """Everything that changes an encoded cube: a staged cube with the same print is reused."""
+    """Every setting that changes an encoded cube (the source's content is checked
+    separately, see :func:`source_digest`)."""
+    source = recipe.source.model_dump(exclude={"cache"})
+    source["location"] = _resolved_location(source["location"])
     key = {
         "cube": cube_id,
-        "source": recipe.source.model_dump(exclude={"cache"}),
+        "source": source,
         "variables": recipe.variables.model_dump(),
         "codec": recipe.codec.model_dump(),
         "cubecast": __version__,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+class _RecordingMirror:
+    """A mirror that notes every file an adapter read, so the encode cache can be keyed on
+    their content."""
+
+    def __init__(self, inner: Mirror) -> None:
+        self.inner = inner
+        self.paths: set[Path] = set()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def list(self, pattern: str) -> list[str]:
+        return self.inner.list(pattern)
+
+    def fetch(self, rel: str) -> Path:
+        p = self.inner.fetch(rel)
+        self.paths.add(p)
+        return p
+
+    def fetch_tree(self, rel: str) -> Path:
+        p = self.inner.fetch_tree(rel)
+        self.paths.add(p)
+        return p
+
+
+def source_digest(paths: Iterable[Path]) -> dict[str, str]:
+    """SHA-256 of every file under ``paths`` (files or folders), keyed by resolved path."""
+    files: set[Path] = set()
+    for p in paths:
+        p = Path(p).resolve()
+        files |= {f for f in p.rglob("*") if f.is_file()} if p.is_dir() else {p}
+    out = {}
+    for f in sorted(files):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        out[str(f)] = h.hexdigest()
+    return out
+
+
+def _cache_hit(mark: Path, fp: str) -> bool:
+    """The staged cube was made with these settings from files that have not changed."""
+    try:
+        saved = json.loads(mark.read_text())
+        if saved.get("settings") != fp:
+            return False
+        paths = [Path(p) for p in saved["files"]]
+        return all(p.is_file() for p in paths) and source_digest(paths) == saved["files"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def encode_step(
@@ -59,9 +123,12 @@ def encode_step(
     staged = StagedSample(staging / safe_name(cube_id, "cube id"))  # ids come from the source
     fp = fingerprint(recipe, cube_id)
     mark = staged.folder / FINGERPRINT
-    if not force and mark.is_file() and mark.read_text() == fp:
+    if not force and mark.is_file() and _cache_hit(mark, fp):
         return staged
-    cube = load_cube(recipe, cube_id, mirror)
+    from pipeline.sources import mirror_for
+
+    recording = _RecordingMirror(mirror or mirror_for(recipe.source))
+    cube = load_cube(recipe, cube_id, recording)  # type: ignore[arg-type]
     staging.mkdir(parents=True, exist_ok=True)
     sample = encode_sample(
         cube.dataset,
@@ -74,14 +141,17 @@ def encode_step(
     )
     sample.extra.update({"crs": cube.crs, "dataset": recipe.taco.id})
     staged = stage_sample(sample, staging)
-    (staged.folder / FINGERPRINT).write_text(fp)
+    files = source_digest(recording.paths)
+    (staged.folder / FINGERPRINT).write_text(
+        json.dumps({"settings": fp, "files": files}, sort_keys=True)
+    )
     return staged
 
 
 def pack_step(recipe: Recipe, staged: Sequence[StagedSample], out: str | Path) -> list[Path]:
     """Pack staged samples into shards, unless the same samples were already packed with
-    the same settings: shards are not byte-reproducible (ZIP times), and an unchanged shard
-    must stay unchanged so that re-publishing uploads nothing."""
+    the same settings (shards are byte-reproducible, so this only saves the time): an
+    unchanged shard stays unchanged and re-publishing uploads nothing."""
     out = Path(out)
     prints = []
     for s in staged:
@@ -173,7 +243,7 @@ def draw_sample_panel(
         lossy = [
             c.name
             for c in m.channels
-            if c.name in m.data_vars_order and not m.stream(c.stream).lossless
+            if c.name in m.data_vars_order and not m.channel_lossless(c.name)
         ]
         bands = panel_bands(recipe, lossy)
         if not bands:

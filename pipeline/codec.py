@@ -8,8 +8,9 @@ holds a few frames per stream.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import hashlib
 import os
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -25,7 +26,7 @@ from pipeline.codemap import CodeMap
 from pipeline.cube import analyse, cube_stats, iter_blocks
 from pipeline.cube import valid_mask as _valid_mask
 from pipeline.encoded import EncodedCube, SpoolStore, file_sha256, sha256
-from pipeline.errors import CorruptStreamError, InvalidCubeError
+from pipeline.errors import CorruptStreamError, CubecastError, InvalidCubeError, ManifestError
 from pipeline.groupcoder import (
     CubeContext,
     GroupCoder,
@@ -383,7 +384,10 @@ def _stream_infos(
                 path = path.replace(store.path / file)
                 enc.paths[s.name] = path
             if g.kind == "mask":
-                bits, planes = 1, [c.name for c in g.mask_of]
+                bits = 1
+                planes = [c.name for c in g.mask_of] + [f"{c.name}:{sign}" for c, sign in g.inf_of]
+            elif g.words:
+                bits, planes = 16, [f"{g.channels[0].name}.w{p}" for p in s.planes]
             else:
                 planes = (
                     [c.name for c in g.channels]
@@ -424,11 +428,15 @@ def _channel_infos(
     infos: dict[str, ChannelInfo] = {}
     transforms = []
     masks = {}
+    infs: dict[tuple[str, str], int] = {}
     for enc in encoded.values():
         if enc.group.kind == "mask":
             s = enc.streams[0]
             masks |= {c.name: (s.name, b) for b, c in enumerate(enc.group.mask_of)}
+            for b, (c, sign) in enumerate(enc.group.inf_of, start=len(enc.group.mask_of)):
+                infs[(c.name, sign)] = b
             continue
+
         infos |= {c.name: c for c in enc.coder.channel_infos(enc.streams)}
         t = enc.coder.transform_info(enc.streams)
         if t is not None:
@@ -436,13 +444,26 @@ def _channel_infos(
     channels = []
     for ch in ctx.layout.channels:
         mstream, mbit = masks.get(ch.name, (None, None))
-        channels.append(
-            infos[ch.name].model_copy(update={"mask_stream": mstream, "mask_bit": mbit})
-        )
+        update = {
+            "mask_stream": mstream,
+            "mask_bit": mbit,
+            "posinf_bit": infs.get((ch.name, "+inf")),
+            "neginf_bit": infs.get((ch.name, "-inf")),
+        }
+        channels.append(infos[ch.name].model_copy(update=update))
+
     return channels, transforms
 
 
-def _coord_info(da: xr.DataArray) -> CoordInfo:
+def _coord_info(name: str, da: xr.DataArray) -> CoordInfo:
+    if not isinstance(da.dtype, np.dtype):  # a pandas extension type (tz-aware times, ...)
+        raise InvalidCubeError(
+            f"coordinate {name!r} has dtype {da.dtype}, which cubecast cannot store: convert "
+            "it to a numpy dtype (timezone-aware times: to naive UTC datetime64)"
+        )
+    problem = jsonvalues.storable(np.asarray(da.values))
+    if problem:
+        raise InvalidCubeError(f"coordinate {name!r} cannot be stored: {problem}")
     return CoordInfo(
         dims=[str(d) for d in da.dims],
         dtype=str(da.dtype),
@@ -452,11 +473,17 @@ def _coord_info(da: xr.DataArray) -> CoordInfo:
     )
 
 
-def _cube_id(ds: xr.Dataset) -> str:
+def _cube_id(ds: xr.Dataset) -> str | None:
     for key in ("id", "cube_id", "sample_id"):
         if key in ds.attrs:
             return str(ds.attrs[key])
-    return uuid.uuid4().hex[:12]
+    return None
+
+
+def _content_id(manifest: Manifest) -> str:
+    """An id for a cube that names none: a hash of its manifest (which holds every file's
+    SHA-256), so the same cube and settings give the same id and the same bytes."""
+    return hashlib.sha256(manifest.to_json().encode()).hexdigest()[:12]
 
 
 def _variable_infos(ds: xr.Dataset, ctx: CubeContext) -> list[VariableInfo]:
@@ -489,7 +516,7 @@ def _coords_and_aux(
     aux_coords = []
     for name, c in ds.coords.items():
         if c.ndim <= 1 and (c.ndim == 0 or c.dims[0] == name or c.size < 100_000):
-            coords[str(name)] = _coord_info(c)
+            coords[str(name)] = _coord_info(str(name), c)
         else:
             aux_coords.append(str(name))
     aux_vars = ctx.layout.aux_vars
@@ -500,6 +527,7 @@ def _coords_and_aux(
     aux_ds.attrs = {}
     for v in aux_ds.variables.values():
         v.encoding = {}
+        v.attrs = {}  # kept in the manifest (any JSON value: dicts too), restored on decode
     blob = dataset_to_bytes(aux_ds)
     store.write(AUX_FILE, blob)
     names = aux_vars + aux_coords
@@ -556,7 +584,7 @@ def encode_cube(
     coords, aux = _coords_and_aux(ds, ctx, store)
     h, w = ctx.shape
     manifest = Manifest(
-        cube_id=cube_id or _cube_id(ds),
+        cube_id=cube_id or _cube_id(ds) or "",
         time_dim=layout.time_dim,
         y_dim=layout.y_dim,
         x_dim=layout.x_dim,
@@ -571,6 +599,8 @@ def encode_cube(
         aux=aux,
         data_vars_order=[str(v) for v in ds.data_vars],
     )
+    if not manifest.cube_id:
+        manifest = manifest.model_copy(update={"cube_id": _content_id(manifest)})
     return EncodedCube(manifest, store)
 
 
@@ -713,6 +743,9 @@ def _assemble(
             if c.mask_stream is not None:
                 invalid = decoded[c.mask_stream][:, c.mask_bit]
                 vals[invalid] = np.nan if nodata is None and dtype.kind == "f" else nodata
+                for bit, inf in ((c.posinf_bit, np.inf), (c.neginf_bit, -np.inf)):
+                    if bit is not None:
+                        vals[decoded[c.mask_stream][:, bit]] = inf
             bands.append(vals)
         canon = [m.time_dim, m.y_dim, m.x_dim]
         if v.band_dim is None:
@@ -752,7 +785,7 @@ def _aux_dataset(enc: EncodedCube, wanted: Sequence[str]) -> xr.Dataset | None:
     m = enc.manifest
     if not m.aux or not any(n in wanted or n not in m.data_vars_order for n in m.aux.variables):
         return None
-    return dataset_from_bytes(enc.read_file(m.aux.file))
+    return dataset_from_bytes(enc.read_file(m.aux.file), f"{enc.source}:{m.aux.file}")
 
 
 def iter_decode(
@@ -774,16 +807,50 @@ def iter_decode(
     start, stop = _time_window(m, time)
     wanted = _wanted(m, variables)
     stats = stats if stats is not None else DecodeStats()
-    readers = [_StreamFrames(enc, s, start, stop, stats) for s in _needed_streams(m, wanted)]
-    aux = _aux_dataset(enc, wanted)
+    readers: list[_StreamFrames] = []
     try:
+        with _manifest_faults(enc):
+            for s in _needed_streams(m, wanted):
+                readers.append(_StreamFrames(enc, s, start, stop, stats))
+            aux = _aux_dataset(enc, wanted)
         for lo in range(start, stop, window):
             hi = min(lo + window, stop)
-            decoded = {r.stream.name: r.take(hi - lo) for r in readers}
-            yield _assemble(enc, wanted, decoded, lo, hi, aux)
+            with _manifest_faults(enc):
+                decoded = {r.stream.name: r.take(hi - lo) for r in readers}
+                ds = _assemble(enc, wanted, decoded, lo, hi, aux)
+            yield ds
     finally:
         for r in readers:
             r.close()
+
+
+@contextlib.contextmanager
+def _manifest_faults(enc: EncodedCube) -> Iterator[None]:
+    """A manifest that passed validation can still disagree with its streams or hold
+    values numpy and xarray refuse (a plane index past the stream's planes, coordinate
+    values of the wrong length, a dtype name that is not one): a one-line ManifestError,
+    not a traceback. CubecastErrors pass through unchanged."""
+    import zstandard
+
+    try:
+        yield
+    except CubecastError:
+        raise
+    except (
+        zstandard.ZstdError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        OverflowError,
+        AttributeError,
+        ZeroDivisionError,
+        AssertionError,
+    ) as exc:
+        raise ManifestError(
+            f"{enc.source}: manifest does not match its streams or holds invalid values "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def decode_cube(

@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline.klt import Klt
 from pipeline.manifest import ChannelInfo, Manifest, TransformInfo
-from pipeline.quantize import Quantiser, cast_values
+from pipeline.quantize import Quantiser, cast_values, from_words
 
 
 def klt_of(t: TransformInfo, channels: Mapping[str, ChannelInfo]) -> Klt:
@@ -58,6 +58,8 @@ class CodeMap:
 
     def values(self, name: str, decoded: Mapping[str, np.ndarray], dtype: np.dtype) -> np.ndarray:
         c = self.channels[name]
+        if c.words:
+            return from_words([decoded[w][:, 0] for w in c.words], int(c.offset), dtype)
         if c.transform is None:
             assert c.stream is not None and c.plane is not None
             q = Quantiser(c.offset, c.scale, self.bits[c.stream])

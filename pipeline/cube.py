@@ -32,10 +32,25 @@ class Channel:
 
 @dataclass(frozen=True)
 class ChannelStats:
-    vmin: float
-    vmax: float
+    """Range over valid (finite) pixels: exact Python ints for integer bands, so 64-bit
+    values beyond 2^53 keep their offset. Infinite pixels are invalid for coding and counted
+    so the mask stream can restore them."""
+
+    vmin: float | int
+    vmax: float | int
     n_valid: int
     n_invalid: int
+    dtype: str = "float64"
+    n_posinf: int = 0
+    n_neginf: int = 0
+
+    @property
+    def klt_safe(self) -> bool:
+        """A KLT works in float64: not for ranges that overflow it or 64-bit integers it
+        cannot hold exactly."""
+        if not np.isfinite(float(self.vmax) - float(self.vmin)):
+            return False
+        return max(abs(self.vmin), abs(self.vmax)) <= 2**53
 
 
 @dataclass
@@ -247,7 +262,7 @@ def cube_stats(
     ``moments`` (channel names -> running sums) are filled in the same pass, over the
     pixels valid in all of a group's channels: a KLT basis costs no extra read.
     """
-    acc = {c.name: [np.inf, -np.inf, 0, 0] for c in layout.channels}
+    acc = {c.name: [np.inf, -np.inf, 0, 0, 0, 0] for c in layout.channels}
     indices = range(ds.sizes[layout.time_dim])
     by_name = {c.name: c for c in layout.channels}
     for _, values in iter_blocks(ds, layout, layout.channels, indices, block, ahead=readers):
@@ -266,19 +281,27 @@ def cube_stats(
             a[2] += nv
             a[3] += valid.size - nv
             if nv == valid.size:
-                a[0], a[1] = min(a[0], float(vals.min())), max(a[1], float(vals.max()))
-            elif nv:
+                a[0], a[1] = min(a[0], vals.min().item()), max(a[1], vals.max().item())
+                continue
+            if nv:
                 v = vals[valid]
-                a[0], a[1] = min(a[0], float(v.min())), max(a[1], float(v.max()))
+                a[0], a[1] = min(a[0], v.min().item()), max(a[1], v.max().item())
+            if vals.dtype.kind == "f":
+                a[4] += int(np.count_nonzero(np.isposinf(vals)))
+                a[5] += int(np.count_nonzero(np.isneginf(vals)))
     out = {}
     for ch in layout.channels:
-        vmin, vmax, n_valid, n_invalid = acc[ch.name]
+        vmin, vmax, n_valid, n_invalid, n_posinf, n_neginf = acc[ch.name]
         if n_valid == 0:
             raise InvalidCubeError(
                 f"variable {ch.variable!r} channel {ch.name!r} has no valid pixels (all NaN/nodata)"
             )
         _check_declared_range(ds[ch.variable], ch, vmin, vmax)
-        out[ch.name] = ChannelStats(float(vmin), float(vmax), int(n_valid), int(n_invalid))
+        dtype = ds[ch.variable].dtype
+        exact = int if dtype.kind in "biu" else float
+        out[ch.name] = ChannelStats(
+            exact(vmin), exact(vmax), n_valid, n_invalid, str(dtype), n_posinf, n_neginf
+        )
     return out
 
 

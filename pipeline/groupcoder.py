@@ -20,7 +20,7 @@ from pipeline.cube import Block, Channel, ChannelStats, CubeLayout, valid_mask
 from pipeline.klt import Klt, Moments, fit_klt
 from pipeline.manifest import ChannelInfo, ComponentInfo, TransformInfo
 from pipeline.planning import LOSSLESS_BITS, GroupPlan, StreamPlan
-from pipeline.quantize import Quantiser, TemporalFiller, pad_even
+from pipeline.quantize import Quantiser, TemporalFiller, as_u64, pad_even, to_words
 from pipeline.video import VideoSettings
 from pipeline.videocodecs import X265_CODEC, get_codec
 
@@ -84,12 +84,18 @@ class GroupCoder:
             st = ctx.stats[group.channels[0].name]
             self.quantisers = [Quantiser(offset=st.vmin, scale=1.0, bits=LOSSLESS_BITS)]
             return
+        if group.words:  # lossless and wider than 16 bits: the exact bits in 16-bit words
+            st = ctx.stats[group.channels[0].name]
+            self.word_offset = int(st.vmin) if np.dtype(st.dtype).kind in "iu" else 0
+            self.quantisers = [Quantiser(0, 1.0, LOSSLESS_BITS)]
+            self.fillers = [TemporalFiller(0xFFFF) for _ in range(group.words)]
+            return
         bits = LOSSLESS_BITS if settings.lossless and settings.codec == "ffv1" else None
         bits = bits or get_codec(settings.codec).bits
         if group.decorrelate == "klt":
             names = tuple(c.name for c in group.channels)
-            lo = np.array([ctx.stats[n].vmin for n in names])
-            hi = np.array([ctx.stats[n].vmax for n in names])
+            lo = np.array([float(ctx.stats[n].vmin) for n in names])
+            hi = np.array([float(ctx.stats[n].vmax) for n in names])
             self.klt = fit_klt(ctx.moments[names], lo, hi, bits)
         if self.klt is not None:
             # 16-bit band codes normalised by 1 / 65535 are exactly the KLT's n = (x - lo) / range
@@ -110,7 +116,7 @@ class GroupCoder:
 
     def _range(self, ch: Channel) -> float:
         st = self.ctx.stats[ch.name]
-        return st.vmax - st.vmin
+        return float(st.vmax) - float(st.vmin)
 
     def _valid(self, ch: Channel, vals: np.ndarray) -> np.ndarray | None:
         """None when every pixel is valid (the common case costs no mask)."""
@@ -126,19 +132,28 @@ class GroupCoder:
         g, (h, w) = self.group, self.shape
         pad = (self.size[0] - h, self.size[1] - w)
         if g.kind == "mask":
-            invalid = np.zeros((n, len(g.mask_of), h, w), dtype=bool)
+            invalid = np.zeros((n, g.n_planes, h, w), dtype=bool)
             for b, ch in enumerate(g.mask_of):
                 valid = self._valid(ch, values[ch.name])
                 if valid is not None:
                     invalid[:, b] = ~valid
+            for b, (ch, sign) in enumerate(g.inf_of, start=len(g.mask_of)):
+                vals = values[ch.name]
+                invalid[:, b] = np.isposinf(vals) if sign == "+inf" else np.isneginf(vals)
             for frame in invalid:
                 yield True, frame
             return
         if g.kind == "categorical":
             q, ch = self.quantisers[0], g.channels[0]
-            codes = (values[ch.name].astype(np.int64) - int(q.offset)).astype(np.uint16)
+            vals = values[ch.name]
+            if vals.dtype.kind == "b":
+                vals = vals.view(np.uint8)
+            codes = (as_u64(vals) - np.uint64(int(q.offset) % 2**64)).astype(np.uint16)
             for frame in codes:
                 yield True, pad_even(frame[np.newaxis], pad)
+            return
+        if g.words:
+            yield from self._word_frames(values, n, pad)
             return
         codes = np.zeros((n, len(g.channels), h, w), dtype=np.uint16)
         any_valid = np.zeros(n, dtype=bool)
@@ -153,6 +168,20 @@ class GroupCoder:
         planes = self._components(codes) if self.klt is not None else codes
         for i in range(n):
             yield bool(keep[i]), pad_even(planes[i], pad)
+
+    def _word_frames(
+        self, values: Block, n: int, pad: tuple[int, int]
+    ) -> Iterator[tuple[bool, np.ndarray]]:
+        ch = self.group.channels[0]
+        vals = values[ch.name]
+        words = to_words(vals, self.word_offset, self.group.words).swapaxes(0, 1)
+        valid = self._valid(ch, vals)
+        for i in range(n):
+            v = None if valid is None else valid[i]
+            for k, filler in enumerate(self.fillers):
+                filler.fill(words[i, k], v)
+            keep = v is None or bool(v.any()) or not self.ctx.skip_empty
+            yield keep, pad_even(words[i], pad)
 
     def _components(self, codes: np.ndarray) -> np.ndarray:
         assert self.klt is not None
@@ -177,7 +206,18 @@ class GroupCoder:
                 valid_min=st.vmin,
                 valid_max=st.vmax,
             )
-            if self.klt is not None:
+            if self.group.words:
+                names = [s.name for s in streams for _ in s.planes]
+                out.append(
+                    ChannelInfo(
+                        **info,
+                        stream=names[0],
+                        plane=0,
+                        offset=self.word_offset,
+                        words=names,
+                    )
+                )
+            elif self.klt is not None:
                 q = self.band_q[p]
                 out.append(
                     ChannelInfo(

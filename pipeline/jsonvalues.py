@@ -24,6 +24,7 @@ def _float(x: float) -> Any:
 
 _RANGE = "__range__"
 _PACKED = "__zstd__"
+MAX_BYTES = 1 << 28  # one decoded manifest array: far above any coordinate, below a bomb
 PACK_MIN = 64  # arrays at least this long are stored as a range or zstd-packed bytes
 
 
@@ -35,9 +36,15 @@ def _as_range(arr: np.ndarray) -> dict[str, Any] | None:
     ints = arr.dtype.kind in "iuMm"
     a = arr.view("i8") if arr.dtype.kind in "Mm" else arr
     if ints:
+        if arr.dtype.kind == "u" and int(arr.max()) >= 2**63:
+            return None
         a = a.astype(np.int64)
-        step = int(a[1] - a[0])
-        if not np.array_equal(a[0] + step * np.arange(a.size, dtype=np.int64), a):
+        step = int(a[1]) - int(a[0])
+        if not -(2**63) <= step < 2**63:
+            return None
+        with np.errstate(over="ignore"):  # wraps alike on both sides
+            rebuilt = a[0] + step * np.arange(a.size, dtype=np.int64)
+        if not np.array_equal(rebuilt, a):
             return None
         return {_RANGE: [int(a[0]), step, int(a.size)], "dtype": str(arr.dtype)}
     start = float(a[0])
@@ -64,7 +71,10 @@ def _unpacked(value: dict[str, Any]) -> np.ndarray:
     import zstandard
 
     dtype = np.dtype(value["dtype"])
-    raw = zstandard.ZstdDecompressor().decompress(base64.b64decode(value[_PACKED]))
+    reader = zstandard.ZstdDecompressor().stream_reader(base64.b64decode(value[_PACKED]))
+    raw = reader.read(MAX_BYTES + 1)
+    if len(raw) > MAX_BYTES:
+        raise ValueError(f"packed array larger than {MAX_BYTES >> 20} MiB")
     arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
     return arr.reshape(value["shape"])
 
@@ -72,10 +82,80 @@ def _unpacked(value: dict[str, Any]) -> np.ndarray:
 def _from_range(value: dict[str, Any]) -> np.ndarray:
     dtype = np.dtype(value["dtype"])
     start, step, n = value[_RANGE]
+    if not 0 <= n <= MAX_BYTES // 8:
+        raise ValueError(f"range of {n} values")
     if dtype.kind in "Mm":
         return (start + step * np.arange(n, dtype=np.int64)).view(dtype)
     work = np.int64 if dtype.kind in "iu" else np.float64
     return (start + step * np.arange(n, dtype=work)).astype(dtype)
+
+
+_CFTIME = "__cftime__"
+CFTIME_UNITS = "microseconds since 1970-01-01"
+
+
+def is_cftime(arr: np.ndarray) -> bool:
+    """An object array of cftime dates (non-standard calendars, as xarray decodes them)."""
+    try:
+        import cftime
+    except ImportError:
+        return False
+    return all(isinstance(v, cftime.datetime) for v in arr.ravel())
+
+
+def _cftime_json(arr: np.ndarray) -> dict[str, Any]:
+    """cftime dates as integer microseconds of their (single) calendar: exact."""
+    import cftime
+
+    calendars = {v.calendar for v in arr.ravel()}
+    if len(calendars) != 1:
+        raise ValueError(f"cftime dates of several calendars ({', '.join(sorted(calendars))})")
+    calendar = calendars.pop()
+    nums = cftime.date2num(arr.ravel(), CFTIME_UNITS, calendar)
+    return {
+        _CFTIME: [int(n) for n in nums],
+        "calendar": calendar,
+        "has_year_zero": bool(arr.ravel()[0].has_year_zero),
+        "shape": list(arr.shape),
+    }
+
+
+def _from_cftime(value: dict[str, Any]) -> np.ndarray:
+    import cftime
+
+    dates = cftime.num2date(
+        np.asarray(value[_CFTIME], dtype=np.int64),
+        CFTIME_UNITS,
+        value["calendar"],
+        only_use_cftime_datetimes=True,
+        has_year_zero=value.get("has_year_zero"),
+    )
+    out = np.empty(len(dates), dtype=object)
+    out[:] = list(dates)
+    return out.reshape(value["shape"])
+
+
+def storable(arr: np.ndarray) -> str | None:
+    """Why a coordinate's values cannot be stored exactly, or None when they can."""
+    kind = arr.dtype.kind
+    if kind in "biufcMmSU":
+        return None
+    if kind != "O":
+        return f"dtype {arr.dtype} is not supported"
+    if arr.size and is_cftime(arr):
+        try:
+            _cftime_json(arr)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    plain = (str, bytes, int, float, bool, type(None))
+    for v in arr.ravel():
+        if not isinstance(v, plain):
+            return (
+                f"holds {type(v).__name__} objects (only str, bytes, numbers, None and "
+                "cftime dates can be stored)"
+            )
+    return None
 
 
 def to_json(value: Any) -> Any:
@@ -91,7 +171,14 @@ def to_json(value: Any) -> Any:
             return _as_range(arr) or _packed(arr)
         if arr.dtype.kind in "Mm":
             return {_TAG: arr.view("i8").tolist(), "dtype": str(arr.dtype), "shape": arr.shape}
-        data = [_float(v) if isinstance(v, float) else v for v in arr.ravel().tolist()]
+        if arr.dtype.kind == "O" and arr.size and is_cftime(arr):
+            return _cftime_json(arr)
+        if arr.dtype.kind == "S":  # any bytes, not only UTF-8 ones
+            data = [v.decode("latin-1") for v in arr.ravel().tolist()]
+        elif arr.dtype.kind == "O":
+            data = [to_json(v) for v in arr.ravel().tolist()]
+        else:
+            data = [_float(v) if isinstance(v, float) else v for v in arr.ravel().tolist()]
         return {_TAG: data, "dtype": str(arr.dtype), "shape": list(arr.shape)}
     if isinstance(value, float):
         return _float(value)
@@ -120,10 +207,22 @@ def from_json(value: Any) -> Any:
                 arr = np.array(data, dtype=np.int64).view(np.dtype(value["dtype"]))
             arr = arr.reshape(value["shape"])
             return arr[()] if arr.ndim == 0 else arr
+        if _CFTIME in value:
+            return _from_cftime(value)
         if _TAG in value:
             dtype = np.dtype(value["dtype"])
-            data = [float(v["__float__"]) if isinstance(v, dict) else v for v in value[_TAG]]
-            arr = np.array(data, dtype=dtype).reshape(value["shape"])
+            if dtype.kind == "S":
+                data = [v.encode("latin-1") for v in value[_TAG]]
+            elif dtype.kind == "O":
+                data = [from_json(v) for v in value[_TAG]]
+            else:
+                data = [float(v["__float__"]) if isinstance(v, dict) else v for v in value[_TAG]]
+            if dtype.kind == "O":  # np.array would nest lists and tuples
+                arr = np.empty(len(data), dtype=object)
+                arr[:] = data
+                arr = arr.reshape(value["shape"])
+            else:
+                arr = np.array(data, dtype=dtype).reshape(value["shape"])
             return arr[()] if arr.ndim == 0 else arr
         if "__float__" in value:
             return float(value["__float__"])

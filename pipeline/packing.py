@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from pipeline import jsonvalues
 from pipeline.confine import confined, safe_name
 from pipeline.encoded import MANIFEST_FILE, EncodedCube
 from pipeline.errors import CubecastError
@@ -57,8 +58,8 @@ class CubeSample:
     def metadata(self) -> dict[str, Any]:
         m = self.encoded.manifest
         coords = m.coords.get(m.time_dim)
-        times = coords.values if coords else None
-        tvals = times.get("__np__") if isinstance(times, dict) else None
+        times = np.atleast_1d(jsonvalues.from_json(coords.values)) if coords else None
+        tvals = [str(t) for t in times[[0, -1]]] if times is not None and times.size else None
         lossy = [q.psnr for q in self.quality if q.role == "continuous"]
         w, s, e, n = self.footprint or (np.nan,) * 4
         streams = {
@@ -332,7 +333,10 @@ def pack_shards(
                 )
                 spatial, temporal = extent_of(rows[s.id] for s in members)
                 taco.extent = Extent(spatial=spatial, temporal=temporal)
-                created += tacotoolbox.create(taco, tmp / name, split_size=None, consolidate=False)
+                made = tacotoolbox.create(taco, tmp / name, split_size=None, consolidate=False)
+                for shard in made:
+                    fix_zip_times(shard)
+                created += made
         tacotoolbox.create_tacocat(created, output=tmp)
         for stale in out.glob("*.tacozip"):  # any earlier pack, whatever its id: no mix
             stale.unlink()
@@ -345,6 +349,40 @@ def pack_shards(
         return [out / p.name for p in created]  # splits in the order the samples came
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+ZIP_EPOCH = (0, (1 << 5) | 1)  # DOS time 00:00:00, date 1980-01-01: the format's first day
+
+
+def fix_zip_times(path: str | Path) -> None:
+    """Set every entry's modification time to 1980-01-01 in place, in the local headers
+    and the central directory: tacotoolbox stamps the time of writing, which made every
+    re-pack of the same samples a different file (and a full re-upload). Sizes and
+    offsets are unchanged, so TACO's own offset index stays right."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        central = zf.start_dir
+    stamp = struct.pack("<HH", *ZIP_EPOCH)
+    with open(path, "r+b") as f:
+        for info in infos:
+            f.seek(info.header_offset)
+            if f.read(4) != b"PK\x03\x04":
+                raise CubecastError(f"{path}: unexpected ZIP layout at {info.filename}")
+            f.seek(info.header_offset + 10)
+            f.write(stamp)
+        pos = central
+        for _ in infos:
+            f.seek(pos)
+            head = f.read(46)
+            if head[:4] != b"PK\x01\x02":
+                raise CubecastError(f"{path}: unexpected ZIP central directory")
+            f.seek(pos + 12)
+            f.write(stamp)
+            n, m, k = struct.unpack("<HHH", head[28:34])
+            pos += 46 + n + m + k
 
 
 def encode_sample(
@@ -361,9 +399,7 @@ def encode_sample(
     from pipeline.codec import encode_cube
     from pipeline.metrics import compare_encoded, raw_nbytes
 
-    enc = encode_cube(
-        ds, options, cube_id=cube_id, roles=roles, workdir=workdir, progress=progress
-    )
+    enc = encode_cube(ds, options, cube_id=cube_id, roles=roles, workdir=workdir, progress=progress)
     quality = compare_encoded(ds, enc, roles=roles)
     m = enc.manifest
     where = bbox if bbox is not None else footprint(ds, m.y_dim, m.x_dim)

@@ -8,14 +8,18 @@ setting and, when decorrelated, one KLT. A *stream* is one video file; a group's
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from pipeline.cube import Channel, ChannelStats, CubeLayout
 from pipeline.errors import InvalidCubeError
 from pipeline.manifest import StreamKind
 from pipeline.maskcodec import CODEC as MASK_CODEC
+from pipeline.quantize import words_needed
 from pipeline.video import VideoSettings
 from pipeline.videocodecs import FFV1_CODEC, VVC_CODEC, X265_CODEC, codec_names, get_codec
 
@@ -64,6 +68,19 @@ class EncodeOptions:
     skip_empty: bool = True  # frames with no valid pixel are not stored in video streams
 
     def __post_init__(self) -> None:
+        """Refuse values the encoder would misread (a keyint of 0 writes an undecodable
+        cube), naming the field: the API gets the checks the CLI and recipes have."""
+        _check_quality("crf", self.crf, "psnr", self.psnr)
+        for g in self.groups:
+            label = f"group {g.name or list(g.channels)}"
+            _check_quality(f"{label} crf", g.crf, f"{label} psnr", g.psnr)
+        _check_int("keyint", self.keyint, 1)
+        _check_int("workers", self.workers, 1)
+        _check_int("threads", self.threads, 0)
+        if not (isinstance(self.max_cost, int | float) and self.max_cost > 0):
+            raise InvalidCubeError(f"max_cost {self.max_cost!r}: must be a number above 0")
+        if self.preset not in PRESETS:
+            raise InvalidCubeError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
         if self.decorrelate not in DECORRELATE:
             raise InvalidCubeError(
                 f"decorrelate {self.decorrelate!r} is not one of {', '.join(DECORRELATE)}"
@@ -74,6 +91,33 @@ class EncodeOptions:
                 raise InvalidCubeError(
                     f"codec {c!r} is not supported (choose auto, {', '.join(lossy)})"
                 )
+
+
+PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+    "veryslow", "placebo",
+)  # fmt: skip
+CRF_MAX = 63.0  # VVC QP and AV1 CRF; x265's CRF stops at 51 (checked per codec)
+PSNR_CEILING = 100.0  # recipe.PSNR_MAX: no lossy codec gets near it
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_quality(crf_name: str, crf: float | None, psnr_name: str, psnr: float | None) -> None:
+    if crf is not None and not (_is_number(crf) and 0 <= crf <= CRF_MAX):
+        raise InvalidCubeError(f"{crf_name} {crf!r}: must be a number from 0 to {CRF_MAX:g}")
+    if psnr is not None and not (_is_number(psnr) and 0 < psnr <= PSNR_CEILING):
+        raise InvalidCubeError(
+            f"{psnr_name} {psnr!r}: a PSNR floor must be above 0 and at most "
+            f"{PSNR_CEILING:g} dB (use lossless above that)"
+        )
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InvalidCubeError(f"{name} {value!r}: must be an integer of at least {low}")
 
 
 @dataclass
@@ -95,10 +139,16 @@ class GroupPlan:
     # "klt" when the group is coded as principal components (decided from the cube stats)
     decorrelate: str = "none"
     mask_of: list[Channel] = field(default_factory=list)
+    # mask groups: extra planes marking +inf ("+inf") or -inf ("-inf") pixels of a channel
+    inf_of: list[tuple[Channel, str]] = field(default_factory=list)
+    # lossless bands too wide for one 16-bit plane: the band's exact bits in this many words
+    words: int = 0
 
     @property
     def n_planes(self) -> int:
-        return len(self.mask_of) if self.kind == "mask" else len(self.channels)
+        if self.kind == "mask":
+            return len(self.mask_of) + len(self.inf_of)
+        return len(self.channels) * max(self.words, 1)
 
     def streams(self, settings: VideoSettings | None = None) -> list[StreamPlan]:
         """The group's planes split into streams the codec can carry; a lone stream takes
@@ -258,14 +308,22 @@ def plan_groups(
         target = options.psnr if spec is None or spec.psnr is None else spec.psnr
         if lossless:
             for c in chans:
-                plans.append(GroupPlan(group_name([c.name], taken), "continuous", [c], ffv1))
+                st = stats[c.name]
+                words = words_needed(np.dtype(st.dtype), st.vmin, st.vmax)
+                name = group_name([c.name], taken)
+                plans.append(GroupPlan(name, "continuous", [c], ffv1, words=words))
             continue
         crf = options.crf if spec is None or spec.crf is None else spec.crf
         codec = codec_candidates(options, engine, target, frame_shape)[0]
         settings = replace(base, codec=codec, crf=crf)
         gain = klt_gain.get(chans[0].name, 1.0)
-        klt = len(chans) > 1 and (
-            options.decorrelate == "klt" or (options.decorrelate == AUTO and gain >= KLT_MIN_GAIN)
+        klt = (
+            len(chans) > 1
+            and all(stats[c.name].klt_safe for c in chans)
+            and (
+                options.decorrelate == "klt"
+                or (options.decorrelate == AUTO and gain >= KLT_MIN_GAIN)
+            )
         )
         if klt:
             name = spec.name if spec and spec.name else None
@@ -297,9 +355,13 @@ def plan_groups(
 
     continuous = [c for c in layout.channels if c.role == "continuous"]
     masked = [c for c in continuous if stats[c.name].n_invalid > 0]
+    infs = [(c, "+inf") for c in masked if stats[c.name].n_posinf]
+    infs += [(c, "-inf") for c in masked if stats[c.name].n_neginf]
     if masked:
         mask = VideoSettings(
             codec=MASK_CODEC, pix_fmt="bits", crf=None, lossless=True, keyint=options.keyint
         )
-        plans.append(GroupPlan(group_name(["masks"], taken), "mask", [], mask, mask_of=masked))
+        plans.append(
+            GroupPlan(group_name(["masks"], taken), "mask", [], mask, mask_of=masked, inf_of=infs)
+        )
     return plans

@@ -215,6 +215,8 @@ def decode_frames(
     except (av.FFmpegError, OSError) as exc:
         raise CorruptStreamError(f"{name}: not a readable video stream ({exc})") from exc
     with container:
+        if not container.streams.video:
+            raise CorruptStreamError(f"{name}: the file holds no video stream")
         vstream = container.streams.video[0]
         if vstream.codec_context.name == "vvc":
             # FFmpeg's VVC decoder (PyAV 18's and ffmpeg 9's) gives different frames from
