@@ -38,11 +38,15 @@ GROUPS = (("red", "green", "blue"), ("nir",))
 def _options(args):
     from pipeline.planning import EncodeOptions, GroupSpec
 
+    # x265 without decorrelation: the bare encoder below is given exactly these streams
     return EncodeOptions(
         crf=args.crf,
         preset=args.preset,
         engine=args.engine,
         groups=tuple(GroupSpec(g, name="".join(g[:1])) for g in GROUPS),
+        codec="libx265",
+        decorrelate="none",
+        keyint=64,
     )
 
 

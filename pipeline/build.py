@@ -210,12 +210,13 @@ def verify_step(
 
 
 def panel_bands(recipe: Recipe, names: Sequence[str]) -> list[str]:
-    """The recipe's RGB group (a group named ``rgb``, else the first three-band group), or
-    the first continuous band: what the report shows of one sample."""
+    """The first three bands of the recipe's RGB group (a group named ``rgb``, else the first
+    group of three or more bands, which recipes list red, green, blue first), or the first
+    continuous band: what the report shows of one sample."""
     groups = [g for g in recipe.codec.groups if all(b in names for b in g.bands)]
     for g in sorted(groups, key=lambda g: g.name.lower() != "rgb"):
-        if len(g.bands) == 3:
-            return list(g.bands)
+        if len(g.bands) >= 3:
+            return list(g.bands[:3])
     continuous = [b for b in recipe.variables.continuous if b in names]
     return (continuous or list(names))[:1]
 

@@ -185,10 +185,12 @@ The format (sample layout, manifest schema, quantisation, masks) is documented i
 
 ## Encoding
 
-Continuous bands are 12-bit {recipe.codec.codec} video streams (preset {recipe.codec.preset},
-keyframe every {recipe.codec.keyint} frames) {rate}; class layers are lossless FFV1 and
-validity masks bit-packed zstd. Everything that is not a (time, y, x) stack is stored
-losslessly.
+Continuous bands are video streams (codec {recipe.codec.codec}: per band group the codec
+- VVC at 10 bits or x265/AV1 at 12 bits - that met the target in the fewest bytes; preset
+{recipe.codec.preset}, keyframe every {recipe.codec.keyint} frames) {rate}; bands whose
+detail correlates are decorrelated first (a KLT per group, stored with the sample). Class
+layers are lossless FFV1 and validity masks bit-packed zstd. Everything that is not a
+(time, y, x) stack is stored losslessly. Every stream decodes with PyAV alone.
 
 Settings actually used, per stream and sample:
 

@@ -59,8 +59,11 @@ def write_netcdf(ds: xr.Dataset, out: Path) -> None:
 
 def check_quality(crf: float | None, psnr: float | None) -> None:
     """Refuse rate settings the encoder would misread or silently cap, naming the option."""
-    if crf is not None and not 0 <= crf <= 51:
-        raise CubecastError(f"--crf {crf:g}: x265's CRF range is 0 to 51 (lower is better)")
+    if crf is not None and not 0 <= crf <= 63:
+        raise CubecastError(
+            f"--crf {crf:g}: the quantiser range is 0 to 63 (x265's CRF stops at 51; lower "
+            "is better)"
+        )
     if psnr is not None and not 0 < psnr <= PSNR_MAX:
         if psnr <= 0:
             raise CubecastError(f"--psnr {psnr:g}: a PSNR floor must be above 0 dB")
@@ -73,21 +76,38 @@ def check_quality(crf: float | None, psnr: float | None) -> None:
 def encode(
     input: Annotated[str, typer.Argument(help="netCDF file or zarr store")],
     output: Annotated[Path, typer.Argument(help="output folder (or .tar file)")],
-    crf: Annotated[float | None, typer.Option(help="x265 constant rate factor (0-51)")] = None,
+    crf: Annotated[
+        float | None,
+        typer.Option(help="the codec's quantiser: VVC QP (0-63) or x265/AV1 CRF (0-51/63)"),
+    ] = None,
     lossless: Annotated[
         bool, typer.Option("--lossless", help="FFV1 16-bit for every band")
     ] = False,
     psnr: Annotated[
-        float | None, typer.Option(help="target PSNR floor in dB: search the cheapest CRF")
+        float | None,
+        typer.Option(
+            help="PSNR floor in dB for every band: the codec and quantiser that "
+            "meet it in the fewest bytes"
+        ),
     ] = None,
-    preset: Annotated[str, typer.Option(help="x265 preset")] = "medium",
-    keyint: Annotated[int, typer.Option(min=1, help="max frames between keyframes")] = 64,
+    preset: Annotated[
+        str, typer.Option(help="x265 preset name (mapped onto VVC's and libaom's speeds)")
+    ] = "medium",
+    keyint: Annotated[int, typer.Option(min=1, help="max frames between keyframes")] = 250,
     workers: Annotated[
         int, typer.Option(min=1, help="PSNR-target streams whose CRF searches run concurrently")
     ] = 1,
     codec: Annotated[
-        str, typer.Option(help="libx265, or libaom-av1 (12-bit AV1, needs --engine ffmpeg)")
-    ] = "libx265",
+        str,
+        typer.Option(
+            help="auto (VVC or x265, whichever needs fewer bytes), libvvenc, libx265 or "
+            "libaom-av1 (VVC and AV1 need the ffmpeg engine)"
+        ),
+    ] = "auto",
+    decorrelate: Annotated[
+        str,
+        typer.Option(help="auto (KLT where bands correlate), klt or none"),
+    ] = "auto",
     engine: Annotated[
         str,
         typer.Option(
@@ -113,6 +133,7 @@ def encode(
         workers=workers,
         codec=codec,
         engine=engine,
+        decorrelate=decorrelate,
     )
     enc = encode_cube(
         ds, opts, cube_id=Path(input).stem, progress=sys.stderr.isatty(), workdir=output.parent
@@ -145,33 +166,51 @@ def decode(
 
 @app.command()
 def info(input: Annotated[Path, typer.Argument(help="encoded cube folder or .tar")]) -> None:
-    """Show an encoded cube's streams, sizes, bpppb and settings."""
+    """Show an encoded cube's streams, sizes, bpppb, settings and where the bytes go."""
     enc = EncodedCube.open(input)
     m = enc.manifest
     h, w = m.frame_shape
+    pixels = m.n_frames * h * w * len(m.channels)
     console.print(
         f"cube {m.cube_id}: {m.n_frames} x {h} x {w}, {len(m.channels)} bands, "
         f"{enc.nbytes} bytes, {bpppb(enc):.3f} bpppb"
     )
-    table = Table("stream", "kind", "codec", "pix_fmt", "bands", "bytes", "bpppb", "settings")
+    table = Table(
+        "stream", "kind", "codec", "pix_fmt", "planes", "frames", "bytes", "bpppb", "settings"
+    )
     for s in m.streams:
-        bands = len(s.planes)
         settings = (
             "lossless"
             if s.lossless
             else (f"crf={s.crf:g} preset={s.preset}" if s.crf is not None else "")
         )
+        stored = len(s.stored_frames(m.n_frames)) if s.kind != "mask" else m.n_frames
         table.add_row(
             s.name,
             s.kind,
             s.codec,
             s.pix_fmt,
             ", ".join(s.planes),
+            f"{stored}/{m.n_frames}",
             str(s.nbytes),
-            f"{8 * s.nbytes / (m.n_frames * h * w * bands):.3f}",
+            f"{8 * s.nbytes / (m.n_frames * h * w * len(s.planes)):.3f}",
             settings,
         )
     console.print(table)
+    for t in m.transforms:
+        console.print(
+            f"KLT group {t.name}: {', '.join(t.channels)} -> {len(t.components)} components"
+        )
+    kinds = {
+        "video streams": sum(s.nbytes for s in m.streams if s.kind != "mask"),
+        "masks": sum(s.nbytes for s in m.streams if s.kind == "mask"),
+        "manifest": len(m.to_bytes()),
+        "aux.nc": m.aux.nbytes if m.aux else 0,
+    }
+    overhead = Table("bytes by kind", "bytes", "bpppb", "share")
+    for kind, n in kinds.items():
+        overhead.add_row(kind, str(n), f"{8 * n / pixels:.4f}", f"{100 * n / enc.nbytes:.1f} %")
+    console.print(overhead)
 
 
 def _is_recipe(arg: str) -> bool:

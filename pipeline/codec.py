@@ -23,16 +23,20 @@ from tqdm.auto import tqdm
 
 from pipeline import jsonvalues
 from pipeline.codemap import CodeMap
-from pipeline.cube import analyse, cube_stats, iter_blocks
+from pipeline.cube import Block, analyse, cube_stats, iter_blocks
 from pipeline.cube import valid_mask as _valid_mask
 from pipeline.encoded import EncodedCube, SpoolStore, file_sha256, sha256
 from pipeline.errors import CorruptStreamError, CubecastError, InvalidCubeError, ManifestError
+from pipeline.ffmpeg_backend import EncoderFailed
 from pipeline.groupcoder import (
     CubeContext,
     GroupCoder,
     coding_gains,
     klt_moments,
     psnr_from_mse,
+    stream_size,
+    tile_frame,
+    untile,
 )
 from pipeline.manifest import (
     AuxInfo,
@@ -46,6 +50,7 @@ from pipeline.manifest import (
 from pipeline.maskcodec import MaskWriter, decode_masks
 from pipeline.netcdf import dataset_from_bytes, dataset_to_bytes, packing_encoding
 from pipeline.planning import (
+    AUTO,
     EncodeOptions,
     GroupPlan,
     StreamPlan,
@@ -107,6 +112,7 @@ class _Encoded:
     paths: dict[str, Path]
     offsets: dict[str, list[int] | None]
     kept: list[int]
+    failed: str | None = None  # the encoder's message when it refused these frames
 
     @property
     def nbytes(self) -> int:
@@ -149,7 +155,9 @@ def _encode_together(
             writers[s.name] = (
                 MaskWriter(paths[s.name], settings.keyint)
                 if group.kind == "mask"
-                else open_writer(paths[s.name], *coder.size, s.settings)
+                else open_writer(
+                    paths[s.name], *stream_size(coder.size, s.tiles, s.settings), s.settings
+                )
             )
     channels = list(
         {
@@ -160,23 +168,20 @@ def _encode_together(
     try:
         for block, values in iter_blocks(ctx.ds, ctx.layout, channels, indices, READ_BLOCK):
             for enc in out.values():
-                for idx, (keep, planes) in zip(
-                    block, enc.coder.frames(values, len(block)), strict=True
-                ):
-                    if not keep:
-                        continue
-                    enc.kept.append(idx)
-                    for s in enc.streams:
-                        writers[s.name].write(planes[s.planes])  # type: ignore[attr-defined]
+                if enc.failed is None:
+                    _feed(enc, writers, block, values)
             if bar is not None:
                 bar.update(len(block))
         for enc in out.values():
             for s in enc.streams:
                 w = writers[s.name]
-                if enc.kept or enc.group.kind == "mask":
+                if enc.failed is not None or not (enc.kept or enc.group.kind == "mask"):
+                    _abandon(w, enc.paths[s.name])  # nothing valid, or the encoder gave up
+                    continue
+                try:
                     w.close()  # type: ignore[attr-defined]
-                else:  # nothing valid in these frames: an empty stream, no encoder run
-                    _abandon(w, enc.paths[s.name])
+                except EncoderFailed as exc:
+                    enc.failed = str(exc)
                 enc.offsets[s.name] = getattr(w, "offsets", None)
     except BaseException:
         for enc in out.values():
@@ -186,6 +191,26 @@ def _encode_together(
         if bar is not None:
             bar.close()
     return out
+
+
+def _feed(
+    enc: _Encoded, writers: Mapping[str, object], block: Sequence[int], values: Block
+) -> None:
+    """One block of a group's frames into its writers; an encoder that gives up marks the
+    group failed (the caller picks another codec) instead of failing the whole pass."""
+    for idx, (keep, planes) in zip(block, enc.coder.frames(values, len(block)), strict=True):
+        if not keep:
+            continue
+        enc.kept.append(idx)
+        try:
+            for s in enc.streams:
+                frame = planes[s.planes]
+                if enc.group.kind != "mask" and get_codec(s.settings.codec).tiles_planes:
+                    frame = tile_frame(frame, stream_size(enc.coder.size, s.tiles, s.settings))
+                writers[s.name].write(frame)  # type: ignore[attr-defined]
+        except EncoderFailed as exc:
+            enc.failed = str(exc)
+            return
 
 
 def _abandon(writer: object, path: Path) -> None:
@@ -233,8 +258,14 @@ def _group_psnr(
                 rows = [i for i, idx in enumerate(block) if idx in kept]
                 if not rows:
                     continue
+                tile_rows = h + h % 2
                 decoded = {
-                    s.name: np.stack([next(decoders[s.name])[1][:, :h, :w] for _ in rows])
+                    s.name: np.stack(
+                        [
+                            untile(next(decoders[s.name])[1], s.tiles, tile_rows)[:, :h, :w]
+                            for _ in rows
+                        ]
+                    )
                     for s in e.streams
                 }
                 for ch in e.group.channels:
@@ -292,6 +323,8 @@ def _search(
             )
             enc = trial[group.name]
             try:
+                if enc.failed is not None:
+                    return float("-inf")  # this quantiser is beyond the encoder
                 sizes[crf] = enc.nbytes
                 return _group_psnr(ctx, [enc], sample)[group.name]
             finally:
@@ -338,7 +371,7 @@ def _encode_groups(
     settings = {g.name: bounded_lookahead(searched.get(g.name, g.settings), h * w) for g in groups}
     all_idx = list(range(ctx.ds.sizes[ctx.layout.time_dim]))
     jobs = [(g, settings[g.name]) for g in groups]
-    done = _encode_together(ctx, spool, jobs, all_idx, "", progress)
+    done = _encode_pass(ctx, spool, jobs, all_idx, "", options, progress)
     pending = [g for g in targeted if not settings[g.name].lossless]
     attempt = 0
     while pending:
@@ -351,10 +384,44 @@ def _encode_groups(
         for g in failed:
             settings[g.name] = bounded_lookahead(_step_down(settings[g.name]), h * w)
             retry.append((g, settings[g.name]))
-        for name, enc in _encode_together(ctx, spool, retry, all_idx, f".{attempt}").items():
+        for name, enc in _encode_pass(ctx, spool, retry, all_idx, f".{attempt}", options).items():
             done[name].unlink()
             done[name] = enc
-        pending = [g for g, s in retry if not s.lossless]
+        pending = [g for g, s in retry if not done[g.name].settings.lossless]
+    return done
+
+
+def _encode_pass(
+    ctx: CubeContext,
+    spool: Path,
+    jobs: Sequence[tuple[GroupPlan, VideoSettings]],
+    indices: Sequence[int],
+    tag: str,
+    options: EncodeOptions,
+    progress: bool = False,
+) -> dict[str, _Encoded]:
+    """One pass over the cube; a group whose encoder gave up is encoded again with x265
+    when the codec was the planner's choice, and is an error when the user named it.
+
+    The writers count the frames they get back, so an encoder that gives up shows here even
+    when it exits 0 (vvenc 1.15's thread pool did, about one encode in three on 2 cores).
+    """
+    done = _encode_together(ctx, spool, jobs, indices, tag, progress)
+    failed = [(g, s) for g, s in jobs if done[g.name].failed is not None]
+    if not failed:
+        return done
+    if options.codec != AUTO:
+        g, s = failed[0]
+        raise InvalidCubeError(
+            f"group {g.name!r}: {s.codec} at quantiser {s.crf:g} refused the frames "
+            f"({done[g.name].failed}); use a higher crf/psnr target or another codec"
+        )
+    retry = [
+        (g, replace(s, codec=X265_CODEC.name, crf=min(cast(float, s.crf), 51.0))) for g, s in failed
+    ]
+    for g, _ in retry:
+        done[g.name].unlink()
+    done.update(_encode_together(ctx, spool, retry, indices, f"{tag}.x265", progress))
     return done
 
 
@@ -416,6 +483,7 @@ def _stream_infos(
                     nbytes=path.stat().st_size,
                     sha256=file_sha256(path),
                     chunk_offsets=enc.offsets.get(s.name),
+                    tiles=s.tiles,
                     frames=_runs(enc.kept, n_frames) if g.kind == "continuous" else None,
                 )
             )
@@ -436,7 +504,6 @@ def _channel_infos(
             for b, (c, sign) in enumerate(enc.group.inf_of, start=len(enc.group.mask_of)):
                 infs[(c.name, sign)] = b
             continue
-
         infos |= {c.name: c for c in enc.coder.channel_infos(enc.streams)}
         t = enc.coder.transform_info(enc.streams)
         if t is not None:
@@ -451,7 +518,6 @@ def _channel_infos(
             "neginf_bit": infs.get((ch.name, "-inf")),
         }
         channels.append(infos[ch.name].model_copy(update=update))
-
     return channels, transforms
 
 
@@ -679,7 +745,8 @@ class _StreamFrames:
                     f"{self.stop - self.start} expected (truncated stream or manifest from "
                     "another cube)"
                 )
-            out[i] = got[1][: self.shape[0], :h, :w]
+            frame = untile(got[1], self.stream.tiles, h + h % 2)
+            out[i] = frame[: self.shape[0], :h, :w]
         return out
 
     def close(self) -> None:

@@ -165,13 +165,13 @@ class EncodedCube:
     def nbytes(self) -> int:
         """Encoded size: all streams, aux and the manifest itself."""
         m = self.manifest
-        total = sum(s.nbytes for s in m.streams) + len(m.to_json().encode())
+        total = sum(s.nbytes for s in m.streams) + len(m.to_bytes())
         return total + (m.aux.nbytes if m.aux else 0)
 
     # -- persistence -------------------------------------------------------------------
     def files(self) -> dict[str, bytes]:
         out = {name: self.read_file(name) for name in self.filenames()}
-        out[MANIFEST_FILE] = self.manifest.to_json().encode()
+        out[MANIFEST_FILE] = self.manifest.to_bytes()
         return out
 
     def to_folder(self, path: str | os.PathLike[str]) -> Path:
@@ -195,7 +195,7 @@ class EncodedCube:
                     _link_or_copy(src, tmp / name)
                 else:
                     shutil.copyfile(src, tmp / name)
-            (tmp / MANIFEST_FILE).write_bytes(self.manifest.to_json().encode())
+            (tmp / MANIFEST_FILE).write_bytes(self.manifest.to_bytes())
             if path.exists():
                 path.rmdir()
             tmp.rename(path)

@@ -95,6 +95,10 @@ def self_test(exe: str) -> None:
                 )
 
 
+class EncoderFailed(InvalidCubeError):
+    """The encoder process gave up on the frames (e.g. vvenc on a frame it cannot fit)."""
+
+
 class FfmpegWriter:
     """Streams raw planar frames into an ``ffmpeg`` process that writes ``path``."""
 
@@ -129,6 +133,8 @@ class FfmpegWriter:
             **BITEXACT,
             **settings.options(),
         )
+        self._path = Path(path)
+        self.frames = 0
         self._proc = (
             stream.overwrite_output()
             .global_args("-loglevel", "error")
@@ -140,6 +146,7 @@ class FfmpegWriter:
             self._proc.stdin.write(self._codec.frame_bytes(planes, self.settings.pix_fmt))
         except BrokenPipeError:
             self._fail()
+        self.frames += 1
 
     def close(self) -> None:
         try:
@@ -148,12 +155,30 @@ class FfmpegWriter:
             pass
         if self._proc.wait() != 0:
             self._fail()
+        stored = _packets(self._path)
+        if stored != self.frames:
+            # an encoder that gives up mid-stream can still exit 0 (vvenc's thread pool did,
+            # leaving a header and no frame): count what came out
+            raise EncoderFailed(
+                f"{self.settings.codec} wrote {stored} of {self.frames} frames to {self._path.name}"
+            )
 
     def _fail(self) -> None:
         self._proc.kill()
         self._proc.wait()
         err = self._proc.stderr.read().decode(errors="replace")
-        raise InvalidCubeError(f"ffmpeg ({self.settings.codec}) failed: {err.strip()[-500:]}")
+        raise EncoderFailed(f"ffmpeg ({self.settings.codec}) failed: {err.strip()[-500:]}")
+
+
+def _packets(path: Path) -> int:
+    """Video packets in a Matroska file, demuxed without decoding."""
+    import av
+
+    try:
+        with av.open(str(path), "r", format="matroska") as c:
+            return sum(1 for p in c.demux(video=0) if p.size)
+    except (av.FFmpegError, OSError):
+        return 0
 
 
 def decode_frames_cli(

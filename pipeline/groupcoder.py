@@ -57,8 +57,32 @@ def frame_size(shape: tuple[int, int], settings: VideoSettings) -> tuple[int, in
         return h, w
     if codec is X265_CODEC and settings.engine == "pyav":
         return h + (-h % X265_CTU), w + (-w % X265_CTU)
+    if codec.tiles_planes:
+        return h + h % 2, w + w % 2  # a tile; the minimum applies to the tiled frame
     side = codec.min_side + codec.min_side % 2
     return max(h + h % 2, side), max(w + w % 2, side)
+
+
+def stream_size(tile: tuple[int, int], tiles: int, settings: VideoSettings) -> tuple[int, int]:
+    """(H, W) of a stream's frames: its tiles stacked, padded to the encoder's minimum."""
+    if tiles == 1 and not get_codec(settings.codec).tiles_planes:
+        return tile
+    side = get_codec(settings.codec).min_side
+    return max(tiles * tile[0], side), max(tile[1], side)
+
+
+def tile_frame(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(P, h, w) planes -> (1, H, W): stacked top to bottom, edge-padded to ``size``."""
+    p, h, w = planes.shape
+    stacked = planes.reshape(1, p * h, w)
+    return pad_even(stacked, (size[0] - p * h, size[1] - w))
+
+
+def untile(frame: np.ndarray, tiles: int, tile_rows: int) -> np.ndarray:
+    """(1, H, W) decoded frame -> (tiles, tile_rows, W): the inverse of tile_frame."""
+    if tiles == 1:
+        return frame
+    return frame[0, : tiles * tile_rows].reshape(tiles, tile_rows, frame.shape[-1])
 
 
 def _integer(ds: xr.Dataset, ch: Channel) -> bool:

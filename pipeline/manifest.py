@@ -117,6 +117,8 @@ class StreamInfo(_Model):
     # frames stored, as [start, stop) runs of cube frame indices; None = every frame.
     # Frames left out had no valid pixel in any of the stream's bands.
     frames: list[tuple[int, int]] | None = None
+    # planes stacked top to bottom in each frame, each tile H rounded up to even rows
+    tiles: int = 1
 
     def stored_frames(self, n_frames: int) -> list[int]:
         if self.frames is None:

@@ -30,6 +30,7 @@ DECORRELATE = ("auto", "klt", "none")
 # a KLT pays off when the bands are correlated enough: arithmetic over geometric mean of
 # the eigenvalues; 1.0 means independent bands (see klt.coding_gain)
 KLT_MIN_GAIN = 1.5
+MASK_CHUNK = 32
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class EncodeOptions:
     lossless: bool = False
     psnr: float | None = None
     groups: tuple[GroupSpec, ...] = ()
-    keyint: int = 64
+    keyint: int = 250  # x265's default; a seek decodes at most this many extra frames
     x265_params: str = ""
     threads: int = 0
     workers: int = 1
@@ -127,6 +128,7 @@ class StreamPlan:
     name: str
     planes: list[int]
     settings: VideoSettings
+    tiles: int = 1  # planes stacked top to bottom in each frame (codecs with one plane)
 
 
 @dataclass
@@ -157,7 +159,11 @@ class GroupPlan:
         settings = settings or self.settings
         if self.kind == "mask":
             return [StreamPlan(self.name, list(range(self.n_planes)), settings)]
-        per = get_codec(settings.codec).max_planes
+        codec = get_codec(settings.codec)
+        if codec.tiles_planes and self.n_planes > 1:
+            planes = list(range(self.n_planes))
+            return [StreamPlan(self.name, planes, _with_planes(settings, 1), len(planes))]
+        per = codec.max_planes
         idx = list(range(self.n_planes))
         chunks: list[list[int]] = []
         while idx:
@@ -241,7 +247,10 @@ def resolve_engine(engine: str) -> str:
 
 
 def codec_candidates(
-    options: EncodeOptions, engine: str, target: float | None, shape: tuple[int, int] = (0, 0)
+    options: EncodeOptions,
+    engine: str,
+    target: float | None,
+    shape: tuple[int, int] = (0, 0),
 ) -> list[str]:
     """Lossy codecs a group may use, best guess first.
 
@@ -315,6 +324,8 @@ def plan_groups(
             continue
         crf = options.crf if spec is None or spec.crf is None else spec.crf
         codec = codec_candidates(options, engine, target, frame_shape)[0]
+        if target is None:
+            get_codec(codec).check_quality(crf)
         settings = replace(base, codec=codec, crf=crf)
         gain = klt_gain.get(chans[0].name, 1.0)
         klt = (
@@ -358,8 +369,11 @@ def plan_groups(
     infs = [(c, "+inf") for c in masked if stats[c.name].n_posinf]
     infs += [(c, "-inf") for c in masked if stats[c.name].n_neginf]
     if masked:
+        # masks are chunked by ``keyint`` frames; a chunk is unpacked whole on read, so it
+        # stays short whatever the video streams' keyframe interval
+        chunk = min(options.keyint, MASK_CHUNK)
         mask = VideoSettings(
-            codec=MASK_CODEC, pix_fmt="bits", crf=None, lossless=True, keyint=options.keyint
+            codec=MASK_CODEC, pix_fmt="bits", crf=None, lossless=True, keyint=chunk
         )
         plans.append(
             GroupPlan(group_name(["masks"], taken), "mask", [], mask, mask_of=masked, inf_of=infs)

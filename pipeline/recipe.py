@@ -105,8 +105,8 @@ class VariablesSpec(_Strict):
 
 class GroupRecipe(_Strict):
     name: str
-    bands: Annotated[list[str], Field(min_length=1, max_length=3)]
-    crf: Annotated[float, Field(ge=0, le=51)] | None = None
+    bands: Annotated[list[str], Field(min_length=1, max_length=16)]
+    crf: Annotated[float, Field(ge=0, le=63)] | None = None
     psnr: Annotated[float, Field(gt=0)] | None = None
     lossless: bool | None = None
 
@@ -114,14 +114,18 @@ class GroupRecipe(_Strict):
 
 
 class CodecSpec(_Strict):
-    codec: Literal["libx265", "libaom-av1"] = "libx265"
+    # auto: under a PSNR target, per group the candidate with the fewest bytes on a sample
+    codec: Literal["auto", "libvvenc", "libx265", "libaom-av1"] = "auto"
     engine: Literal["auto", "pyav", "ffmpeg"] = "auto"
     preset: Literal[
         "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"
     ] = "medium"
-    crf: Annotated[float, Field(ge=0, le=51)] = 12.0
+    crf: Annotated[float, Field(ge=0, le=63)] = 12.0
+    decorrelate: Literal["auto", "klt", "none"] = "auto"
+    # encode-time budget for codec = "auto", in multiples of x265 medium's time
+    max_cost: Annotated[float, Field(gt=0)] = 8.0
     psnr: Annotated[float, Field(gt=0)] | None = None
-    keyint: Annotated[int, Field(ge=1, le=1000)] = 64
+    keyint: Annotated[int, Field(ge=1, le=1000)] = 250  # x265's own default
     x265_params: str = ""
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     groups: list[GroupRecipe] = []
@@ -140,8 +144,10 @@ class CodecSpec(_Strict):
 
     @model_validator(mode="after")
     def _av1_needs_ffmpeg(self) -> CodecSpec:
-        if self.codec == "libaom-av1" and self.engine == "pyav":
-            raise ValueError("codec 'libaom-av1' needs engine = \"ffmpeg\" (PyAV lacks libaom)")
+        if self.codec in ("libaom-av1", "libvvenc") and self.engine == "pyav":
+            raise ValueError(
+                f'codec {self.codec!r} needs engine = "ffmpeg" (PyAV\'s wheels only decode it)'
+            )
         return self
 
 
@@ -278,6 +284,8 @@ class Recipe(_Strict):
             workers=c.workers,
             codec=c.codec,
             engine=c.engine,
+            decorrelate=c.decorrelate,
+            max_cost=c.max_cost,
         )
         from dataclasses import replace
 

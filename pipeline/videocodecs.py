@@ -61,6 +61,9 @@ class VideoCodec:
     psnr_ceiling: float = 200.0
     # smallest frame side the encoder opens (smaller frames are edge-padded to it)
     min_side: int = 1
+    # a codec with one plane per frame carries a group's planes stacked top to bottom in
+    # one frame: one stream per group, not one per band (see Vvc)
+    tiles_planes: bool = False
     pix_fmts: ClassVar[dict[int, str]] = {}
 
     def pix_fmt(self, planes: int) -> str:
@@ -121,15 +124,25 @@ class Vvc(VideoCodec):
     # (32, 34, 38 px failed on noisy content, 36 and 40 passed): pad to 64, and "auto"
     # does not pick VVC for frames that small
     min_side: int = 64
+    # every stream costs a Matroska header and parameter sets (about 1 kB), and vvenc has no
+    # thread pool here: a KLT group's 11 components as 11 streams cost Landsat-8 a fifth of
+    # its bytes, so the components are tiled into one taller frame instead
+    tiles_planes: bool = True
     pix_fmts: ClassVar[dict[int, str]] = {1: "yuv420p10le"}
 
     def options(self, s: VideoSettings) -> dict[str, str]:
         if s.lossless:
             raise InvalidCubeError("libvvenc has no lossless mode: use libx265 or ffv1")
         preset = VVC_PRESET_OF.get(s.preset, "fast")
-        opts = {"preset": preset, "qpa": "0", "period": str(max(s.keyint, 1))}
-        if s.threads:
-            opts["threads"] = str(s.threads)
+        # vvenc's own thread pool (ffmpeg 9, vvenc 1.15) fails or cuts streams short at
+        # random, about one encode in three on 2 cores, measured; single-threaded it has not
+        # failed and its output is deterministic. Streams of a cube still encode in parallel.
+        opts = {
+            "preset": preset,
+            "qpa": "0",
+            "period": str(max(s.keyint, 1)),
+            "vvenc-params": "threads=0",
+        }
         if s.crf is not None:
             opts["qp"] = str(round(s.crf))
         return opts

@@ -160,13 +160,20 @@ def test_stage_sample_refuses_ids_that_leave_staging(sample, tmp_path, bad):
     assert not (tmp_path / "abs-evil").exists()
 
 
+def _manifest_dict(folder):
+    """The stored manifest (zstd-compressed JSON) as a dict, to craft a hostile one."""
+    from pipeline.manifest import Manifest
+
+    return json.loads(Manifest.from_json((folder / MANIFEST_FILE).read_bytes()).to_json())
+
+
 def test_manifest_stream_names_cannot_leave_the_cube_folder(cube_folder, tmp_path):
     folder = tmp_path / "c"
     shutil.copytree(cube_folder, folder)
     (tmp_path / "outside.txt").write_text("not yours")
     with pytest.raises(CubecastError, match="stream file '../outside.txt'"):
         FolderStore(folder).file_path("../outside.txt")
-    m = json.loads((folder / MANIFEST_FILE).read_text())
+    m = _manifest_dict(folder)
     m["streams"][0]["file"] = "../outside.txt"
     (folder / MANIFEST_FILE).write_text(json.dumps(m))
     with pytest.raises(CubecastError, match="stream file '../outside.txt'"):
@@ -174,7 +181,7 @@ def test_manifest_stream_names_cannot_leave_the_cube_folder(cube_folder, tmp_pat
 
 
 def test_crafted_tar_cannot_write_outside_the_folder(cube_folder, tmp_path):
-    m = json.loads((cube_folder / MANIFEST_FILE).read_text())
+    m = _manifest_dict(cube_folder)
     first = m["streams"][0]["file"]
     m["streams"][0]["file"] = "../evil.mkv"
     buf = io.BytesIO()
