@@ -13,7 +13,7 @@ import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
@@ -113,6 +113,8 @@ class _Encoded:
     offsets: dict[str, list[int] | None]
     kept: list[int]
     failed: str | None = None  # the encoder's message when it refused these frames
+    # each channel's PSNR over the whole cube, where the encoder measured it (PSNR targets)
+    psnr: dict[str, float] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -285,7 +287,8 @@ def _group_psnr(
             st = ctx.stats[ch.name]
             if count.get(ch.name):
                 mse = sse[ch.name] / count[ch.name]
-                worst = min(worst, psnr_from_mse(mse, st.vmax - st.vmin))
+                e.psnr[ch.name] = psnr_from_mse(mse, st.vmax - st.vmin)
+                worst = min(worst, e.psnr[ch.name])
         out[e.group.name] = worst
     return out
 
@@ -301,44 +304,68 @@ def _sample_indices(n_frames: int, frame_pixels: int, budget: int = 2_000_000) -
     return sorted({i for s in starts for i in range(s, s + run)})
 
 
+def _search_codec(
+    ctx: CubeContext,
+    spool: Path,
+    group: GroupPlan,
+    base: VideoSettings,
+    sample: Sequence[int],
+    start: float | None,
+) -> tuple[int, VideoSettings] | None:
+    """(sample bytes, settings) at the largest CRF/QP of ``base``'s codec that meets the
+    group's floor on the sample, or None if even the best quality misses it."""
+    sizes: dict[float, int] = {}
+
+    def quality(crf: float) -> float:
+        trial = _encode_together(ctx, spool, [(group, replace(base, crf=crf))], sample, ".trial")
+        enc = trial[group.name]
+        try:
+            if enc.failed is not None:
+                return float("-inf")  # this quantiser is beyond the encoder
+            sizes[crf] = enc.nbytes
+            return _group_psnr(ctx, [enc], sample)[group.name]
+        finally:
+            enc.unlink()
+
+    target = cast(float, group.psnr_target)
+    crf = search_crf(quality, target, start=start, hi=get_codec(base.codec).max_quality)
+    return None if crf is None else (sizes[float(crf)], replace(base, crf=float(crf)))
+
+
 def _search(
     ctx: CubeContext, spool: Path, group: GroupPlan, options: EncodeOptions
-) -> VideoSettings:
-    """Codec and quantiser for a PSNR-target group, from trial encodes of a sample of its
-    frames: each candidate codec's largest CRF/QP that meets the floor, and of those the
-    one with the fewest bytes."""
+) -> tuple[GroupPlan, VideoSettings]:
+    """Codec, quantiser and decorrelation for a PSNR-target group, from trial encodes of a
+    sample of its frames: each candidate codec's largest CRF/QP that meets the floor, and
+    of those the one with the fewest bytes; a KLT group is then also tried without its KLT
+    on the winning codec (the KLT's fixed step can cost more than it saves near a codec's
+    quality limit), and the fewer bytes win."""
     h, w = ctx.shape
     sample = _sample_indices(ctx.ds.sizes[ctx.layout.time_dim], h * w * len(group.channels))
     target = cast(float, group.psnr_target)
-    best: tuple[int, VideoSettings] | None = None
+    best: tuple[int, GroupPlan, VideoSettings] | None = None
     start = group.settings.crf
     for name in codec_candidates(options, group.settings.engine, target, ctx.shape):
-        codec = get_codec(name)
-        base = replace(group.settings, codec=name)
-        sizes: dict[float, int] = {}
-
-        def quality(crf: float, base: VideoSettings = base, sizes: dict = sizes) -> float:
-            trial = _encode_together(
-                ctx, spool, [(group, replace(base, crf=crf))], sample, ".trial"
-            )
-            enc = trial[group.name]
-            try:
-                if enc.failed is not None:
-                    return float("-inf")  # this quantiser is beyond the encoder
-                sizes[crf] = enc.nbytes
-                return _group_psnr(ctx, [enc], sample)[group.name]
-            finally:
-                enc.unlink()
-
-        crf = search_crf(quality, target, start=start, hi=codec.max_quality)
-        if crf is None:
+        found = _search_codec(ctx, spool, group, replace(group.settings, codec=name), sample, start)
+        if found is None:
             continue
-        if best is None or sizes[float(crf)] < best[0]:
-            best = (sizes[float(crf)], replace(base, crf=float(crf)))
-        start = crf
+        if best is None or found[0] < best[0]:
+            best = (found[0], group, found[1])
+        start = found[1].crf
+    if group.decorrelate == "klt" and options.decorrelate == AUTO:
+        plain = replace(group, decorrelate="none")
+        for name in (
+            [best[2].codec]
+            if best
+            else codec_candidates(options, group.settings.engine, target, ctx.shape)
+        ):
+            base = replace(group.settings, codec=name)
+            found = _search_codec(ctx, spool, plain, base, sample, best[2].crf if best else start)
+            if found is not None and (best is None or found[0] < best[0]):
+                best = (found[0], plain, found[1])
     if best is None:
-        return replace(group.settings, codec=X265_CODEC.name, lossless=True, crf=None)
-    return best[1]
+        return group, replace(group.settings, codec=X265_CODEC.name, lossless=True, crf=None)
+    return best[1], best[2]
 
 
 def _step_down(settings: VideoSettings) -> VideoSettings:
@@ -365,8 +392,11 @@ def _encode_groups(
         if g.kind == "continuous" and g.psnr_target is not None and not g.settings.lossless
     ]
     with ThreadPoolExecutor(max_workers=max(options.workers, 1)) as pool:
-        found = pool.map(lambda g: _search(ctx, spool, g, options), targeted)
-        searched = dict(zip((g.name for g in targeted), found, strict=True))
+        found = list(pool.map(lambda g: _search(ctx, spool, g, options), targeted))
+    searched = {g.name: s for g, s in found}
+    chosen = {g.name: g for g, _ in found}  # a group may have dropped its KLT
+    groups = [chosen.get(g.name, g) for g in groups]
+    targeted = [chosen[g.name] for g in targeted]
     h, w = ctx.shape
     settings = {g.name: bounded_lookahead(searched.get(g.name, g.settings), h * w) for g in groups}
     all_idx = list(range(ctx.ds.sizes[ctx.layout.time_dim]))
@@ -516,6 +546,7 @@ def _channel_infos(
             "mask_bit": mbit,
             "posinf_bit": infs.get((ch.name, "+inf")),
             "neginf_bit": infs.get((ch.name, "-inf")),
+            "psnr": next((e.psnr[ch.name] for e in encoded.values() if ch.name in e.psnr), None),
         }
         channels.append(infos[ch.name].model_copy(update=update))
     return channels, transforms

@@ -62,6 +62,9 @@ class ChannelInfo(_Model):
     neginf_bit: int | None = None
     valid_min: int | float | None = None
     valid_max: int | float | None = None
+    # PSNR (dB) over the whole cube as the encoder measured it on the decoded streams, where
+    # it did (groups with a PSNR target); None otherwise
+    psnr: float | None = None
 
 
 class VariableInfo(_Model):
