@@ -120,9 +120,8 @@ class Vvc(VideoCodec):
     max_quality: int = 63
     relative_cost: float = 5.0
     psnr_ceiling: float = 58.0
-    # vvenc 1.x fails ("Error submitting video frame") on some frames under 64 px a side
-    # (32, 34, 38 px failed on noisy content, 36 and 40 passed): pad to 64, and "auto"
-    # does not pick VVC for frames that small
+    # vvenc 1.15 fails ("Error submitting video frame") on noisy frames under 40 px a
+    # side, and codes small frames better padded to 64 than at their own size (measured)
     min_side: int = 64
     # every stream costs a Matroska header and parameter sets (about 1 kB), and vvenc has no
     # thread pool here: a KLT group's 11 components as 11 streams cost Landsat-8 a fifth of
