@@ -207,8 +207,9 @@ def _feed(
         try:
             for s in enc.streams:
                 frame = planes[s.planes]
-                if enc.group.kind != "mask" and get_codec(s.settings.codec).tiles_planes:
-                    frame = tile_frame(frame, stream_size(enc.coder.size, s.tiles, s.settings))
+                if enc.group.kind != "mask":
+                    size = stream_size(enc.coder.size, s.tiles, s.settings)
+                    frame = tile_frame(frame, size, s.tiles)
                 writers[s.name].write(frame)  # type: ignore[attr-defined]
         except EncoderFailed as exc:
             enc.failed = str(exc)

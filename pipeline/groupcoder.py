@@ -44,38 +44,38 @@ class CubeContext:
 
 
 def frame_size(shape: tuple[int, int], settings: VideoSettings) -> tuple[int, int]:
-    """(H, W) of a stream's frames: the cube's, made even and at least the encoder's minimum.
+    """(H, W) of one plane (a tile) of a stream: the cube's frame, made even. The encoder's
+    minimum size applies to the whole stream frame (see stream_size)."""
+    h, w = shape
+    if settings.codec == "zstd-bitpack":
+        return h, w
+    return h + h % 2, w + w % 2
+
+
+def stream_size(tile: tuple[int, int], tiles: int, settings: VideoSettings) -> tuple[int, int]:
+    """(H, W) of a stream's frames: its tiles stacked top to bottom, at least the encoder's
+    minimum (16 px for x265, 64 for VVC).
 
     Only PyAV's in-process libx265 gets whole 64-px CTUs: it encodes noisy content in
     partial CTUs non-deterministically (errors of half the code range, at times heap
     corruption); the command line's x265 does not, and the padding cost up to 2.5x the
     pixels on small frames.
     """
-    h, w = shape
-    codec = get_codec(settings.codec) if settings.codec != "zstd-bitpack" else None
-    if codec is None:
-        return h, w
+    h, w = tiles * tile[0], tile[1]
+    codec = get_codec(settings.codec)
     if codec is X265_CODEC and settings.engine == "pyav":
         return h + (-h % X265_CTU), w + (-w % X265_CTU)
-    if codec.tiles_planes:
-        return h + h % 2, w + w % 2  # a tile; the minimum applies to the tiled frame
     side = codec.min_side + codec.min_side % 2
-    return max(h + h % 2, side), max(w + w % 2, side)
+    return max(h, side), max(w, side)
 
 
-def stream_size(tile: tuple[int, int], tiles: int, settings: VideoSettings) -> tuple[int, int]:
-    """(H, W) of a stream's frames: its tiles stacked, padded to the encoder's minimum."""
-    if tiles == 1 and not get_codec(settings.codec).tiles_planes:
-        return tile
-    side = get_codec(settings.codec).min_side
-    return max(tiles * tile[0], side), max(tile[1], side)
-
-
-def tile_frame(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(P, h, w) planes -> (1, H, W): stacked top to bottom, edge-padded to ``size``."""
+def tile_frame(planes: np.ndarray, size: tuple[int, int], tiles: int = 0) -> np.ndarray:
+    """A stream's frame from its planes: (P, h, w) stacked top to bottom into (1, P*h, w)
+    when the stream tiles them (``tiles`` > 1), else kept as P planes; edge-padded at the
+    bottom and right to ``size``."""
     p, h, w = planes.shape
-    stacked = planes.reshape(1, p * h, w)
-    return pad_even(stacked, (size[0] - p * h, size[1] - w))
+    frame = planes.reshape(1, p * h, w) if tiles > 1 else planes
+    return pad_even(frame, (size[0] - frame.shape[1], size[1] - w))
 
 
 def untile(frame: np.ndarray, tiles: int, tile_rows: int) -> np.ndarray:

@@ -163,15 +163,19 @@ class GroupPlan:
         return len(self.channels) * max(self.words, 1)
 
     def streams(self, settings: VideoSettings | None = None) -> list[StreamPlan]:
-        """The group's planes split into streams the codec can carry; a lone stream takes
-        the group's name, several get ``.0``, ``.1``... (3 planes where the codec holds
-        three, single planes otherwise: a 2-plane stream has no pixel format)."""
+        """The group's streams: one for a lossy group (its planes tiled when they are not
+        one or three), one per plane for FFV1 (named ``.0``, ``.1``... when several)."""
         settings = settings or self.settings
         if self.kind == "mask":
             return [StreamPlan(self.name, list(range(self.n_planes)), settings)]
         codec = get_codec(settings.codec)
-        if codec.tiles_planes and self.n_planes > 1:
-            planes = list(range(self.n_planes))
+        planes = list(range(self.n_planes))
+        if not codec.lossless_only:
+            # one stream per lossy group whatever the codec and the KLT decision, so every
+            # sample of a dataset has the same files (TACO requires it): three planes where
+            # the codec carries three, else the planes tiled top to bottom in one frame
+            if self.n_planes == 1 or (self.n_planes == 3 and codec.max_planes >= 3):
+                return [StreamPlan(self.name, planes, _with_planes(settings, self.n_planes))]
             return [StreamPlan(self.name, planes, _with_planes(settings, 1), len(planes))]
         per = codec.max_planes
         idx = list(range(self.n_planes))

@@ -61,9 +61,6 @@ class VideoCodec:
     psnr_ceiling: float = 200.0
     # smallest frame side the encoder opens (smaller frames are edge-padded to it)
     min_side: int = 1
-    # a codec with one plane per frame carries a group's planes stacked top to bottom in
-    # one frame: one stream per group, not one per band (see Vvc)
-    tiles_planes: bool = False
     pix_fmts: ClassVar[dict[int, str]] = {}
 
     def pix_fmt(self, planes: int) -> str:
@@ -123,10 +120,6 @@ class Vvc(VideoCodec):
     # vvenc 1.15 fails ("Error submitting video frame") on noisy frames under 40 px a
     # side, and codes small frames better padded to 64 than at their own size (measured)
     min_side: int = 64
-    # every stream costs a Matroska header and parameter sets (about 1 kB), and vvenc has no
-    # thread pool here: a KLT group's 11 components as 11 streams cost Landsat-8 a fifth of
-    # its bytes, so the components are tiled into one taller frame instead
-    tiles_planes: bool = True
     pix_fmts: ClassVar[dict[int, str]] = {1: "yuv420p10le"}
 
     def options(self, s: VideoSettings) -> dict[str, str]:
