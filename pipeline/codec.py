@@ -34,8 +34,8 @@ from pipeline.groupcoder import (
     coding_gains,
     klt_moments,
     psnr_from_mse,
+    stream_frame,
     stream_size,
-    tile_frame,
     untile,
 )
 from pipeline.manifest import (
@@ -112,6 +112,7 @@ class _Encoded:
     paths: dict[str, Path]
     offsets: dict[str, list[int] | None]
     kept: list[int]
+    sizes: dict[str, tuple[int, int]]  # each video stream's frame size (none for masks)
     failed: str | None = None  # the encoder's message when it refused these frames
     # each channel's PSNR over the whole cube, where the encoder measured it (PSNR targets)
     psnr: dict[str, float] = field(default_factory=dict)
@@ -152,14 +153,17 @@ def _encode_together(
         coder = GroupCoder(ctx, group, settings)
         streams = group.streams(settings)
         paths = {s.name: spool / _stream_file(s, group.kind, tag) for s in streams}
-        out[group.name] = _Encoded(group, settings, coder, streams, paths, {}, [])
+        sizes = (
+            {}
+            if group.kind == "mask"
+            else {s.name: stream_size(coder.tile, s.tiles, s.settings) for s in streams}
+        )
+        out[group.name] = _Encoded(group, settings, coder, streams, paths, {}, [], sizes)
         for s in streams:
             writers[s.name] = (
                 MaskWriter(paths[s.name], settings.keyint)
                 if group.kind == "mask"
-                else open_writer(
-                    paths[s.name], *stream_size(coder.size, s.tiles, s.settings), s.settings
-                )
+                else open_writer(paths[s.name], *sizes[s.name], s.settings)
             )
     channels = list(
         {
@@ -206,10 +210,9 @@ def _feed(
         enc.kept.append(idx)
         try:
             for s in enc.streams:
-                frame = planes[s.planes]
+                frame = planes[s.planes[0] : s.planes[-1] + 1]  # contiguous: a view
                 if enc.group.kind != "mask":
-                    size = stream_size(enc.coder.size, s.tiles, s.settings)
-                    frame = tile_frame(frame, size, s.tiles)
+                    frame = stream_frame(frame, enc.coder.tile, enc.sizes[s.name], s.tiles)
                 writers[s.name].write(frame)  # type: ignore[attr-defined]
         except EncoderFailed as exc:
             enc.failed = str(exc)
@@ -239,35 +242,22 @@ def _group_psnr(
         if e.kept
         for s in e.streams
     }
-    infos = [e.coder for e in encoded]
     codemap = CodeMap(
-        {
-            c.name: c
-            for e, coder in zip(encoded, infos, strict=True)
-            for c in coder.channel_infos(e.streams)
-        },
-        {
-            t.name: t
-            for e, coder in zip(encoded, infos, strict=True)
-            if (t := coder.transform_info(e.streams))
-        },
-        {s.name: q.bits for e in encoded for s in e.streams for q in e.coder.quantisers[:1]},
+        {c.name: c for e in encoded for c in e.coder.channel_infos(e.streams)},
+        {t.name: t for e in encoded if (t := e.coder.transform_info(e.streams))},
+        {s.name: e.coder.quantisers[0].bits for e in encoded for s in e.streams},
     )
     channels = [c for e in encoded for c in e.group.channels]
+    kept = {e.group.name: set(e.kept) for e in encoded}
     try:
         for block, values in iter_blocks(ctx.ds, ctx.layout, channels, indices, READ_BLOCK):
             for e in encoded:
-                kept = set(e.kept)
-                rows = [i for i, idx in enumerate(block) if idx in kept]
+                rows = [i for i, idx in enumerate(block) if idx in kept[e.group.name]]
                 if not rows:
                     continue
-                tile_rows = h + h % 2
                 decoded = {
                     s.name: np.stack(
-                        [
-                            untile(next(decoders[s.name])[1], s.tiles, tile_rows)[:, :h, :w]
-                            for _ in rows
-                        ]
+                        [untile(next(decoders[s.name])[1], s.tiles, h)[:, :h, :w] for _ in rows]
                     )
                     for s in e.streams
                 }
@@ -448,7 +438,8 @@ def _encode_pass(
             f"({done[g.name].failed}); use a higher crf/psnr target or another codec"
         )
     retry = [
-        (g, replace(s, codec=X265_CODEC.name, crf=min(cast(float, s.crf), 51.0))) for g, s in failed
+        (g, replace(s, codec=X265_CODEC.name, crf=min(cast(float, s.crf), X265_CODEC.max_quality)))
+        for g, s in failed
     ]
     for g, _ in retry:
         done[g.name].unlink()
@@ -777,7 +768,7 @@ class _StreamFrames:
                     f"{self.stop - self.start} expected (truncated stream or manifest from "
                     "another cube)"
                 )
-            frame = untile(got[1], self.stream.tiles, h + h % 2)
+            frame = untile(got[1], self.stream.tiles, h)
             out[i] = frame[: self.shape[0], :h, :w]
         return out
 

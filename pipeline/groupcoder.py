@@ -69,19 +69,24 @@ def stream_size(tile: tuple[int, int], tiles: int, settings: VideoSettings) -> t
     return max(h, side), max(w, side)
 
 
-def tile_frame(planes: np.ndarray, size: tuple[int, int], tiles: int = 0) -> np.ndarray:
-    """A stream's frame from its planes: (P, h, w) stacked top to bottom into (1, P*h, w)
-    when the stream tiles them (``tiles`` > 1), else kept as P planes; edge-padded at the
-    bottom and right to ``size``."""
-    p, h, w = planes.shape
-    frame = planes.reshape(1, p * h, w) if tiles > 1 else planes
-    return pad_even(frame, (size[0] - frame.shape[1], size[1] - w))
+def stream_frame(
+    planes: np.ndarray, tile: tuple[int, int], size: tuple[int, int], tiles: int
+) -> np.ndarray:
+    """A stream's frame from its (P, h, w) planes: stacked top to bottom, each edge-padded
+    to the ``tile`` size, when the stream tiles them (``tiles`` > 1); then edge-padded at
+    the bottom and right to the stream's frame ``size``."""
+    _, h, w = planes.shape
+    if tiles > 1:
+        planes = pad_even(planes, (tile[0] - h, tile[1] - w)).reshape(1, -1, tile[1])
+    return pad_even(planes, (size[0] - planes.shape[1], size[1] - planes.shape[2]))
 
 
-def untile(frame: np.ndarray, tiles: int, tile_rows: int) -> np.ndarray:
-    """(1, H, W) decoded frame -> (tiles, tile_rows, W): the inverse of tile_frame."""
+def untile(frame: np.ndarray, tiles: int, rows: int) -> np.ndarray:
+    """A decoded (1, H, W) frame of a stream that tiles ``tiles`` planes of a cube with
+    ``rows`` rows -> (tiles, tile rows, W): the inverse of stream_frame's stacking."""
     if tiles == 1:
         return frame
+    tile_rows = rows + rows % 2  # frame_size's tile height
     return frame[0, : tiles * tile_rows].reshape(tiles, tile_rows, frame.shape[-1])
 
 
@@ -99,7 +104,7 @@ class GroupCoder:
     def __init__(self, ctx: CubeContext, group: GroupPlan, settings: VideoSettings) -> None:
         self.ctx, self.group, self.settings = ctx, group, settings
         self.shape = ctx.shape
-        self.size = frame_size(self.shape, settings)
+        self.tile = frame_size(self.shape, settings)  # one plane as its stream carries it
         self.klt: Klt | None = None
         if group.kind == "mask":
             self.quantisers: list[Quantiser] = []
@@ -151,10 +156,10 @@ class GroupCoder:
         return None if valid.all() else valid
 
     def frames(self, values: Block, n: int) -> Iterator[tuple[bool, np.ndarray]]:
-        """(keep, planes) per frame: planes (P, H', W') uint16 (bool for masks), padded to
-        the stream's frame size; keep is False for a frame with nothing valid to store."""
+        """(keep, planes) per frame: planes (P, H, W) uint16 (bool for masks) at the cube's
+        size (stream_frame lays them out for a stream); keep is False for a frame with
+        nothing valid to store."""
         g, (h, w) = self.group, self.shape
-        pad = (self.size[0] - h, self.size[1] - w)
         if g.kind == "mask":
             invalid = np.zeros((n, g.n_planes, h, w), dtype=bool)
             for b, ch in enumerate(g.mask_of):
@@ -174,10 +179,10 @@ class GroupCoder:
                 vals = vals.view(np.uint8)
             codes = (as_u64(vals) - np.uint64(int(q.offset) % 2**64)).astype(np.uint16)
             for frame in codes:
-                yield True, pad_even(frame[np.newaxis], pad)
+                yield True, frame[np.newaxis]
             return
         if g.words:
-            yield from self._word_frames(values, n, pad)
+            yield from self._word_frames(values, n)
             return
         codes = np.zeros((n, len(g.channels), h, w), dtype=np.uint16)
         any_valid = np.zeros(n, dtype=bool)
@@ -191,11 +196,9 @@ class GroupCoder:
         keep = any_valid | (not self.ctx.skip_empty)
         planes = self._components(codes) if self.klt is not None else codes
         for i in range(n):
-            yield bool(keep[i]), pad_even(planes[i], pad)
+            yield bool(keep[i]), planes[i]
 
-    def _word_frames(
-        self, values: Block, n: int, pad: tuple[int, int]
-    ) -> Iterator[tuple[bool, np.ndarray]]:
+    def _word_frames(self, values: Block, n: int) -> Iterator[tuple[bool, np.ndarray]]:
         ch = self.group.channels[0]
         vals = values[ch.name]
         words = to_words(vals, self.word_offset, self.group.words).swapaxes(0, 1)
@@ -205,7 +208,7 @@ class GroupCoder:
             for k, filler in enumerate(self.fillers):
                 filler.fill(words[i, k], v)
             keep = v is None or bool(v.any()) or not self.ctx.skip_empty
-            yield keep, pad_even(words[i], pad)
+            yield keep, words[i]
 
     def _components(self, codes: np.ndarray) -> np.ndarray:
         assert self.klt is not None

@@ -7,7 +7,7 @@ without our code; pydantic validates it once when it is read.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -23,6 +23,7 @@ FORMAT_VERSION = 2  # 2: KLT transforms, skipped empty frames, compact coordinat
 
 Role = Literal["continuous", "categorical"]
 StreamKind = Literal["continuous", "categorical", "mask"]
+_T = TypeVar("_T")
 
 
 class _Model(BaseModel):
@@ -158,23 +159,20 @@ class Manifest(_Model):
     aux: AuxInfo | None = None
     data_vars_order: list[str]
 
+    def _named(self, items: list[_T], name: str, what: str) -> _T:
+        for item in items:
+            if item.name == name:  # type: ignore[attr-defined]
+                return item
+        raise ManifestError(f"manifest of cube {self.cube_id!r} has no {what} {name!r}")
+
     def stream(self, name: str) -> StreamInfo:
-        for s in self.streams:
-            if s.name == name:
-                return s
-        raise ManifestError(f"manifest of cube {self.cube_id!r} has no stream {name!r}")
+        return self._named(self.streams, name, "stream")
 
     def channel(self, name: str) -> ChannelInfo:
-        for c in self.channels:
-            if c.name == name:
-                return c
-        raise ManifestError(f"manifest of cube {self.cube_id!r} has no channel {name!r}")
+        return self._named(self.channels, name, "channel")
 
     def transform(self, name: str) -> TransformInfo:
-        for t in self.transforms:
-            if t.name == name:
-                return t
-        raise ManifestError(f"manifest of cube {self.cube_id!r} has no transform {name!r}")
+        return self._named(self.transforms, name, "transform")
 
     def channel_lossless(self, name: str) -> bool:
         return all(self.stream(s).lossless for s in self.channel_streams(name))
@@ -189,10 +187,7 @@ class Manifest(_Model):
         return [c.stream] if c.stream is not None else []
 
     def variable(self, name: str) -> VariableInfo:
-        for v in self.variables:
-            if v.name == name:
-                return v
-        raise ManifestError(f"manifest of cube {self.cube_id!r} has no image variable {name!r}")
+        return self._named(self.variables, name, "image variable")
 
     @model_validator(mode="after")
     def _sane_sizes(self) -> Manifest:

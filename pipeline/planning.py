@@ -1,9 +1,9 @@
 """Planning: which channels are coded together (groups), and how a group becomes streams.
 
 A *group* is the unit of rate control: its channels share one codec and one quantiser
-setting and, when decorrelated, one KLT. A *stream* is one video file; a group's planes
-(its channels, or its KLT components) are split over as many streams as the codec needs
-(three planes per x265/AV1 stream, one per VVC stream).
+setting and, when decorrelated, one KLT. A *stream* is one video file: a lossy group is
+one stream (its planes - channels or KLT components - as one plane, three planes, or
+tiled top to bottom in one frame); an FFV1 group has one stream per plane.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ LOSSLESS_BITS = 16
 MAX_GROUP = 16  # channels in one decorrelated group (the KLT is B x B per pixel)
 AUTO = "auto"
 DECORRELATE = ("auto", "klt", "none")
-# a KLT pays off when the bands are correlated enough: arithmetic over geometric mean of
-# the eigenvalues; 1.0 means independent bands (see klt.coding_gain)
+# a KLT pays off when the bands' detail correlates enough: geometric mean of the band
+# variances over that of the eigenvalues; 1.0 means independent bands (klt.coding_gain)
 KLT_MIN_GAIN = 1.5
 MASK_CHUNK = 32
 # VVC padded from 33 x 49 to 64 x 64 px still took 0.95x x265's bits on an hourly field
@@ -138,7 +138,7 @@ class StreamPlan:
     name: str
     planes: list[int]
     settings: VideoSettings
-    tiles: int = 1  # planes stacked top to bottom in each frame (codecs with one plane)
+    tiles: int = 1  # planes stacked top to bottom in each frame (when not one or three)
 
 
 @dataclass
@@ -177,26 +177,13 @@ class GroupPlan:
             if self.n_planes == 1 or (self.n_planes == 3 and codec.max_planes >= 3):
                 return [StreamPlan(self.name, planes, _with_planes(settings, self.n_planes))]
             return [StreamPlan(self.name, planes, _with_planes(settings, 1), len(planes))]
-        per = codec.max_planes
-        idx = list(range(self.n_planes))
-        chunks: list[list[int]] = []
-        while idx:
-            take = 3 if per >= 3 and len(idx) >= 3 else 1
-            chunks.append(idx[:take])
-            idx = idx[take:]
-        if len(chunks) == 1:
-            return [StreamPlan(self.name, chunks[0], _with_planes(settings, len(chunks[0])))]
-        return [
-            StreamPlan(f"{self.name}.{i}", c, _with_planes(settings, len(c)))
-            for i, c in enumerate(chunks)
-        ]
+        if len(planes) == 1:  # lossless codecs carry one plane a stream
+            return [StreamPlan(self.name, planes, settings)]
+        return [StreamPlan(f"{self.name}.{p}", [p], settings) for p in planes]
 
 
 def _with_planes(settings: VideoSettings, planes: int) -> VideoSettings:
-    codec = get_codec(settings.codec)
-    if codec is FFV1_CODEC:
-        return settings  # class layers pick gray/gray16le themselves
-    return replace(settings, pix_fmt=codec.pix_fmt(planes))
+    return replace(settings, pix_fmt=get_codec(settings.codec).pix_fmt(planes))
 
 
 def group_name(names: Sequence[str], taken: set[str]) -> str:
@@ -270,9 +257,8 @@ def codec_candidates(
 
     An explicit codec is checked against the engine; ``auto`` keeps the candidates the
     engine can run, within the encode-time budget, below their PSNR ceiling (VVC's 10 bits
-    cannot reach the highest targets; 12-bit x265 can) and whose minimum frame size needs
-    minimum frame size does not pad the cube's ``shape`` to more than ``MAX_PADDING`` times
-    its pixels.
+    cannot reach the highest targets; 12-bit x265 can) and whose minimum frame size does
+    not pad the cube's ``shape`` to more than ``MAX_PADDING`` times its pixels.
     """
     if options.codec != AUTO:
         codec = get_codec(options.codec)

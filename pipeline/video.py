@@ -20,7 +20,7 @@ import av
 import numpy as np
 
 from pipeline.errors import CorruptStreamError
-from pipeline.videocodecs import AOM_CODEC, codec_names, get_codec
+from pipeline.videocodecs import get_codec
 
 # Plane p of ours -> index in PyAV's (H, W, 3) RGB ndarray for gbrp formats.
 _GBRP_INDEX = (1, 2, 0)
@@ -56,10 +56,6 @@ class VideoSettings:
 
     def options(self) -> dict[str, str]:
         return get_codec(self.codec).options(self)
-
-
-AV1 = AOM_CODEC.name
-LOSSY_CODECS = tuple(codec_names(lossy_only=True))
 
 
 def n_planes(pix_fmt: str) -> int:

@@ -146,7 +146,6 @@ class Vvc(VideoCodec):
         return luma.tobytes() + chroma.tobytes()
 
 
-VVC_PRESETS = ("faster", "fast", "medium", "slow", "slower")
 # x265 preset names onto vvenc's five: medium -> fast, which measured 5-7x x265 medium's
 # time for 15-20 % fewer bits than x265 (vvenc's own medium costs twice that for 1-2 %)
 VVC_PRESET_OF = {
