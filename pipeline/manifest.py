@@ -122,7 +122,13 @@ class StreamInfo(_Model):
     # Frames left out had no valid pixel in any of the stream's bands.
     frames: list[tuple[int, int]] | None = None
     # planes stacked top to bottom in each frame, each tile H rounded up to even rows
-    tiles: int = 1
+    tiles: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _tiles_are_its_planes(self) -> StreamInfo:
+        if self.tiles > 1 and self.tiles != len(self.planes):
+            raise ValueError(f"tiles {self.tiles} but {len(self.planes)} planes")
+        return self
 
     def stored_frames(self, n_frames: int) -> list[int]:
         if self.frames is None:
