@@ -62,9 +62,9 @@ def base_cubes(work: Path) -> tuple[list[Path], list[Path]]:
     x265 with a KLT group) as folders, and as shards (one split each: TACO wants the
     samples of one shard to have the same files)."""
     from pipeline import EncodeOptions
-    from pipeline.codec import encode_cube
-    from pipeline.packing import DatasetInfo, encode_sample, pack_shards
-    from pipeline.planning import GroupSpec
+    from pipeline.codec.encode import encode_cube
+    from pipeline.codec.planning import GroupSpec
+    from pipeline.taco.pack import DatasetInfo, encode_sample, pack_shards
     from tests.conftest import s2_like
 
     rng = np.random.default_rng(0)
@@ -106,9 +106,9 @@ def digest(ds: Any) -> str:
 
 def decode_target(kind: str, path: str) -> str:
     """Digest of every cube at ``path``: a cube folder, or every sample of a shard."""
-    from pipeline.codec import decode_cube
-    from pipeline.encoded import EncodedCube
-    from pipeline.reader import iter_samples
+    from pipeline.codec.encode import decode_cube
+    from pipeline.codec.encoded import EncodedCube
+    from pipeline.taco.read import iter_samples
 
     if kind == "folder":
         return digest(decode_cube(EncodedCube.from_folder(path)))

@@ -45,9 +45,9 @@ import pandas as pd
 import xarray as xr
 
 from pipeline import EncodeOptions, decode_cube, encode_cube
-from pipeline.metrics import psnr
-from pipeline.sample_data import load_eolearn, load_landsat, shared_data_dir
-from pipeline.synthetic import Surface, fractal_noise
+from pipeline.codec.metrics import psnr
+from pipeline.sources.sample_data import load_eolearn, load_landsat, shared_data_dir
+from pipeline.sources.synthetic import Surface, fractal_noise
 
 HERE = Path(__file__).resolve().parent
 PREVIOUS = HERE / "results" / "previous_release_rd.csv"
@@ -100,7 +100,7 @@ def den_twin(t: int, size: int) -> xr.Dataset:
 
 def dec_twin(t: int, size: int) -> xr.Dataset:
     """DeepExtremeCubes-like: 7 S2 bands as float with NaN clouds and missing scenes."""
-    from pipeline.twins import S2_BANDS, deepextremecube
+    from pipeline.sources.twins import S2_BANDS, deepextremecube
 
     ds = deepextremecube(0, frames=t, size=size)
     return ds[list(S2_BANDS)]
@@ -233,7 +233,7 @@ def run_ours(cube: Cube, options: EncodeOptions) -> dict:
 
 # --- the xarrayvideo reference --------------------------------------------------------------
 def _ffmpeg() -> str:
-    from pipeline.ffmpeg_backend import ffmpeg_exe
+    from pipeline.codec.ffmpeg_engine import ffmpeg_exe
 
     exe = ffmpeg_exe()
     assert exe is not None, "imageio-ffmpeg is needed for the reference"

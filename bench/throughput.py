@@ -36,7 +36,7 @@ GROUPS = (("red", "green", "blue"), ("nir",))
 
 
 def _options(args):
-    from pipeline.planning import EncodeOptions, GroupSpec
+    from pipeline.codec.planning import EncodeOptions, GroupSpec
 
     # x265 without decorrelation: the bare encoder below is given exactly these streams
     return EncodeOptions(
@@ -59,7 +59,7 @@ def _cube(args):
 
 
 def child_pipeline_encode(args) -> dict:
-    from pipeline.codec import encode_cube
+    from pipeline.codec.encode import encode_cube
 
     shutil.rmtree(args.work / "encoded", ignore_errors=True)
     ds = _cube(args)
@@ -70,8 +70,8 @@ def child_pipeline_encode(args) -> dict:
 
 
 def child_pipeline_decode(args) -> dict:
-    from pipeline.codec import iter_decode
-    from pipeline.encoded import EncodedCube
+    from pipeline.codec.encode import iter_decode
+    from pipeline.codec.encoded import EncodedCube
 
     enc = EncodedCube.from_folder(args.work / "encoded")
     t = time.perf_counter()
@@ -85,10 +85,10 @@ def child_pipeline_decode(args) -> dict:
 def _bare_frames(args):
     """The exact codes the pipeline encodes (its manifest's quantisers), built before timing
     as one (frames, planes, H, W) uint16 array per stream."""
-    from pipeline.codec import X265_CTU
-    from pipeline.cube import analyse, iter_blocks
-    from pipeline.encoded import EncodedCube
-    from pipeline.quantize import Quantiser
+    from pipeline.codec.cube import analyse, iter_blocks
+    from pipeline.codec.encode import X265_CTU
+    from pipeline.codec.encoded import EncodedCube
+    from pipeline.codec.quantize import Quantiser
 
     ds = _cube(args)
     manifest = EncodedCube.from_folder(args.work / "encoded").manifest
@@ -116,7 +116,8 @@ def _bare_frames(args):
 def child_bare_encode(args) -> dict:
     import av
 
-    from pipeline.video import VideoSettings
+    from pipeline.codec.settings import VideoSettings
+    from pipeline.codec.videocodecs import get_codec
 
     streams = _bare_frames(args)
     t = time.perf_counter()
@@ -135,7 +136,7 @@ def child_bare_encode(args) -> dict:
             st = c.add_stream("libx265", rate=1)
             st.height, st.width = frames.shape[2:]
             st.pix_fmt = info.pix_fmt
-            st.options = s.options()
+            st.options = get_codec(s.codec).options(s)
             for i, planes in enumerate(frames):
                 f = av.VideoFrame(st.width, st.height, info.pix_fmt)
                 for p, plane in enumerate(planes):
@@ -264,7 +265,7 @@ def main() -> None:
     args.work = args.work or Path(f"/tmp/cubecast-bench/work-{tag}")
     args.work.mkdir(parents=True, exist_ok=True)
     if not (args.twin / "SHA256SUMS").exists():
-        from pipeline.twins import write_dynamicearthnet
+        from pipeline.sources.twins import write_dynamicearthnet
 
         t = time.perf_counter()
         write_dynamicearthnet(args.twin, cubes=1, frames=args.frames, size=args.size)

@@ -25,11 +25,11 @@ from prefect.tasks import exponential_backoff
 
 from pipeline.build import encode_step, fingerprint, pack_step, select_cubes, verify_step
 from pipeline.lock import folder_lock
-from pipeline.packing import StagedSample
-from pipeline.publish import PublishResult, publish
+from pipeline.publish.targets import PublishResult, publish
+from pipeline.publish.verify import Verification
 from pipeline.recipe import Recipe, load_recipe
 from pipeline.sources import mirror_for
-from pipeline.verify import Verification
+from pipeline.taco.pack import StagedSample
 
 Runner = Literal["processes", "threads", "dask"]
 
@@ -161,7 +161,7 @@ def publish_dataset(
     """
     log = get_run_logger()
     if synthesize and source and not Path(source).exists():
-        from pipeline.twins import TWIN_WRITERS
+        from pipeline.sources.twins import TWIN_WRITERS
 
         log.info("writing a synthetic %s twin to %s", recipe, source)
         TWIN_WRITERS[recipe](source, cubes=cubes or 2, frames=48, size=64, progress=False)

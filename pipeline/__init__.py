@@ -1,10 +1,10 @@
 """cubecast: Earth-observation cubes as video streams, packed into TACO shards."""
 
-from pipeline.codec import decode_cube, encode_cube, iter_decode
-from pipeline.encoded import EncodedCube
+from pipeline.codec.encode import decode_cube, encode_cube, iter_decode
+from pipeline.codec.encoded import EncodedCube
+from pipeline.codec.planning import EncodeOptions, GroupSpec
 from pipeline.errors import CubecastError
-from pipeline.planning import EncodeOptions, GroupSpec
-from pipeline.reader import iter_samples, open_sample
+from pipeline.taco.read import iter_samples, open_sample
 
 __all__ = [
     "CubecastError",

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.card import write_card
 from pipeline.confine import safe_name
 from pipeline.lock import holds_output_folder
-from pipeline.packing import StagedSample, encode_sample, pack_shards, stage_sample
+from pipeline.publish.card import write_card
+from pipeline.publish.report import PLOTS, write_report
+from pipeline.publish.verify import Verification, verify_shards
 from pipeline.recipe import Recipe
-from pipeline.report import PLOTS, write_report
 from pipeline.sources import Mirror, load_cube, mirror_for
-from pipeline.verify import Verification, verify_shards
+from pipeline.taco.pack import StagedSample, encode_sample, pack_shards, stage_sample
 
 WORK = ".work"
 FINGERPRINT = ".fingerprint"
@@ -228,9 +228,9 @@ def draw_sample_panel(
     the report sees the quality, not only numbers. Reads one frame of each side only."""
     import numpy as np
 
-    from pipeline.codec import decode_cube
-    from pipeline.reader import _open_archive, sample_encoded, sample_ids
-    from pipeline.report import sample_panel
+    from pipeline.codec.encode import decode_cube
+    from pipeline.publish.report import sample_panel
+    from pipeline.taco.read import _open_archive, sample_encoded, sample_ids
 
     if not shards:
         return None

@@ -13,11 +13,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.codec import decode_cube, encode_cube
-from pipeline.encoded import EncodedCube
+from pipeline.codec.encode import decode_cube, encode_cube
+from pipeline.codec.encoded import EncodedCube
+from pipeline.codec.metrics import bpppb
+from pipeline.codec.planning import EncodeOptions
 from pipeline.errors import CubecastError
-from pipeline.metrics import bpppb
-from pipeline.planning import EncodeOptions
 from pipeline.recipe import PSNR_MAX
 
 app = typer.Typer(
@@ -249,7 +249,7 @@ def pack(
     ] = None,
 ) -> None:
     """Encode a recipe's cubes (or every cube in a folder) and pack them into TACO shards."""
-    from pipeline.packing import DatasetInfo, encode_sample, pack_shards
+    from pipeline.taco.pack import DatasetInfo, encode_sample, pack_shards
 
     if crf is not None and psnr is not None:
         raise CubecastError("choose one of --crf, --psnr")
@@ -322,7 +322,7 @@ def publish_cmd(
     private: Annotated[bool, typer.Option(help="create the hub repo as private")] = False,
 ) -> None:
     """Upload the changed files of a verified dataset folder (token from HF_TOKEN)."""
-    from pipeline.publish import publish
+    from pipeline.publish.targets import publish
 
     result = publish(
         folder, to, dry_run=dry_run, private=private, progress=lambda f: console.print(f"  {f}")
@@ -345,7 +345,7 @@ def synth(
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
 ) -> None:
     """Write a synthetic twin with the real dataset's layout, dtypes and attributes."""
-    from pipeline.twins import TWIN_WRITERS
+    from pipeline.sources.twins import TWIN_WRITERS
 
     if dataset not in TWIN_WRITERS:
         raise CubecastError(f"{dataset}: unknown dataset (choose {', '.join(TWIN_WRITERS)})")
@@ -485,7 +485,7 @@ def get(
     ] = None,
 ) -> None:
     """Decode one sample of a shard to netCDF."""
-    from pipeline.reader import open_sample
+    from pipeline.taco.read import open_sample
 
     write_netcdf(open_sample(shard, sample, variables or None), output)
     console.print(str(output))
@@ -515,8 +515,8 @@ def demo_codec(
     """Encode the bundled real sample cubes (or a synthetic one) at a PSNR floor and report."""
     import shutil
 
-    from pipeline.demo import demo_cubes
-    from pipeline.metrics import compare, compression_ratio
+    from pipeline.codec.metrics import compare, compression_ratio
+    from pipeline.sources.demo import demo_cubes
 
     table = Table("cube", "bands", "min PSNR dB", "masks exact", "bpppb", "ratio", "folder")
     for name, ds in demo_cubes():
@@ -548,7 +548,7 @@ PUBLISH_MODULES = frozenset(
 
 
 def main() -> None:
-    from pipeline.download import network_errors
+    from pipeline.sources.download import network_errors
 
     try:
         app()

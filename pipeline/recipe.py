@@ -15,9 +15,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.codec.planning import EncodeOptions, GroupSpec
 from pipeline.errors import RecipeError
-from pipeline.packing import DatasetInfo
-from pipeline.planning import EncodeOptions, GroupSpec
+from pipeline.taco.pack import DatasetInfo
 
 RECIPES_ENV = "CUBECAST_RECIPES"
 _SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB)$", re.IGNORECASE)

@@ -15,7 +15,7 @@ import rioxarray  # noqa: E402, F401  (registers .rio)
 import xarray as xr  # noqa: E402
 
 from pipeline.errors import SourceError  # noqa: E402
-from pipeline.sample_data import load_eolearn, load_landsat  # noqa: E402
+from pipeline.sources.sample_data import load_eolearn, load_landsat  # noqa: E402
 
 
 @pytest.fixture(scope="session")

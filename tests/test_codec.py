@@ -5,9 +5,9 @@ import pytest
 import xarray as xr
 
 from pipeline import EncodedCube, EncodeOptions, GroupSpec, decode_cube, encode_cube
+from pipeline.codec.metrics import bpppb, compare
+from pipeline.codec.pyav_engine import DecodeStats
 from pipeline.errors import CorruptStreamError, InvalidCubeError, ManifestError
-from pipeline.metrics import bpppb, compare
-from pipeline.video import DecodeStats
 
 
 def assert_same_structure(a: xr.Dataset, b: xr.Dataset) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.codec import decode_cube, encode_cube
-from pipeline.ffmpeg_backend import decode_frames_cli, ffmpeg_exe
-from pipeline.metrics import compare
-from pipeline.planning import EncodeOptions
-from pipeline.video import VideoSettings, decode_frames, encode_frames
+from pipeline.codec.encode import decode_cube, encode_cube
+from pipeline.codec.engines import encode_frames
+from pipeline.codec.ffmpeg_engine import decode_frames_cli, ffmpeg_exe
+from pipeline.codec.metrics import compare
+from pipeline.codec.planning import EncodeOptions
+from pipeline.codec.pyav_engine import decode_frames
+from pipeline.codec.settings import VideoSettings
 from tests.conftest import s2_like
 
 pytestmark = pytest.mark.skipif(
@@ -74,7 +76,7 @@ def test_av1_through_ffmpeg_decodes_in_pyav():
 
 
 def test_auto_engine_is_the_command_line_when_ffmpeg_exists():
-    from pipeline.planning import resolve_engine
+    from pipeline.codec.planning import resolve_engine
 
     assert resolve_engine("auto") == "ffmpeg"
     assert resolve_engine("pyav") == "pyav"

@@ -17,11 +17,11 @@ import xarray as xr
 import zstandard
 
 from pipeline import EncodeOptions
-from pipeline.codec import decode_cube, encode_cube
-from pipeline.encoded import EncodedCube, sha256
+from pipeline.codec.encode import decode_cube, encode_cube
+from pipeline.codec.encoded import EncodedCube, sha256
+from pipeline.codec.manifest import Manifest
+from pipeline.codec.planning import GroupSpec
 from pipeline.errors import CorruptStreamError, InvalidCubeError, ManifestError
-from pipeline.manifest import Manifest
-from pipeline.planning import GroupSpec
 
 T, H, W = 3, 16, 16
 RNG = np.random.default_rng(0)
@@ -244,7 +244,7 @@ def test_corrupt_aux_nc_is_one_line(tmp_path):
 
 
 def test_mkv_without_video_stream_is_refused(tmp_path):
-    from pipeline.ffmpeg_backend import ffmpeg_exe
+    from pipeline.codec.ffmpeg_engine import ffmpeg_exe
 
     folder = encode_cube(cube(SMOOTH.astype(np.float32)), LOSSY).to_folder(tmp_path / "c")
     mkv = next(folder.glob("*.mkv"))

@@ -149,7 +149,7 @@ def test_reader_decodes_without_the_publish_extra(tmp_path):
     """Pack a sample here, then decode it in a process where every publish-only package
     fails to import: what `pip install cubecast` gives a downstream user."""
     from pipeline import EncodeOptions
-    from pipeline.packing import DatasetInfo, encode_sample, pack_shards
+    from pipeline.taco.pack import DatasetInfo, encode_sample, pack_shards
     from tests.conftest import s2_like
 
     ds = s2_like(t=6, h=16, w=16)

@@ -17,7 +17,7 @@ import tomli_w
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.publish_dataset import publish_dataset
-from pipeline.twins import write_deepextremecubes, write_dynamicearthnet
+from pipeline.sources.twins import write_deepextremecubes, write_dynamicearthnet
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,16 +10,16 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from pipeline.manifest import Manifest
-from pipeline.schema import SCHEMA_FILE, manifest_schema
+from pipeline.codec.manifest import Manifest
+from pipeline.codec.schema import SCHEMA_FILE, manifest_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_schema_file_is_current():
-    """Fails after a change to pipeline.manifest until `python -m pipeline.schema` is run."""
+    """Fails after a manifest model change until `python -m pipeline.codec.schema` is run."""
     r = subprocess.run(
-        [sys.executable, "-m", "pipeline.schema", "--check"],
+        [sys.executable, "-m", "pipeline.codec.schema", "--check"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -38,7 +38,7 @@ def test_a_written_manifest_validates_against_the_schema(s2cube):
 @pytest.mark.parametrize("model", ["Manifest", "StreamInfo", "ChannelInfo", "VariableInfo"])
 def test_format_doc_names_every_manifest_field(model):
     """A field added to the manifest must be explained in FORMAT.md too."""
-    import pipeline.manifest as m
+    import pipeline.codec.manifest as m
 
     doc = (ROOT / "docs" / "FORMAT.md").read_text()
     fields = getattr(m, model).model_fields

@@ -8,8 +8,8 @@ import tacoreader
 
 from pipeline import EncodeOptions
 from pipeline.errors import CorruptStreamError, ManifestError
-from pipeline.packing import DatasetInfo, encode_sample, pack_shards
-from pipeline.reader import iter_samples, open_sample
+from pipeline.taco.pack import DatasetInfo, encode_sample, pack_shards
+from pipeline.taco.read import iter_samples, open_sample
 from tests.conftest import s2_like
 from tests.rangeserver import RangeServer
 
@@ -138,7 +138,7 @@ def test_manifest_from_another_cube_error(shards, tmp_path):
 def test_xarray_engine_opens_a_shard_sample(tmp_path):
     import xarray as xr
 
-    from pipeline.packing import DatasetInfo, encode_sample, pack_shards
+    from pipeline.taco.pack import DatasetInfo, encode_sample, pack_shards
     from tests.conftest import s2_like
 
     samples = [encode_sample(s2_like(seed=i), cube_id=f"c{i}") for i in range(2)]

@@ -14,9 +14,9 @@ from markdown_it import MarkdownIt
 
 from pipeline.build import build, verify_step
 from pipeline.errors import PublishError
-from pipeline.publish import publish
+from pipeline.publish.targets import publish
 from pipeline.recipe import load_recipe, parse_recipe
-from pipeline.twins import write_dynamicearthnet
+from pipeline.sources.twins import write_dynamicearthnet
 from tests.fakehub import FakeHub
 
 TOKEN = "hf_test_secret_token_123456"
@@ -150,7 +150,7 @@ def test_publish_to_hub(built, twin, tmp_path, hub, caplog):
     assert len(repo.commits) == 2
 
     # downstream: tacoreader-free ranged read through the hub's resolve URL
-    from pipeline.reader import open_sample
+    from pipeline.taco.read import open_sample
 
     url = f"{hub.url}/datasets/cubecast-test/den/resolve/main/{shards[0].name}"
     assert "red" in open_sample(url, 0, variables=["red"])

@@ -15,7 +15,7 @@ from pipeline.build import build, panel_bands, with_overrides
 from pipeline.cli import app
 from pipeline.errors import RecipeError
 from pipeline.recipe import load_recipe
-from pipeline.twins import write_dynamicearthnet
+from pipeline.sources.twins import write_dynamicearthnet
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_one_shard_set_per_split_with_a_real_extent(built):
 
 def test_single_shard_still_gets_a_tacocat(tmp_path):
     from pipeline import EncodeOptions
-    from pipeline.packing import DatasetInfo, encode_sample, pack_shards
+    from pipeline.taco.pack import DatasetInfo, encode_sample, pack_shards
     from tests.conftest import s2_like
 
     paths = pack_shards(
@@ -84,8 +84,8 @@ def test_card_configs_list_real_splits(built):
 
 
 def test_card_shows_every_samples_settings():
-    from pipeline.card import stream_rows
-    from pipeline.verify import Verification
+    from pipeline.publish.card import stream_rows
+    from pipeline.publish.verify import Verification
 
     def meta(crf: float) -> dict:
         return {

@@ -11,9 +11,9 @@ import pytest
 import xarray as xr
 
 from pipeline import EncodedCube, EncodeOptions, decode_cube, encode_cube
+from pipeline.codec.ffmpeg_engine import ffmpeg_exe
+from pipeline.codec.metrics import compare, psnr
 from pipeline.errors import InvalidCubeError
-from pipeline.ffmpeg_backend import ffmpeg_exe
-from pipeline.metrics import compare, psnr
 from tests.conftest import s2_like
 
 needs_ffmpeg = pytest.mark.skipif(ffmpeg_exe() is None, reason="no ffmpeg binary")
@@ -132,7 +132,7 @@ def test_psnr_target_meets_every_band_with_klt_and_vvc():
 
 @needs_ffmpeg
 def test_a_vvc_encoder_that_gives_up_falls_back_to_x265(monkeypatch):
-    import pipeline.ffmpeg_backend as fb
+    import pipeline.codec.ffmpeg_engine as fb
 
     close = fb.FfmpegWriter.close
 

@@ -15,7 +15,7 @@ import pytest
 from pipeline.build import encode_step, fingerprint
 from pipeline.recipe import load_recipe, parse_recipe
 from pipeline.sources import cube_ids
-from pipeline.twins import write_dynamicearthnet
+from pipeline.sources.twins import write_dynamicearthnet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +24,8 @@ ENCODE_AND_PACK = textwrap.dedent(
     import sys
     from pathlib import Path
     from pipeline import EncodeOptions
-    from pipeline.codec import encode_cube
-    from pipeline.packing import DatasetInfo, encode_sample, pack_shards
+    from pipeline.codec.encode import encode_cube
+    from pipeline.taco.pack import DatasetInfo, encode_sample, pack_shards
     from tests.conftest import s2_like
 
     out = Path(sys.argv[1])

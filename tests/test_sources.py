@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.download import RetryPolicy, download
+from pipeline.codec.metrics import compare
 from pipeline.errors import RecipeError, SourceError
-from pipeline.metrics import compare
 from pipeline.recipe import load_recipe, parse_recipe
 from pipeline.sources import cube_ids, load_cube, open_source
+from pipeline.sources.download import RetryPolicy, download
 from pipeline.sources.mirror import HttpMirror, glob_regex, open_mirror
-from pipeline.twins import write_deepextremecubes, write_dynamicearthnet
+from pipeline.sources.twins import write_deepextremecubes, write_dynamicearthnet
 from tests.rangeserver import RangeServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +141,7 @@ def test_missing_source_folder_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("name", ["deepextremecubes", "dynamicearthnet"])
 def test_recipe_round_trip_meets_its_thresholds(name, dec_twin, den_twin):
-    from pipeline.codec import decode_cube, encode_cube
+    from pipeline.codec.encode import decode_cube, encode_cube
 
     twin = dec_twin if name == "deepextremecubes" else den_twin
     r = load_recipe(name, location=str(twin))

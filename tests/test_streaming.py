@@ -13,13 +13,13 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from pipeline import EncodedCube, EncodeOptions, GroupSpec, decode_cube, encode_cube, iter_decode
-from pipeline.codec import READ_BLOCK
-from pipeline.encoded import FolderStore, SpoolStore
-from pipeline.quantize import Quantiser
+from pipeline.codec.encode import READ_BLOCK
+from pipeline.codec.encoded import FolderStore, SpoolStore
+from pipeline.codec.pyav_engine import DecodeStats
+from pipeline.codec.quantize import Quantiser
 from pipeline.recipe import load_recipe
 from pipeline.sources import cube_ids, load_cube
-from pipeline.twins import write_dynamicearthnet
-from pipeline.video import DecodeStats
+from pipeline.sources.twins import write_dynamicearthnet
 from tests.conftest import s2_like
 
 FRAMES = 20

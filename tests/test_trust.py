@@ -23,15 +23,15 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.build import build, verify_step
-from pipeline.download import auth_headers, download
-from pipeline.encoded import MANIFEST_FILE, EncodedCube, FolderStore
+from pipeline.codec.encoded import MANIFEST_FILE, EncodedCube, FolderStore
+from pipeline.codec.planning import EncodeOptions
 from pipeline.errors import CubecastError, PublishError, RecipeError
-from pipeline.packing import DatasetInfo, encode_sample, pack_shards, stage_sample
-from pipeline.planning import EncodeOptions
-from pipeline.publish import publish
+from pipeline.publish.targets import publish
 from pipeline.recipe import load_recipe, parse_recipe
+from pipeline.sources.download import auth_headers, download
 from pipeline.sources.mirror import FsspecMirror, HttpMirror, LocalMirror
-from pipeline.twins import write_dynamicearthnet
+from pipeline.sources.twins import write_dynamicearthnet
+from pipeline.taco.pack import DatasetInfo, encode_sample, pack_shards, stage_sample
 from tests.conftest import s2_like
 from tests.fakehub import FakeHub
 from tests.rangeserver import RangeServer
@@ -162,7 +162,7 @@ def test_stage_sample_refuses_ids_that_leave_staging(sample, tmp_path, bad):
 
 def _manifest_dict(folder):
     """The stored manifest (zstd-compressed JSON) as a dict, to craft a hostile one."""
-    from pipeline.manifest import Manifest
+    from pipeline.codec.manifest import Manifest
 
     return json.loads(Manifest.from_json((folder / MANIFEST_FILE).read_bytes()).to_json())
 

@@ -98,7 +98,7 @@ def select_ids(mirror: Mirror, spec: SourceSpec) -> list[str]:
 
 
 def describe(cube_id: str, ds: xr.Dataset, split: str | None) -> SourceCube:
-    from pipeline.packing import crs_string, footprint
+    from pipeline.taco.pack import crs_string, footprint
 
     crs = crs_string(ds)
     t = ds["time"].values

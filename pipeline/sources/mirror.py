@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Protocol
 
 from pipeline.confine import confined, safe_relpath
-from pipeline.download import RetryPolicy, download
 from pipeline.errors import SourceError, UnsafePathError
+from pipeline.sources.download import RetryPolicy, download
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:

@@ -21,14 +21,14 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from pipeline import jsonvalues
-from pipeline.codemap import CodeMap
-from pipeline.cube import Block, analyse, cube_stats, iter_blocks
-from pipeline.cube import valid_mask as _valid_mask
-from pipeline.encoded import EncodedCube, SpoolStore, file_sha256, sha256
-from pipeline.errors import CorruptStreamError, CubecastError, InvalidCubeError, ManifestError
-from pipeline.ffmpeg_backend import EncoderFailed
-from pipeline.groupcoder import (
+from pipeline.codec import jsonvalues
+from pipeline.codec.codemap import CodeMap
+from pipeline.codec.cube import Block, analyse, cube_stats, iter_blocks
+from pipeline.codec.cube import valid_mask as _valid_mask
+from pipeline.codec.encoded import EncodedCube, SpoolStore, file_sha256, sha256
+from pipeline.codec.engines import open_writer
+from pipeline.codec.ffmpeg_engine import EncoderFailed
+from pipeline.codec.groupcoder import (
     CubeContext,
     GroupCoder,
     coding_gains,
@@ -38,7 +38,7 @@ from pipeline.groupcoder import (
     stream_size,
     untile,
 )
-from pipeline.manifest import (
+from pipeline.codec.manifest import (
     AuxInfo,
     ChannelInfo,
     CoordInfo,
@@ -47,9 +47,9 @@ from pipeline.manifest import (
     TransformInfo,
     VariableInfo,
 )
-from pipeline.maskcodec import MaskWriter, decode_masks
-from pipeline.netcdf import dataset_from_bytes, dataset_to_bytes, packing_encoding
-from pipeline.planning import (
+from pipeline.codec.masks import MaskWriter, decode_masks
+from pipeline.codec.netcdf import dataset_from_bytes, dataset_to_bytes, packing_encoding
+from pipeline.codec.planning import (
     AUTO,
     EncodeOptions,
     GroupPlan,
@@ -58,15 +58,11 @@ from pipeline.planning import (
     codec_candidates,
     plan_groups,
 )
-from pipeline.ratecontrol import search_crf
-from pipeline.video import (
-    DecodeStats,
-    VideoSettings,
-    decode_frames,
-    n_planes,
-    open_writer,
-)
-from pipeline.videocodecs import X265_CODEC, get_codec
+from pipeline.codec.pyav_engine import DecodeStats, decode_frames
+from pipeline.codec.ratecontrol import search_crf
+from pipeline.codec.settings import VideoSettings, n_planes
+from pipeline.codec.videocodecs import X265_CODEC, get_codec
+from pipeline.errors import CorruptStreamError, CubecastError, InvalidCubeError, ManifestError
 
 __all__ = ["decode_cube", "encode_cube", "iter_decode", "psnr_from_mse"]
 

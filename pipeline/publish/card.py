@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
+from pipeline.publish.report import band_table, sample_table
+from pipeline.publish.verify import Verification
 from pipeline.recipe import Recipe
-from pipeline.report import band_table, sample_table
-from pipeline.verify import Verification
 
 CARD = "README.md"
 # recipe task names -> HuggingFace task categories
@@ -48,7 +48,7 @@ def shards_by_split(folder: str | Path, v: Verification, shard_names: list[str])
     Samples without a split count as ``train`` (the hub needs a split name); a shard that
     mixes splits is listed under each of them.
     """
-    from pipeline.reader import _open_archive, sample_ids
+    from pipeline.taco.read import _open_archive, sample_ids
 
     splits: dict[str, list[str]] = {}
     for name in sorted(shard_names):
@@ -172,7 +172,7 @@ cube's video streams back into an `xarray.Dataset` needs the cubecast reader:
 
 ```python
 import tacoreader
-from pipeline import open_sample
+from pipeline.taco.read import open_sample
 
 url = "{base}/{first}"
 ds = tacoreader.load(url)                      # or the list of all shards above

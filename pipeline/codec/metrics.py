@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import xarray as xr
 
-from pipeline.cube import analyse, channel_array, valid_mask
-from pipeline.encoded import EncodedCube
+from pipeline.codec.cube import analyse, channel_array, valid_mask
+from pipeline.codec.encoded import EncodedCube
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def compare_encoded(
     window: int = 64,
 ) -> list[BandQuality]:
     """Quality of an encoded cube against its source, decoded ``window`` frames at a time."""
-    from pipeline.codec import iter_decode
+    from pipeline.codec.encode import iter_decode
 
     acc = QualityAccumulator(original, roles=roles)
     tdim = acc.layout.time_dim

@@ -11,8 +11,8 @@ from typing import Any
 import xarray as xr
 from xarray.backends import BackendEntrypoint
 
-from pipeline.codec import decode_cube
-from pipeline.encoded import MANIFEST_FILE, EncodedCube
+from pipeline.codec.encode import decode_cube
+from pipeline.codec.encoded import MANIFEST_FILE, EncodedCube
 
 
 class CubecastBackendEntrypoint(BackendEntrypoint):
@@ -30,7 +30,7 @@ class CubecastBackendEntrypoint(BackendEntrypoint):
     ) -> xr.Dataset:
         name = str(filename_or_obj)
         if name.endswith(".tacozip") or name.rstrip("/").endswith(".tacocat"):
-            from pipeline.reader import open_sample
+            from pipeline.taco.read import open_sample
 
             ds = open_sample(name, sample, variables)
         else:

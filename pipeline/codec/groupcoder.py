@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from pipeline.cube import Block, Channel, ChannelStats, CubeLayout, valid_mask
-from pipeline.klt import Klt, Moments, fit_klt
-from pipeline.manifest import ChannelInfo, ComponentInfo, TransformInfo
-from pipeline.planning import LOSSLESS_BITS, GroupPlan, StreamPlan
-from pipeline.quantize import Quantiser, TemporalFiller, as_u64, pad_even, to_words
-from pipeline.video import VideoSettings
-from pipeline.videocodecs import X265_CODEC, get_codec
+from pipeline.codec.cube import Block, Channel, ChannelStats, CubeLayout, valid_mask
+from pipeline.codec.klt import Klt, Moments, fit_klt
+from pipeline.codec.manifest import ChannelInfo, ComponentInfo, TransformInfo
+from pipeline.codec.planning import LOSSLESS_BITS, GroupPlan, StreamPlan
+from pipeline.codec.quantize import Quantiser, TemporalFiller, as_u64, pad_even, to_words
+from pipeline.codec.settings import VideoSettings
+from pipeline.codec.videocodecs import X265_CODEC, get_codec
 
 KLT_FILL_BITS = 16  # bands are gap-filled on 16-bit codes before the rotation
 X265_CTU = 64
@@ -285,7 +285,7 @@ def coding_gains(
     moments: dict[tuple[str, ...], Moments], stats: dict[str, ChannelStats]
 ) -> dict[str, float]:
     """Each candidate group's KLT coding gain, keyed by its first channel."""
-    from pipeline.klt import coding_gain
+    from pipeline.codec.klt import coding_gain
 
     out = {}
     for names, mom in moments.items():

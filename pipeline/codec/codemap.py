@@ -11,9 +11,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from pipeline.klt import Klt
-from pipeline.manifest import ChannelInfo, Manifest, TransformInfo
-from pipeline.quantize import Quantiser, cast_values, from_words
+from pipeline.codec.klt import Klt
+from pipeline.codec.manifest import ChannelInfo, Manifest, TransformInfo
+from pipeline.codec.quantize import Quantiser, cast_values, from_words
 
 
 def klt_of(t: TransformInfo, channels: Mapping[str, ChannelInfo]) -> Klt:

@@ -18,10 +18,10 @@ from typing import Any
 import xarray as xr
 from tqdm.auto import tqdm
 
-from pipeline.encoded import file_sha256
+from pipeline.codec.encoded import file_sha256
+from pipeline.codec.metrics import BandQuality, compare_encoded
 from pipeline.errors import UnsafePathError, VerificationError
-from pipeline.metrics import BandQuality, compare_encoded
-from pipeline.reader import _open_archive, _shards_of, sample_encoded, sample_ids
+from pipeline.taco.read import _open_archive, _shards_of, sample_encoded, sample_ids
 
 REPORT_JSON = "verification.json"
 

@@ -17,13 +17,13 @@ from typing import Any
 import requests
 import xarray as xr
 
-from pipeline.codec import decode_cube
+from pipeline.codec.encode import decode_cube
+from pipeline.codec.encoded import MANIFEST_FILE, EncodedCube
+from pipeline.codec.manifest import Manifest
 from pipeline.confine import check_manifest_names
-from pipeline.download import auth_headers
-from pipeline.encoded import MANIFEST_FILE, EncodedCube
 from pipeline.errors import CorruptStreamError, ManifestError, SourceError
-from pipeline.manifest import Manifest
-from pipeline.packing import child_id
+from pipeline.sources.download import auth_headers
+from pipeline.taco.pack import child_id
 
 
 class HttpRangeFile(io.RawIOBase):

@@ -1,6 +1,6 @@
 """The manifest's JSON Schema, generated from the pydantic model so docs cannot drift.
 
-``python -m pipeline.schema`` rewrites ``docs/manifest.schema.json``; ``--check`` exits 1
+``python -m pipeline.codec.schema`` rewrites ``docs/manifest.schema.json``; ``--check`` exits 1
 when the file differs from the model (the tests run that check).
 """
 
@@ -10,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.manifest import FORMAT, FORMAT_VERSION, Manifest
+from pipeline.codec.manifest import FORMAT, FORMAT_VERSION, Manifest
 
-SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "manifest.schema.json"
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "docs" / "manifest.schema.json"
 
 
 def manifest_schema() -> dict:
@@ -22,7 +22,8 @@ def manifest_schema() -> dict:
         "title": f"{FORMAT} manifest, version {FORMAT_VERSION}",
         "description": (
             "manifest.json of one cubecast-encoded cube (see docs/FORMAT.md). Generated from "
-            "pipeline.manifest.Manifest by `python -m pipeline.schema`; do not edit by hand."
+            "pipeline.codec.manifest.Manifest by `python -m pipeline.codec.schema`; "
+            "do not edit by hand."
         ),
         **{k: v for k, v in schema.items() if k not in ("title", "description")},
     }
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--check" in args:
         current = path.read_text() if path.is_file() else ""
         if current != text:
-            print(f"{path}: out of date; run `python -m pipeline.schema`", file=sys.stderr)
+            print(f"{path}: out of date; run `python -m pipeline.codec.schema`", file=sys.stderr)
             return 1
         return 0
     tmp = path.with_name(path.name + ".part")

@@ -9,14 +9,12 @@ never needs an ffmpeg binary.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
+from pipeline.codec.settings import VideoSettings, sample_dtype
 from pipeline.errors import InvalidCubeError
-
-if TYPE_CHECKING:
-    from pipeline.video import VideoSettings
 
 _REGISTRY: dict[str, VideoCodec] = {}
 
@@ -74,8 +72,6 @@ class VideoCodec:
 
     def frame_bytes(self, planes: np.ndarray, pix_fmt: str) -> bytes | memoryview:
         """Raw planar bytes of one frame as ffmpeg's rawvideo demuxer reads them."""
-        from pipeline.video import sample_dtype
-
         return np.ascontiguousarray(planes, dtype=sample_dtype(pix_fmt)).data
 
     def check_quality(self, value: float) -> None:

@@ -12,7 +12,7 @@ import xarray as xr
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.verify import Verification  # noqa: E402
+from pipeline.publish.verify import Verification  # noqa: E402
 
 REPORT_MD = "REPORT.md"
 PLOTS = "report"

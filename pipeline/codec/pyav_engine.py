@@ -9,62 +9,21 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from typing import BinaryIO, Protocol
 
 import av
 import numpy as np
 
+from pipeline.codec.settings import VideoSettings, sample_dtype
+from pipeline.codec.videocodecs import get_codec
 from pipeline.errors import CorruptStreamError
-from pipeline.videocodecs import get_codec
 
 # Plane p of ours -> index in PyAV's (H, W, 3) RGB ndarray for gbrp formats.
 _GBRP_INDEX = (1, 2, 0)
 CONTAINER = "matroska"
-
-
-@dataclass(frozen=True)
-class VideoSettings:
-    codec: str  # a registered codec name (pipeline.videocodecs)
-    pix_fmt: str
-    crf: float | None = 20.0
-    preset: str = "medium"
-    lossless: bool = False
-    keyint: int = 64
-    x265_params: str = ""
-    threads: int = 0
-    engine: str = "pyav"  # or "ffmpeg": the command-line backend (pipeline.ffmpeg_backend)
-
-    def x265_param_string(self) -> str:
-        params = [
-            "log-level=error",
-            f"keyint={self.keyint}",
-            f"min-keyint={min(self.keyint, 8)}",
-            "open-gop=0",
-        ]
-        if self.threads:
-            params.append(f"pools={self.threads}")
-        if self.lossless:
-            params.append("lossless=1")
-        if self.x265_params:
-            params.append(self.x265_params)
-        return ":".join(params)
-
-    def options(self) -> dict[str, str]:
-        return get_codec(self.codec).options(self)
-
-
-def n_planes(pix_fmt: str) -> int:
-    return 3 if pix_fmt.startswith(("gbrp", "yuv444")) else 1
-
-
-def sample_dtype(pix_fmt: str) -> np.dtype:
-    """8-bit formats hold bytes; every deeper one little-endian uint16."""
-    return np.dtype(np.uint8 if pix_fmt in ("gray", "gbrp") else "<u2")
 
 
 def _to_frame(planes: np.ndarray, pix_fmt: str) -> av.VideoFrame:
@@ -137,7 +96,7 @@ class PyAVWriter:
         stream = self._container.add_stream(settings.codec, rate=1)
         stream.width, stream.height = width, height
         stream.pix_fmt = settings.pix_fmt
-        stream.options = settings.options()
+        stream.options = get_codec(settings.codec).options(settings)
         if settings.codec == "ffv1" and settings.threads:
             stream.thread_count = settings.threads
         self._stream = stream
@@ -155,30 +114,6 @@ class PyAVWriter:
             self._container.mux(self._stream.encode(None))
         finally:
             self._container.close()
-
-
-def open_writer(
-    path: str | os.PathLike[str], height: int, width: int, settings: VideoSettings
-) -> StreamWriter:
-    """The engine's writer for ``path`` (PyAV in-process, or the ffmpeg command line)."""
-    if settings.engine == "ffmpeg":
-        from pipeline.ffmpeg_backend import FfmpegWriter
-
-        return FfmpegWriter(path, height, width, settings)
-    return PyAVWriter(path, height, width, settings)
-
-
-def encode_frames(
-    frames: Iterable[np.ndarray], height: int, width: int, settings: VideoSettings
-) -> bytes:
-    """Encode frames into a Matroska byte string (small streams: samples, tests)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "stream.mkv"
-        writer: StreamWriter = open_writer(path, height, width, settings)
-        for planes in frames:
-            writer.write(planes)
-        writer.close()
-        return path.read_bytes()
 
 
 @dataclass

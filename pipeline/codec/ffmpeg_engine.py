@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.codec.pyav_engine import decode_frames
+from pipeline.codec.settings import VideoSettings, sample_dtype
+from pipeline.codec.videocodecs import get_codec
 from pipeline.errors import CorruptStreamError, InvalidCubeError
-from pipeline.video import VideoSettings, sample_dtype
-from pipeline.videocodecs import get_codec
 
 # Matroska without dates, random segment UIDs or writing-application strings: the same
 # frames and settings give the same bytes, so a re-publish uploads nothing.
@@ -61,8 +62,6 @@ def self_test(exe: str) -> None:
 
     Run once per binary and process: two encodes of one tiny frame (about 0.1 s).
     """
-    from pipeline.video import decode_frames
-
     rng = np.random.default_rng(0)
     cases = [
         (
@@ -131,7 +130,7 @@ class FfmpegWriter:
             pix_fmt=settings.pix_fmt,
             format="matroska",
             **BITEXACT,
-            **settings.options(),
+            **get_codec(settings.codec).options(settings),
         )
         self._path = Path(path)
         self.frames = 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.quantize import Quantiser
+from pipeline.codec.quantize import Quantiser
 
 
 @dataclass

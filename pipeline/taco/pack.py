@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from pipeline import jsonvalues
+from pipeline.codec import jsonvalues
+from pipeline.codec.encoded import MANIFEST_FILE, EncodedCube
+from pipeline.codec.metrics import BandQuality, bpppb
 from pipeline.confine import confined, safe_name
-from pipeline.encoded import MANIFEST_FILE, EncodedCube
 from pipeline.errors import CubecastError
 from pipeline.lock import holds_output_folder
-from pipeline.metrics import BandQuality, bpppb
 
 
 def child_id(filename: str) -> str:
@@ -396,8 +396,8 @@ def encode_sample(
     progress: bool = False,
 ) -> CubeSample:
     """Encode a cube and measure it against its source: the unit of work before packing."""
-    from pipeline.codec import encode_cube
-    from pipeline.metrics import compare_encoded, raw_nbytes
+    from pipeline.codec.encode import encode_cube
+    from pipeline.codec.metrics import compare_encoded, raw_nbytes
 
     enc = encode_cube(ds, options, cube_id=cube_id, roles=roles, workdir=workdir, progress=progress)
     quality = compare_encoded(ds, enc, roles=roles)

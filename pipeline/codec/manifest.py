@@ -90,7 +90,7 @@ class ComponentInfo(_Model):
 
 
 class TransformInfo(_Model):
-    """A group's KLT (see pipeline/klt.py): with n_b = (x_b - offset_b) / scale_b,
+    """A group's KLT (see pipeline/codec/klt.py): with n_b = (x_b - offset_b) / scale_b,
     components c = (n - mean) @ matrix; decoding inverts it: n = mean + c @ matrix.T."""
 
     name: str

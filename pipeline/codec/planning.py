@@ -15,13 +15,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from pipeline.cube import Channel, ChannelStats, CubeLayout
-from pipeline.errors import InvalidCubeError
-from pipeline.manifest import StreamKind
-from pipeline.maskcodec import CODEC as MASK_CODEC
-from pipeline.quantize import words_needed
-from pipeline.video import VideoSettings
-from pipeline.videocodecs import (
+from pipeline.codec.cube import Channel, ChannelStats, CubeLayout
+from pipeline.codec.manifest import StreamKind
+from pipeline.codec.masks import CODEC as MASK_CODEC
+from pipeline.codec.quantize import words_needed
+from pipeline.codec.settings import VideoSettings
+from pipeline.codec.videocodecs import (
     AOM_CODEC,
     FFV1_CODEC,
     VVC_CODEC,
@@ -29,6 +28,7 @@ from pipeline.videocodecs import (
     codec_names,
     get_codec,
 )
+from pipeline.errors import InvalidCubeError
 
 LOSSLESS_BITS = 16
 MAX_GROUP = 16  # channels in one decorrelated group (the KLT is B x B per pixel)
@@ -242,7 +242,7 @@ def resolve_engine(engine: str) -> str:
         raise InvalidCubeError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
     if engine != "auto":
         return engine
-    from pipeline.ffmpeg_backend import ffmpeg_exe
+    from pipeline.codec.ffmpeg_engine import ffmpeg_exe
 
     return "ffmpeg" if ffmpeg_exe() else "pyav"
 

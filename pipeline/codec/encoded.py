@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+from pipeline.codec.manifest import Manifest
 from pipeline.confine import check_manifest_names, confined, safe_name
 from pipeline.errors import CorruptStreamError, ManifestError
-from pipeline.manifest import Manifest
 
 MANIFEST_FILE = "manifest.json"
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import requests
 from tqdm.auto import tqdm
 
-from pipeline.encoded import file_sha256
+from pipeline.codec.encoded import file_sha256
 from pipeline.errors import SourceError
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 from tqdm.auto import tqdm
 
-from pipeline.encoded import file_sha256
-from pipeline.synthetic import S2_BANDS, CloudField, Surface, fractal_noise
+from pipeline.codec.encoded import file_sha256
+from pipeline.sources.synthetic import S2_BANDS, CloudField, Surface, fractal_noise
 
 DEC_START = "2016-01-01"
 DEN_START = "2018-01-01"

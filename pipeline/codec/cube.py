@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
+from pipeline.codec.klt import Moments
+from pipeline.codec.manifest import Role
 from pipeline.errors import InvalidCubeError
-from pipeline.klt import Moments
-from pipeline.manifest import Role
 
 TIME_NAMES = ("time", "t", "date")
 Y_NAMES = ("y", "lat", "latitude", "rows", "row")

@@ -9,8 +9,8 @@ import pandas as pd
 import xarray as xr
 
 from pipeline.errors import SourceError
-from pipeline.sample_data import load_eolearn, load_landsat
-from pipeline.synthetic import S2_BANDS, cloud_masks, reflectance_cube
+from pipeline.sources.sample_data import load_eolearn, load_landsat
+from pipeline.sources.synthetic import S2_BANDS, cloud_masks, reflectance_cube
 
 
 def synthetic_cube(t: int = 36, size: int = 96, seed: int = 0) -> xr.Dataset:

@@ -26,10 +26,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.download import hub_endpoint, network_errors
-from pipeline.encoded import file_sha256
+from pipeline.codec.encoded import file_sha256
 from pipeline.errors import PublishError
-from pipeline.verify import REPORT_JSON, Verification, dataset_files
+from pipeline.publish.verify import REPORT_JSON, Verification, dataset_files
+from pipeline.sources.download import hub_endpoint, network_errors
 
 log = logging.getLogger(__name__)
 INDEX_FILE = ".cubecast-index.json"
@@ -61,7 +61,7 @@ class PublishResult:
 def publishable_files(folder: Path) -> list[str]:
     """Shards first (so they are uploaded while later files are still being written), then
     the index, report and card last. Work folders and partial files stay behind; symbolic
-    links are refused (see :func:`pipeline.verify.dataset_files`)."""
+    links are refused (see :func:`pipeline.publish.verify.dataset_files`)."""
     files = dataset_files(folder)
 
     def order(rel: str) -> tuple[int, str]:
