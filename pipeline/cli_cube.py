@@ -1,0 +1,226 @@
+"""Commands on one cube: ``encode``, ``decode``, ``info`` and ``demo-codec``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pipeline.cli_io import console, open_input, write_netcdf
+from pipeline.codec.decode import decode_cube
+from pipeline.codec.encode import encode_cube
+from pipeline.codec.encoded import EncodedCube
+from pipeline.codec.manifest import Manifest
+from pipeline.codec.metrics import bpppb
+from pipeline.codec.planning import EncodeOptions
+from pipeline.errors import CubecastError
+from pipeline.recipe import PSNR_MAX
+
+PsnrFloorOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="PSNR floor in dB for every band: the codec and quantiser that "
+        "meet it in the fewest bytes"
+    ),
+]
+CodecOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto (VVC or x265, whichever needs fewer bytes), libvvenc, libx265 or "
+        "libaom-av1 (VVC and AV1 need the ffmpeg engine)"
+    ),
+]
+DecorrelateOpt = Annotated[str, typer.Option(help="auto (KLT where bands correlate), klt or none")]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto (ffmpeg when a binary exists), ffmpeg (command line) or pyav (in-process)"
+    ),
+]
+
+
+def check_quality(crf: float | None, psnr: float | None) -> None:
+    """Refuse rate settings the encoder would misread or silently cap, naming the option."""
+    if crf is not None and not 0 <= crf <= 63:
+        raise CubecastError(
+            f"--crf {crf:g}: the quantiser range is 0 to 63 (x265's CRF stops at 51; lower "
+            "is better)"
+        )
+    if psnr is not None and not 0 < psnr <= PSNR_MAX:
+        if psnr <= 0:
+            raise CubecastError(f"--psnr {psnr:g}: a PSNR floor must be above 0 dB")
+        raise CubecastError(
+            f"--psnr {psnr:g}: above {PSNR_MAX:g} dB lossy x265 cannot reach; use --lossless"
+        )
+
+
+def encode(
+    input: Annotated[str, typer.Argument(help="netCDF file or zarr store")],
+    output: Annotated[Path, typer.Argument(help="output folder (or .tar file)")],
+    crf: Annotated[
+        float | None,
+        typer.Option(help="the codec's quantiser: VVC QP (0-63) or x265/AV1 CRF (0-51/63)"),
+    ] = None,
+    lossless: Annotated[
+        bool, typer.Option("--lossless", help="FFV1 16-bit for every band")
+    ] = False,
+    psnr: PsnrFloorOpt = None,
+    preset: Annotated[
+        str, typer.Option(help="x265 preset name (mapped onto VVC's and libaom's speeds)")
+    ] = "medium",
+    keyint: Annotated[int, typer.Option(min=1, help="max frames between keyframes")] = 250,
+    workers: Annotated[
+        int, typer.Option(min=1, help="PSNR-target streams whose CRF searches run concurrently")
+    ] = 1,
+    codec: CodecOpt = "auto",
+    decorrelate: DecorrelateOpt = "auto",
+    engine: EngineOpt = "auto",
+) -> None:
+    """Encode a cube into video streams plus a manifest.
+
+    The cube is read a few frames at a time and all its streams are encoded in one pass,
+    written to disk as they grow, so memory does not depend on the number of frames.
+    """
+    if sum(x is not None and x is not False for x in (crf, psnr, lossless or None)) > 1:
+        raise CubecastError("choose one of --crf, --psnr, --lossless")
+    check_quality(crf, psnr)
+    ds = open_input(input)
+    opts = EncodeOptions(
+        crf=12.0 if crf is None else crf,
+        psnr=psnr,
+        lossless=lossless,
+        preset=preset,
+        keyint=keyint,
+        workers=workers,
+        codec=codec,
+        engine=engine,
+        decorrelate=decorrelate,
+    )
+    enc = encode_cube(
+        ds, opts, cube_id=Path(input).stem, progress=sys.stderr.isatty(), workdir=output.parent
+    )
+    _save(enc, output)
+    console.print(
+        f"{output}: {enc.nbytes} bytes, {bpppb(enc):.3f} bpppb, {len(enc.manifest.streams)} streams"
+    )
+
+
+def _save(enc: EncodedCube, output: Path) -> None:
+    """A ``.tar`` appears whole (written under a temporary name); anything else is a folder."""
+    if output.suffix == ".tar":
+        tmp = output.with_name(f".{output.name}.part")
+        tmp.write_bytes(enc.to_bytes())
+        os.replace(tmp, output)
+    else:
+        enc.to_folder(output)
+
+
+def decode(
+    input: Annotated[Path, typer.Argument(help="encoded cube folder or .tar")],
+    output: Annotated[Path, typer.Argument(help="output netCDF file")],
+    variables: Annotated[
+        list[str] | None, typer.Option("--var", "-v", help="decode only these variables")
+    ] = None,
+) -> None:
+    """Decode an encoded cube to netCDF with the original dtypes, attrs and encodings."""
+    enc = EncodedCube.open(input)
+    ds = decode_cube(enc, variables=variables or None)
+    write_netcdf(ds, output)
+    console.print(f"{output}: {', '.join(map(str, ds.data_vars))}")
+
+
+def info(input: Annotated[Path, typer.Argument(help="encoded cube folder or .tar")]) -> None:
+    """Show an encoded cube's streams, sizes, bpppb, settings and where the bytes go."""
+    enc = EncodedCube.open(input)
+    m = enc.manifest
+    h, w = m.frame_shape
+    console.print(
+        f"cube {m.cube_id}: {m.n_frames} x {h} x {w}, {len(m.channels)} bands, "
+        f"{enc.nbytes} bytes, {bpppb(enc):.3f} bpppb"
+    )
+    console.print(_stream_table(m))
+    for t in m.transforms:
+        console.print(
+            f"KLT group {t.name}: {', '.join(t.channels)} -> {len(t.components)} components"
+        )
+    console.print(_bytes_by_kind(enc))
+
+
+def _stream_table(m: Manifest) -> Table:
+    """One row per stream: codec, planes, stored frames, bytes, bpppb and rate settings."""
+    h, w = m.frame_shape
+    table = Table(
+        "stream", "kind", "codec", "pix_fmt", "planes", "frames", "bytes", "bpppb", "settings"
+    )
+    for s in m.streams:
+        settings = (
+            "lossless"
+            if s.lossless
+            else (f"crf={s.crf:g} preset={s.preset}" if s.crf is not None else "")
+        )
+        stored = len(s.stored_frames(m.n_frames)) if s.kind != "mask" else m.n_frames
+        table.add_row(
+            s.name,
+            s.kind,
+            s.codec,
+            s.pix_fmt,
+            ", ".join(s.planes),
+            f"{stored}/{m.n_frames}",
+            str(s.nbytes),
+            f"{8 * s.nbytes / (m.n_frames * h * w * len(s.planes)):.3f}",
+            settings,
+        )
+    return table
+
+
+def _bytes_by_kind(enc: EncodedCube) -> Table:
+    """Where the bytes go: video streams, masks, manifest and aux, each as bpppb and share."""
+    m = enc.manifest
+    h, w = m.frame_shape
+    pixels = m.n_frames * h * w * len(m.channels)
+    kinds = {
+        "video streams": sum(s.nbytes for s in m.streams if s.kind != "mask"),
+        "masks": sum(s.nbytes for s in m.streams if s.kind == "mask"),
+        "manifest": len(m.to_bytes()),
+        "aux.nc": m.aux.nbytes if m.aux else 0,
+    }
+    overhead = Table("bytes by kind", "bytes", "bpppb", "share")
+    for kind, n in kinds.items():
+        overhead.add_row(kind, str(n), f"{8 * n / pixels:.4f}", f"{100 * n / enc.nbytes:.1f} %")
+    return overhead
+
+
+def demo_codec(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("out/demo"),
+    psnr: Annotated[float, typer.Option(help="PSNR floor in dB for every band")] = 45.0,
+) -> None:
+    """Encode the bundled real sample cubes (or a synthetic one) at a PSNR floor and report."""
+    import shutil
+
+    from pipeline.codec.metrics import compare, compression_ratio
+    from pipeline.sources.demo import demo_cubes
+
+    table = Table("cube", "bands", "min PSNR dB", "masks exact", "bpppb", "ratio", "folder")
+    for name, ds in demo_cubes():
+        enc = encode_cube(ds, EncodeOptions(psnr=psnr), cube_id=name, progress=sys.stderr.isatty())
+        target = out / name
+        if target.exists():
+            shutil.rmtree(target)
+        enc.to_folder(target)
+        q = compare(ds, decode_cube(EncodedCube.from_folder(target)))
+        lossy = [b.psnr for b in q if b.role == "continuous"]
+        exact = all(b.exact for b in q if b.role == "categorical")
+        table.add_row(
+            name,
+            str(len(q)),
+            f"{min(lossy):.2f}",
+            str(exact),
+            f"{bpppb(enc):.3f}",
+            f"{compression_ratio(ds, enc):.1f}x",
+            str(target),
+        )
+    console.print(table)

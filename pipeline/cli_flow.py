@@ -1,0 +1,113 @@
+"""Commands that run the whole publish-dataset flow through Prefect: ``run``, ``demo`` and
+``server``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pipeline.cli_dataset import SourceOpt
+from pipeline.cli_io import console, err_console
+
+
+def run(
+    recipe: Annotated[str, typer.Argument(help="recipe name or .toml")] = "dynamicearthnet",
+    source: SourceOpt = None,
+    out: Annotated[str | None, typer.Option(help="work/shard folder")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="publish target")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="cubes encoded concurrently")] = 2,
+    dask: Annotated[bool, typer.Option(help="run on a Dask LocalCluster")] = False,
+    dask_address: Annotated[str | None, typer.Option(help="existing Dask scheduler")] = None,
+    synthesize: Annotated[bool, typer.Option(help="write a twin at --source if absent")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+    cubes: Annotated[int | None, typer.Option(help="number of cubes (overrides count)")] = None,
+) -> None:
+    """Run the publish-dataset flow once, in this process (Prefect records it)."""
+    _run_flow(
+        recipe=recipe,
+        source=source,
+        out=out,
+        target=to,
+        cubes=cubes,
+        workers=workers,
+        runner="dask" if dask else "processes",
+        dask_address=dask_address,
+        synthesize=synthesize,
+        dry_run=dry_run,
+    )
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("out"),
+    dataset: Annotated[str, typer.Option(help="which recipe to demo")] = "dynamicearthnet",
+) -> None:
+    """The main job on the embedded default: write a small synthetic twin, then run the
+    publish-dataset flow (local Prefect, local output folder) on it."""
+    _run_flow(
+        recipe=dataset,
+        source=str(out / "twins" / dataset),
+        out=str(out / "shards" / dataset),
+        target=str(out / "published" / dataset),
+        synthesize=True,
+    )
+
+
+def server(
+    host: Annotated[str, typer.Option(help="Prefect server address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Prefect server port")] = 4200,
+    local_server: Annotated[
+        bool, typer.Option(help="start a local Prefect server (off: use PREFECT_API_URL)")
+    ] = True,
+) -> None:
+    """Start a local Prefect server (SQLite) and serve the publish deployments."""
+    from flows.serve import serve_deployments
+
+    serve_deployments(host, port, local_server)
+
+
+def _run_flow(**params: object) -> dict:
+    """Run publish-dataset against one Prefect API (a temporary local server when none is
+    configured) and print a summary table; a failed verification exits 1."""
+    import time
+
+    from flows.runtime import prefect_api
+
+    t0 = time.monotonic()
+    with prefect_api() as api:
+        from flows.publish_dataset import publish_dataset
+
+        err_console.print(f"Prefect API: {api}", highlight=False)
+        result = publish_dataset(**params)
+    print_summary(result, time.monotonic() - t0)
+    return result
+
+
+def print_summary(result: dict, seconds: float) -> None:
+    """The flow's result as a table of cubes and a few lines, not a raw dict."""
+    table = Table("cube", "split", "min PSNR dB", "bpppb", "ratio", "verdict")
+    for row in result.get("cubes", []):
+        psnr = row.get("min_psnr_db")
+        table.add_row(
+            row["cube"],
+            row.get("split") or "-",
+            "lossless" if psnr is None or psnr == float("inf") else f"{psnr:.2f}",
+            f"{row['bpppb']:.3f}",
+            f"{row['ratio']:.1f}x",
+            "pass" if row["passed"] else "FAIL",
+        )
+    console.print(table)
+    out = Path(str(result.get("out", ".")))
+    console.print(f"{result.get('summary', '')} in {seconds:.0f} s", highlight=False)
+    shards = [Path(str(s)).name for s in result.get("shards", [])]
+    tacocat = " + .tacocat/" if (out / ".tacocat").is_dir() else ""
+    console.print(f"shards:    {out}/ {', '.join(shards)}{tacocat}", highlight=False)
+    console.print(f"report:    {out / 'REPORT.md'}, card: {out / 'README.md'}", highlight=False)
+    verb = "would upload" if result.get("dry_run") else "uploaded"
+    console.print(
+        f"published: {result.get('target')}: {len(result.get('uploaded', []))} files {verb}, "
+        f"{len(result.get('unchanged', []))} unchanged",
+        highlight=False,
+    )
