@@ -12,6 +12,7 @@ import yaml
 from pipeline.publish.report import band_table, sample_table
 from pipeline.publish.verify import Verification
 from pipeline.recipe import Recipe
+from pipeline.recipe_tables import CodecSpec
 
 CARD = "README.md"
 # recipe task names -> HuggingFace task categories
@@ -126,30 +127,27 @@ def stream_rows(v: Verification) -> list[str]:
 def render_card(
     recipe: Recipe, v: Verification, shard_names: list[str], splits: dict | None = None
 ) -> str:
-    t = recipe.taco
-    repo = recipe.publish.repo_id
+    """The card's text: front matter, what the data is, then how to load it, how it was
+    encoded and how it verified."""
     splits = splits or {"train": sorted(shard_names)}
-    first = sorted(shard_names)[0] if shard_names else f"{t.id}.tacozip"
-    codec_rows = stream_rows(v)
-    c = recipe.codec
-    if c.psnr is not None or any(g.psnr is not None for g in c.groups):
-        targets = ", ".join(
-            f"{g.name}: {g.psnr or c.psnr} dB" if (g.psnr or c.psnr) else f"{g.name}: CRF {c.crf:g}"
-            for g in c.groups
-        )
-        rate = f"at the cheapest CRF meeting a PSNR target per band group ({targets or c.psnr})"
-    else:
-        rate = f"at a fixed CRF ({c.crf:g} unless a band group sets its own)"
-    first_band = recipe.codec.groups[0].bands[0] if recipe.codec.groups else "B04"
-    verdict = "PASS" if v.passed else "FAIL"
     meta = yaml.safe_dump(front_matter(recipe, len(v.samples), splits), sort_keys=False)
-    split_lines = "\n".join(f"- `{s}`: {', '.join(names)}" for s, names in splits.items())
-    base = f"https://huggingface.co/datasets/{repo}/resolve/main"
-    body = f"""---
-{meta.rstrip()}
----
+    sections = [
+        f"---\n{meta.rstrip()}\n---",
+        _about(recipe, v, shard_names, splits),
+        _load_section(recipe, shard_names),
+        _encoding_section(recipe, v),
+        _verification_section(recipe, v),
+    ]
+    return "\n\n".join(sections) + "\n"
 
-# {t.title}
+
+def _about(
+    recipe: Recipe, v: Verification, shard_names: list[str], splits: dict[str, list[str]]
+) -> str:
+    """Title, description, licence and providers, and which shards hold each split."""
+    t = recipe.taco
+    split_lines = "\n".join(f"- `{s}`: {', '.join(names)}" for s, names in splits.items())
+    return f"""# {t.title}
 
 {t.description}
 
@@ -158,9 +156,15 @@ def render_card(
 - Providers: {", ".join(t.providers)}
 - Samples: {len(v.samples)} cubes in {len(shard_names)} TACO shard(s), one set per split:
 
-{split_lines}
+{split_lines}"""
 
-## Load
+
+def _load_section(recipe: Recipe, shard_names: list[str]) -> str:
+    """How to read the shards straight from the hub, down to one band of one sample."""
+    base = f"https://huggingface.co/datasets/{recipe.publish.repo_id}/resolve/main"
+    first = sorted(shard_names)[0] if shard_names else f"{recipe.taco.id}.tacozip"
+    first_band = recipe.codec.groups[0].bands[0] if recipe.codec.groups else "B04"
+    return f"""## Load
 
 The metadata (bbox, time, split, PSNR, bpppb) reads with `tacoreader` alone; decoding a
 cube's video streams back into an `xarray.Dataset` needs the cubecast reader:
@@ -181,22 +185,41 @@ one = open_sample(url, 0, variables=["{first_band}"])  # fetches only that strea
 ```
 
 The format (sample layout, manifest schema, quantisation, masks) is documented in cubecast's
-`docs/FORMAT.md`, for anyone writing their own decoder.
+`docs/FORMAT.md`, for anyone writing their own decoder."""
 
-## Encoding
 
-Continuous bands are video streams (codec {recipe.codec.codec}: per band group the codec
+def _rate(c: CodecSpec) -> str:
+    """How the quantiser was chosen: a PSNR target per band group, or a fixed CRF."""
+    if c.psnr is not None or any(g.psnr is not None for g in c.groups):
+        targets = ", ".join(
+            f"{g.name}: {g.psnr or c.psnr} dB" if (g.psnr or c.psnr) else f"{g.name}: CRF {c.crf:g}"
+            for g in c.groups
+        )
+        return f"at the cheapest CRF meeting a PSNR target per band group ({targets or c.psnr})"
+    return f"at a fixed CRF ({c.crf:g} unless a band group sets its own)"
+
+
+def _encoding_section(recipe: Recipe, v: Verification) -> str:
+    """The recipe's codec settings, then the ones each stream of each sample really used."""
+    c = recipe.codec
+    return f"""## Encoding
+
+Continuous bands are video streams (codec {c.codec}: per band group the codec
 - VVC at 10 bits or x265/AV1 at 12 bits - that met the target in the fewest bytes; preset
-{recipe.codec.preset}, keyframe every {recipe.codec.keyint} frames) {rate}; bands whose
+{c.preset}, keyframe every {c.keyint} frames) {_rate(c)}; bands whose
 detail correlates are decorrelated first (a KLT per group, stored with the sample). Class
 layers are lossless FFV1 and validity masks bit-packed zstd. Everything that is not a
 (time, y, x) stack is stored losslessly. Every stream decodes with PyAV alone.
 
 Settings actually used, per stream and sample:
 
-{chr(10).join(codec_rows)}
+{chr(10).join(stream_rows(v))}"""
 
-## Verification
+
+def _verification_section(recipe: Recipe, v: Verification) -> str:
+    """The threshold, the verdict and the per-sample and per-band tables."""
+    verdict = "PASS" if v.passed else "FAIL"
+    return f"""## Verification
 
 Every sample was decoded from the published shards and compared with its source; the
 threshold is {recipe.verify.psnr_min} dB per band (PSNR over valid pixels, range = max - min
@@ -206,9 +229,7 @@ of the original band), class layers and masks bit-exact. Verdict: **{verdict}**.
 
 {band_table(v)}
 
-See `REPORT.md` for plots.
-"""
-    return body
+See `REPORT.md` for plots."""
 
 
 def write_card(recipe: Recipe, v: Verification, folder: str | Path) -> Path:

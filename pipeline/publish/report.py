@@ -12,7 +12,7 @@ import xarray as xr
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.publish.verify import Verification  # noqa: E402
+from pipeline.publish.verify import BandCheck, Verification  # noqa: E402
 
 REPORT_MD = "REPORT.md"
 PLOTS = "report"
@@ -80,12 +80,19 @@ def _band_order(v: Verification) -> list[str]:
 
 
 def _plots(v: Verification, out: Path) -> list[Path]:
+    """The report's three plots: PSNR per band, quality vs rate, compression per cube."""
     out.mkdir(parents=True, exist_ok=True)
     lossy = [c for c in v.checks if c.role == "continuous" and math.isfinite(c.psnr)]
-    bands = _band_order(v)
     req = [c.required for c in lossy if c.required is not None]
-    paths = []
+    return [
+        _psnr_per_band(lossy, _band_order(v), req, out / "psnr_per_band.png"),
+        _psnr_vs_bpppb(v, lossy, req, out / "psnr_vs_bpppb.png"),
+        _sizes(v, out / "sizes.png"),
+    ]
 
+
+def _psnr_per_band(lossy: list[BandCheck], bands: list[str], req: list[float], path: Path) -> Path:
+    """A box per band over the samples, with the required PSNR as a line."""
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(bands) + 2), 4))
     if bands:
         ax.boxplot([[c.psnr for c in lossy if c.band == b] for b in bands], tick_labels=bands)
@@ -96,8 +103,11 @@ def _plots(v: Verification, out: Path) -> list[Path]:
     ax.set_ylabel("PSNR (dB)", fontsize=10)
     ax.set_title("PSNR per band over samples (bands in data order)", fontsize=11)
     ax.tick_params(labelsize=9)
-    paths.append(_save(fig, out / "psnr_per_band.png"))
+    return _save(fig, path)
 
+
+def _psnr_vs_bpppb(v: Verification, lossy: list[BandCheck], req: list[float], path: Path) -> Path:
+    """One point per cube: its worst band's PSNR against its bpppb, coloured by split."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     splits = sorted({str(m.get("split") or "-") for m in v.samples.values()})
     colours = dict(zip(splits, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
@@ -131,8 +141,11 @@ def _plots(v: Verification, out: Path) -> list[Path]:
     ax.set_title("Quality vs rate, one point per cube", fontsize=11)
     ax.tick_params(labelsize=9)
     ax.margins(x=0.15, y=0.15)
-    paths.append(_save(fig, out / "psnr_vs_bpppb.png"))
+    return _save(fig, path)
 
+
+def _sizes(v: Verification, path: Path) -> Path:
+    """A bar per cube: compression ratio, annotated with raw and encoded MB."""
     ids = list(v.samples)
     raw = [(v.samples[i].get("raw_bytes") or 0) / 1e6 for i in ids]
     enc = [(v.samples[i].get("encoded_bytes") or 0) / 1e6 for i in ids]
@@ -149,8 +162,7 @@ def _plots(v: Verification, out: Path) -> list[Path]:
     ax.set_xlim(0, max(ratio or [1]) * 1.6)
     ax.set_xlabel("compression ratio (raw size / encoded size, higher = smaller)", fontsize=10)
     ax.set_title("Compression per cube", fontsize=11)
-    paths.append(_save(fig, out / "sizes.png"))
-    return paths
+    return _save(fig, path)
 
 
 def _stretch(img: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
