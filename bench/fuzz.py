@@ -106,7 +106,7 @@ def digest(ds: Any) -> str:
 
 def decode_target(kind: str, path: str) -> str:
     """Digest of every cube at ``path``: a cube folder, or every sample of a shard."""
-    from pipeline.codec.encode import decode_cube
+    from pipeline.codec.decode import decode_cube
     from pipeline.codec.encoded import EncodedCube
     from pipeline.taco.read import iter_samples
 

@@ -70,7 +70,7 @@ def child_pipeline_encode(args) -> dict:
 
 
 def child_pipeline_decode(args) -> dict:
-    from pipeline.codec.encode import iter_decode
+    from pipeline.codec.decode import iter_decode
     from pipeline.codec.encoded import EncodedCube
 
     enc = EncodedCube.from_folder(args.work / "encoded")

@@ -1,6 +1,7 @@
 """cubecast: Earth-observation cubes as video streams, packed into TACO shards."""
 
-from pipeline.codec.encode import decode_cube, encode_cube, iter_decode
+from pipeline.codec.decode import decode_cube, iter_decode
+from pipeline.codec.encode import encode_cube
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.planning import EncodeOptions, GroupSpec
 from pipeline.errors import CubecastError

@@ -228,7 +228,7 @@ def draw_sample_panel(
     the report sees the quality, not only numbers. Reads one frame of each side only."""
     import numpy as np
 
-    from pipeline.codec.encode import decode_cube
+    from pipeline.codec.decode import decode_cube
     from pipeline.publish.report import sample_panel
     from pipeline.taco.read import _open_archive, sample_encoded, sample_ids
 

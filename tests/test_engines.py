@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.codec.encode import decode_cube, encode_cube
+from pipeline.codec.decode import decode_cube
+from pipeline.codec.encode import encode_cube
 from pipeline.codec.engines import encode_frames
 from pipeline.codec.ffmpeg_engine import decode_frames_cli, ffmpeg_exe
 from pipeline.codec.metrics import compare

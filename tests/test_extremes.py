@@ -17,7 +17,8 @@ import xarray as xr
 import zstandard
 
 from pipeline import EncodeOptions
-from pipeline.codec.encode import decode_cube, encode_cube
+from pipeline.codec.decode import decode_cube
+from pipeline.codec.encode import encode_cube
 from pipeline.codec.encoded import EncodedCube, sha256
 from pipeline.codec.manifest import Manifest
 from pipeline.codec.planning import GroupSpec

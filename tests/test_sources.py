@@ -141,7 +141,8 @@ def test_missing_source_folder_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("name", ["deepextremecubes", "dynamicearthnet"])
 def test_recipe_round_trip_meets_its_thresholds(name, dec_twin, den_twin):
-    from pipeline.codec.encode import decode_cube, encode_cube
+    from pipeline.codec.decode import decode_cube
+    from pipeline.codec.encode import encode_cube
 
     twin = dec_twin if name == "deepextremecubes" else den_twin
     r = load_recipe(name, location=str(twin))

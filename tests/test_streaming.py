@@ -13,8 +13,8 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from pipeline import EncodedCube, EncodeOptions, GroupSpec, decode_cube, encode_cube, iter_decode
-from pipeline.codec.encode import READ_BLOCK
 from pipeline.codec.encoded import FolderStore, SpoolStore
+from pipeline.codec.passes import READ_BLOCK
 from pipeline.codec.pyav_engine import DecodeStats
 from pipeline.codec.quantize import Quantiser
 from pipeline.recipe import load_recipe

@@ -20,6 +20,8 @@ class VideoSettings:
     keyint: int = 64
     x265_params: str = ""
     threads: int = 0
+    # frames the encoder looks ahead (x265 rc-lookahead, libaom lag-in-frames); None: its own
+    lookahead: int | None = None
     engine: str = "pyav"  # or "ffmpeg": the command-line backend (pipeline.codec.ffmpeg_engine)
 
     def x265_param_string(self) -> str:
@@ -31,6 +33,8 @@ class VideoSettings:
         ]
         if self.threads:
             params.append(f"pools={self.threads}")
+        if self.lookahead is not None and "rc-lookahead" not in self.x265_params:
+            params.append(f"rc-lookahead={self.lookahead}")
         if self.lossless:
             params.append("lossless=1")
         if self.x265_params:

@@ -177,6 +177,8 @@ class Aom(VideoCodec):
             "b:v": "0",
             "tune": "psnr",
         }
+        if s.lookahead is not None:
+            opts["lag-in-frames"] = str(s.lookahead)
         if s.lossless:
             opts["lossless"] = "1"
         elif s.crf is not None:

@@ -11,7 +11,7 @@ from typing import Any
 import xarray as xr
 from xarray.backends import BackendEntrypoint
 
-from pipeline.codec.encode import decode_cube
+from pipeline.codec.decode import decode_cube
 from pipeline.codec.encoded import MANIFEST_FILE, EncodedCube
 
 

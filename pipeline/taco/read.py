@@ -17,7 +17,7 @@ from typing import Any
 import requests
 import xarray as xr
 
-from pipeline.codec.encode import decode_cube
+from pipeline.codec.decode import decode_cube
 from pipeline.codec.encoded import MANIFEST_FILE, EncodedCube
 from pipeline.codec.manifest import Manifest
 from pipeline.confine import check_manifest_names

@@ -1,0 +1,294 @@
+"""Decode an encoded cube back into an ``xarray.Dataset``, whole or a window at a time.
+
+Video streams keep their decoder open between time windows, so a cube read window after
+window is decoded once; only the streams of the wanted variables are opened."""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from pipeline.codec import jsonvalues
+from pipeline.codec.codemap import CodeMap
+from pipeline.codec.encoded import EncodedCube
+from pipeline.codec.groupcoder import (
+    untile,
+)
+from pipeline.codec.manifest import (
+    Manifest,
+    StreamInfo,
+)
+from pipeline.codec.masks import decode_masks
+from pipeline.codec.netcdf import dataset_from_bytes
+from pipeline.codec.pyav_engine import DecodeStats, decode_frames
+from pipeline.codec.settings import n_planes
+from pipeline.errors import CorruptStreamError, CubecastError, InvalidCubeError, ManifestError
+
+
+def _restore(da: xr.DataArray, attrs: dict, encoding: dict) -> xr.DataArray:
+    da.attrs = jsonvalues.dict_from_json(attrs)
+    enc = jsonvalues.dict_from_json(encoding)
+    if "dtype" in enc:
+        enc["dtype"] = np.dtype(enc["dtype"])
+    da.encoding = enc
+    return da
+
+
+def _time_window(m: Manifest, time: slice | None) -> tuple[int, int]:
+    start, stop, step = (time or slice(None)).indices(m.n_frames)
+    if step != 1:
+        raise InvalidCubeError("time window must be a contiguous slice (step 1)")
+    if stop <= start:
+        raise InvalidCubeError(f"empty time window {time} for a cube of {m.n_frames} frames")
+    return start, stop
+
+
+class _StreamFrames:
+    """Consecutive frames of one stream from ``start`` on, decoded as they are asked for.
+
+    Video streams keep their decoder open between windows (so a cube read window after
+    window is decoded once), and read the stream from its file where the cube is on disk.
+    Frames the stream does not store (nothing valid in them) come back as zeros: the mask
+    marks every pixel of them invalid.
+    """
+
+    def __init__(
+        self, enc: EncodedCube, stream: StreamInfo, start: int, stop: int, stats: DecodeStats
+    ) -> None:
+        m = enc.manifest
+        self.stream, self.start, self.pos, self.stop = stream, start, start, stop
+        self.shape = (len(stream.planes), *m.frame_shape)
+        self.name = f"{enc.source}:{stream.file}"
+        if stream.kind == "mask":
+            self._data = enc.read_file(stream.file)
+            return
+        self._stored = stream.stored_frames(m.n_frames)
+        self._stored_set = set(self._stored)
+        first = bisect.bisect_left(self._stored, start)
+        last = bisect.bisect_left(self._stored, stop)
+        source: bytes | Path | None = enc.file_path(stream.file)
+        if source is None:
+            source = enc.read_file(stream.file)
+        self._frames: Iterator[tuple[int, np.ndarray]] = iter(())
+        if last > first:
+            self._frames = decode_frames(
+                source, n_planes(stream.pix_fmt), first, last, name=self.name, stats=stats
+            )
+
+    def take(self, n: int) -> np.ndarray:
+        """The next n frames as (n, planes, H, W): bool for masks, uint16 codes otherwise."""
+        lo, hi = self.pos, self.pos + n
+        self.pos = hi
+        if self.stream.kind == "mask":
+            s = self.stream
+            return decode_masks(
+                self._data, s.chunk_offsets or [0], s.keyint, self.shape, lo, hi, name=self.name
+            )
+        h, w = self.shape[1:]
+        out = np.empty((n, *self.shape), dtype=np.uint16)
+        for i in range(n):
+            if lo + i not in self._stored_set:
+                out[i] = 0
+                continue
+            got = next(self._frames, None)
+            if got is None:
+                raise CorruptStreamError(
+                    f"{self.name}: decoded {lo - self.start + i} frames of "
+                    f"{self.stop - self.start} expected (truncated stream or manifest from "
+                    "another cube)"
+                )
+            frame = untile(got[1], self.stream.tiles, h)
+            out[i] = frame[: self.shape[0], :h, :w]
+        return out
+
+    def close(self) -> None:
+        close = getattr(self._frames, "close", None) if self.stream.kind != "mask" else None
+        if close is not None:
+            close()
+
+
+def _wanted(m: Manifest, variables: Sequence[str] | None) -> list[str]:
+    image_names = [v.name for v in m.variables]
+    aux_names = m.aux.variables if m.aux else []
+    wanted = list(variables) if variables is not None else list(m.data_vars_order)
+    unknown = [v for v in wanted if v not in image_names and v not in aux_names]
+    if unknown:
+        raise InvalidCubeError(
+            f"cube {m.cube_id!r} has no variable {unknown[0]!r} (have: "
+            f"{', '.join(m.data_vars_order)})"
+        )
+    return wanted
+
+
+def _needed_streams(m: Manifest, wanted: Sequence[str]) -> list[StreamInfo]:
+    names = [c for v in m.variables if v.name in wanted for c in v.channels]
+    needed = {s for c in names for s in m.channel_streams(c)}
+    needed |= {m.channel(c).mask_stream for c in names if m.channel(c).mask_stream}
+    return [s for s in m.streams if s.name in needed]
+
+
+def _assemble(
+    enc: EncodedCube,
+    wanted: Sequence[str],
+    decoded: Mapping[str, np.ndarray],
+    start: int,
+    stop: int,
+    aux: xr.Dataset | None,
+) -> xr.Dataset:
+    """The Dataset for frames [start, stop) from the decoded codes of its streams."""
+    m = enc.manifest
+    coords: dict[str, xr.Variable] = {}
+    for name, ci in m.coords.items():
+        values = jsonvalues.from_json(ci.values)
+        var = xr.Variable(ci.dims, np.asarray(values, dtype=np.dtype(ci.dtype)))
+        if m.time_dim in ci.dims:
+            var = var.isel({m.time_dim: slice(start, stop)})
+        coords[name] = var
+
+    data_vars: dict[str, xr.DataArray] = {}
+    codemap = CodeMap.from_manifest(m)
+    for v in m.variables:
+        if v.name not in wanted:
+            continue
+        dtype = np.dtype(v.dtype)
+        nodata = jsonvalues.from_json(v.nodata)
+        bands = []
+        for cname in v.channels:
+            c = m.channel(cname)
+            vals = codemap.values(cname, decoded, dtype)
+            if v.role == "continuous" and c.valid_min is not None:
+                lo, hi = c.valid_min, c.valid_max
+                np.clip(vals, np.asarray(lo).astype(dtype), np.asarray(hi).astype(dtype), out=vals)
+            if c.mask_stream is not None:
+                invalid = decoded[c.mask_stream][:, c.mask_bit]
+                vals[invalid] = np.nan if nodata is None and dtype.kind == "f" else nodata
+                for bit, inf in ((c.posinf_bit, np.inf), (c.neginf_bit, -np.inf)):
+                    if bit is not None:
+                        vals[decoded[c.mask_stream][:, bit]] = inf
+            bands.append(vals)
+        canon = [m.time_dim, m.y_dim, m.x_dim]
+        if v.band_dim is None:
+            arr = bands[0]
+        else:
+            arr = np.stack(bands, axis=1)
+            canon = [m.time_dim, v.band_dim, m.y_dim, m.x_dim]
+        da = xr.DataArray(arr, dims=canon).transpose(*v.dims)
+        data_vars[v.name] = _restore(da, v.attrs, v.encoding)
+
+    if m.aux and aux is not None:
+        tsel = {m.time_dim: slice(start, stop)}
+        aux_ds = aux.isel({k: sl for k, sl in tsel.items() if k in aux.dims})
+        for n in m.aux.variables:
+            if n not in wanted and n in m.data_vars_order:
+                continue
+            da = _restore(
+                aux_ds[n].variable.to_base_variable(),
+                m.aux.attrs.get(n, {}),
+                m.aux.encodings.get(n, {}),
+            )
+            if n in m.data_vars_order:
+                data_vars[n] = xr.DataArray(da)
+            else:
+                coords[n] = da
+    for name, ci in m.coords.items():
+        _restore(coords[name], ci.attrs, ci.encoding)
+    order = [n for n in m.data_vars_order if n in data_vars]
+    ds = xr.Dataset({n: data_vars[n] for n in order}, coords=coords)
+    for n in order:  # Dataset() re-derives dims; keep attrs/encoding set above
+        ds[n].attrs, ds[n].encoding = data_vars[n].attrs, data_vars[n].encoding
+    ds.attrs = jsonvalues.dict_from_json(m.attrs)
+    return ds
+
+
+def _aux_dataset(enc: EncodedCube, wanted: Sequence[str]) -> xr.Dataset | None:
+    m = enc.manifest
+    if not m.aux or not any(n in wanted or n not in m.data_vars_order for n in m.aux.variables):
+        return None
+    return dataset_from_bytes(enc.read_file(m.aux.file), f"{enc.source}:{m.aux.file}")
+
+
+def iter_decode(
+    enc: EncodedCube,
+    variables: Sequence[str] | None = None,
+    window: int = 16,
+    time: slice | None = None,
+    stats: DecodeStats | None = None,
+) -> Iterator[xr.Dataset]:
+    """Decode a cube as consecutive time windows of ``window`` frames.
+
+    Memory holds one window, whatever the cube's length: the way to read a cube that
+    does not fit in RAM. Each stream is decoded once, front to back (after one seek to
+    the keyframe before ``time.start``).
+    """
+    if window < 1:
+        raise InvalidCubeError(f"window must be at least 1 frame, got {window}")
+    m = enc.manifest
+    start, stop = _time_window(m, time)
+    wanted = _wanted(m, variables)
+    stats = stats if stats is not None else DecodeStats()
+    readers: list[_StreamFrames] = []
+    try:
+        with _manifest_faults(enc):
+            for s in _needed_streams(m, wanted):
+                readers.append(_StreamFrames(enc, s, start, stop, stats))
+            aux = _aux_dataset(enc, wanted)
+        for lo in range(start, stop, window):
+            hi = min(lo + window, stop)
+            with _manifest_faults(enc):
+                decoded = {r.stream.name: r.take(hi - lo) for r in readers}
+                ds = _assemble(enc, wanted, decoded, lo, hi, aux)
+            yield ds
+    finally:
+        for r in readers:
+            r.close()
+
+
+@contextlib.contextmanager
+def _manifest_faults(enc: EncodedCube) -> Iterator[None]:
+    """A manifest that passed validation can still disagree with its streams or hold
+    values numpy and xarray refuse (a plane index past the stream's planes, coordinate
+    values of the wrong length, a dtype name that is not one): a one-line ManifestError,
+    not a traceback. CubecastErrors pass through unchanged."""
+    import zstandard
+
+    try:
+        yield
+    except CubecastError:
+        raise
+    except (
+        zstandard.ZstdError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        OverflowError,
+        AttributeError,
+        ZeroDivisionError,
+        AssertionError,
+    ) as exc:
+        raise ManifestError(
+            f"{enc.source}: manifest does not match its streams or holds invalid values "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def decode_cube(
+    enc: EncodedCube,
+    variables: Sequence[str] | None = None,
+    time: slice | None = None,
+    stats: DecodeStats | None = None,
+) -> xr.Dataset:
+    """Decode (some variables of) an encoded cube back into the Dataset that went in.
+
+    Only the streams holding the requested variables (and their masks) are read.  ``time``
+    is a frame-index slice; decoding seeks to the keyframe before its start. For cubes
+    larger than memory, use :func:`iter_decode`.
+    """
+    m = enc.manifest
+    start, stop = _time_window(m, time)
+    return next(iter_decode(enc, variables, window=stop - start, time=time, stats=stats))
