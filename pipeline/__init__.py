@@ -1,4 +1,11 @@
-"""cubecast: Earth-observation cubes as video streams, packed into TACO shards."""
+"""cubecast: Earth-observation cubes as video streams, packed into TACO shards.
+
+The package reads as the data path. A ``recipe`` names a dataset; ``sources`` turns its files
+into cubes; ``codec`` turns each cube into video streams plus a manifest; ``taco`` packs them
+into shards and reads them back; ``publish`` verifies, reports and publishes the shards.
+``build`` composes these steps for one recipe and ``cli`` is the command line on top.
+Exported here is the reader's API: encode and decode a cube, open a sample of a shard.
+"""
 
 from pipeline.codec.decode import decode_cube, iter_decode
 from pipeline.codec.encode import encode_cube

@@ -1,9 +1,15 @@
-"""Source adapters: turn a dataset's files into ``xarray.Dataset`` cubes, one at a time.
+"""Where cubes come from: a dataset's files -> ``xarray.Dataset`` cubes, one at a time.
 
-An adapter knows one file layout. It lists cube ids in a :class:`Mirror` and loads one cube
+An adapter knows one file layout (``deepextremecubes``, ``dynamicearthnet``). It lists cube
+ids in a :class:`Mirror` (``mirror``: a local folder, HTTP(S) base URL or fsspec URL, with
+``download`` fetching over HTTP with retries, resume and checksums) and loads one cube
 lazily, so memory holds one cube (or, for image stacks read frame by frame, a few frames).
 Adding a dataset with a known layout needs only a recipe; a new layout needs one adapter
-module registered in :data:`ADAPTERS`.
+module, registered in :func:`_adapters` and named in the recipe's ``source.adapter`` choices.
+
+Stand-ins for the real archives: ``twins`` writes synthetic source trees with the real
+layouts, from ``synthetic``'s surfaces and clouds; ``sample_data`` loads the small real arrays
+in ``shared/data``; ``demo`` picks the cubes ``cubecast demo-codec`` encodes.
 """
 
 from __future__ import annotations
