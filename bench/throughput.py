@@ -11,6 +11,12 @@ Each measurement runs in its own child process, so its peak RSS is its own:
     python bench/throughput.py --quick                 # 256 x 256 x 60 days
     python bench/throughput.py                         # full size: 1024 x 1024 x 730 days
     python bench/throughput.py --engine pyav           # x265 inside the pipeline process
+    python bench/throughput.py --steps recipe_pack      # the recipe path only (PSNR target)
+    python bench/throughput.py --cubes 2 --steps flow_1,flow_2,flow_dask
+
+- recipe pack: ``cubecast pack`` on the recipe (PSNR floor, codec choice, quality check)
+- flow 1 / 2 / dask: ``cubecast run`` (the Prefect flow, publish to a folder) with one or two
+  workers, or a Dask LocalCluster: cubes per hour, Prefect server start included
 """
 
 from __future__ import annotations
@@ -86,7 +92,6 @@ def _bare_frames(args):
     """The exact codes the pipeline encodes (its manifest's quantisers), built before timing
     as one (frames, planes, H, W) uint16 array per stream."""
     from pipeline.codec.cube import analyse, iter_blocks
-    from pipeline.codec.encode import X265_CTU
     from pipeline.codec.encoded import EncodedCube
     from pipeline.codec.quantize import Quantiser
 
@@ -94,7 +99,7 @@ def _bare_frames(args):
     manifest = EncodedCube.from_folder(args.work / "encoded").manifest
     layout = analyse(ds, roles={"label": "metadata"})
     n, h, w = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
-    ph, pw = h + (-h % X265_CTU), w + (-w % X265_CTU)
+    ph, pw = h + h % 2, w + w % 2  # the ffmpeg engine pads to even sizes only
     streams = []
     for group in GROUPS:
         info = next(s for s in manifest.streams if s.planes == list(group))
@@ -163,11 +168,56 @@ def child_bare_decode(args) -> dict:
     return {"seconds": time.perf_counter() - t, "frames": n}
 
 
+def _cubecast(args, *argv: str) -> float:
+    """Wall seconds of one ``cubecast`` command on the twin (a process of its own, so the
+    parent's tree sampling sees it and its encoders)."""
+    t = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).with_name("cubecast")), *argv], check=True)
+    return time.perf_counter() - t
+
+
+def child_recipe_pack(args) -> dict:
+    """What the flow runs per cube: the recipe's PSNR target, codec choice, packing and the
+    quality check (``cubecast pack``)."""
+    out = args.work / "pack"
+    shutil.rmtree(out, ignore_errors=True)
+    seconds = _cubecast(args, "pack", "dynamicearthnet", str(out), "--source", str(args.twin),
+                        "--cubes", "1")  # fmt: skip
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return {"seconds": seconds, "bytes": size, "cubes": 1}
+
+
+def _flow(args, *extra: str) -> dict:
+    out, to = args.work / "flow", args.work / "published"
+    for d in (out, to):
+        shutil.rmtree(d, ignore_errors=True)
+    cubes = args.flow_cubes
+    seconds = _cubecast(args, "run", "dynamicearthnet", "--source", str(args.twin), "--out",
+                        str(out), "--to", str(to), "--cubes", str(cubes), *extra)  # fmt: skip
+    return {"seconds": seconds, "cubes": cubes, "cubes_per_hour": 3600 * cubes / seconds}
+
+
+def child_flow_1(args) -> dict:
+    return _flow(args, "--workers", "1")
+
+
+def child_flow_2(args) -> dict:
+    return _flow(args, "--workers", "2")
+
+
+def child_flow_dask(args) -> dict:
+    return _flow(args, "--workers", "2", "--dask")
+
+
 CHILDREN = {
     "pipeline_encode": child_pipeline_encode,
     "bare_encode": child_bare_encode,
     "pipeline_decode": child_pipeline_decode,
     "bare_decode": child_bare_decode,
+    "recipe_pack": child_recipe_pack,
+    "flow_1": child_flow_1,
+    "flow_2": child_flow_2,
+    "flow_dask": child_flow_dask,
 }
 
 
@@ -208,6 +258,8 @@ def measure(name: str, args) -> dict:
         args.preset,
         "--engine",
         args.engine,
+        "--flow-cubes",
+        str(args.flow_cubes),
     ]
     t = time.perf_counter()
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -247,6 +299,8 @@ def main() -> None:
     ap.add_argument("--twin", type=Path, default=None)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--cubes", type=int, default=1, help="cubes in the twin")
+    ap.add_argument("--flow-cubes", type=int, default=2, help="cubes the flow steps publish")
     ap.add_argument("--steps", default="", help="comma-separated subset of: " + ",".join(CHILDREN))
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -268,7 +322,7 @@ def main() -> None:
         from pipeline.sources.twins import write_dynamicearthnet
 
         t = time.perf_counter()
-        write_dynamicearthnet(args.twin, cubes=1, frames=args.frames, size=args.size)
+        write_dynamicearthnet(args.twin, cubes=args.cubes, frames=args.frames, size=args.size)
         print(f"twin written in {time.perf_counter() - t:.0f} s", flush=True)
 
     steps = args.steps.split(",") if args.steps else list(CHILDREN)
@@ -281,13 +335,14 @@ def main() -> None:
         f"cube {tag} x 4 bands uint16 ({raw_gb:.2f} GB raw), x265 preset {args.preset}, "
         f"CRF {args.crf:g}, pipeline engine {args.engine}",
         "",
-        "| step | wall s | CPU s | peak memory MiB | MB/s raw |",
-        "|---|---|---|---|---|",
+        "| step | wall s | CPU s | peak memory MiB | MB/s raw | cubes per hour |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
+        cubes = r.get("cubes", 1)
         lines.append(
             f"| {r['name']} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_mb']:.0f} | "
-            f"{raw_gb * 1e3 / r['seconds']:.1f} |"
+            f"{raw_gb * cubes * 1e3 / r['seconds']:.1f} | {3600 * cubes / r['seconds']:.1f} |"
         )
     if ratio is not None:
         lines += ["", f"encode overhead pipeline/bare: {ratio:.3f}x"]

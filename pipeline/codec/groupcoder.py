@@ -54,7 +54,7 @@ def frame_size(shape: tuple[int, int], settings: VideoSettings) -> tuple[int, in
 
 def stream_size(tile: tuple[int, int], tiles: int, settings: VideoSettings) -> tuple[int, int]:
     """(H, W) of a stream's frames: its tiles stacked top to bottom, at least the encoder's
-    minimum (16 px for x265, 64 for VVC).
+    minimum (16 px for x265, 64 for VVC; see each codec's ``frame_size``).
 
     Only PyAV's in-process libx265 gets whole 64-px CTUs: it encodes noisy content in
     partial CTUs non-deterministically (errors of half the code range, at times heap
@@ -65,8 +65,7 @@ def stream_size(tile: tuple[int, int], tiles: int, settings: VideoSettings) -> t
     codec = get_codec(settings.codec)
     if codec is X265_CODEC and settings.engine == "pyav":
         return h + (-h % X265_CTU), w + (-w % X265_CTU)
-    side = codec.min_side + codec.min_side % 2
-    return max(h, side), max(w, side)
+    return codec.frame_size(h, w)
 
 
 def stream_frame(

@@ -29,7 +29,7 @@ from pipeline.codec.planning import (
     StreamPlan,
 )
 from pipeline.codec.settings import VideoSettings
-from pipeline.codec.videocodecs import X265_CODEC
+from pipeline.codec.videocodecs import X265_CODEC, get_codec
 from pipeline.errors import InvalidCubeError
 
 READ_BLOCK = 2
@@ -92,8 +92,10 @@ def encode_together(
     indices: Sequence[int],
     tag: str,
     progress: bool = False,
+    only: str | None = None,
 ) -> dict[str, EncodedGroup]:
-    """Encode several groups in one pass over the source.
+    """Encode several groups in one pass over the source (of a split group, only the
+    stream named ``only``).
 
     Each block of frames is read once for all groups and handed to every encoder; the
     encoders run in their own processes (or x265's thread pool), so while one block is
@@ -104,7 +106,7 @@ def encode_together(
     writers: dict[str, object] = {}
     for group, settings in jobs:
         coder = GroupCoder(ctx, group, settings)
-        streams = group.streams(settings)
+        streams = [s for s in group.streams(settings) if only is None or s.name == only]
         paths = {s.name: spool / stream_file(s, group.kind, tag) for s in streams}
         sizes = (
             {}
@@ -190,13 +192,56 @@ def encode_pass(
     options: EncodeOptions,
     progress: bool = False,
 ) -> dict[str, EncodedGroup]:
+    """The groups' streams over the whole cube, with an x265 fallback for encoders that
+    give up; groups split for memory (large frames) get a pass per stream."""
+    split = [(g, s) for g, s in jobs if len(g.streams(s)) > 1 and g.kind == "continuous"
+             and not get_codec(s.codec).lossless_only]  # fmt: skip
+    together = [j for j in jobs if j not in split]
+    done = _pass_with_fallback(ctx, spool, together, indices, tag, options, progress)
+    for group, settings in split:
+        parts = [
+            _pass_with_fallback(
+                ctx, spool, [(group, settings)], indices, tag, options, progress, s.name
+            )[group.name]  # fmt: skip
+            for s in group.streams(settings)
+        ]
+        done[group.name] = _joined(parts)
+    return done
+
+
+def _joined(parts: Sequence[EncodedGroup]) -> EncodedGroup:
+    """One group's streams encoded in separate passes, as if in one."""
+    first = parts[0]
+    return replace(
+        first,
+        streams=[s for p in parts for s in p.streams],
+        paths={k: v for p in parts for k, v in p.paths.items()},
+        offsets={k: v for p in parts for k, v in p.offsets.items()},
+        sizes={k: v for p in parts for k, v in p.sizes.items()},
+        settings=parts[-1].settings,
+        failed=next((p.failed for p in parts if p.failed), None),
+    )
+
+
+def _pass_with_fallback(
+    ctx: CubeContext,
+    spool: Path,
+    jobs: Sequence[tuple[GroupPlan, VideoSettings]],
+    indices: Sequence[int],
+    tag: str,
+    options: EncodeOptions,
+    progress: bool = False,
+    only: str | None = None,
+) -> dict[str, EncodedGroup]:
     """One pass over the cube; a group whose encoder gave up is encoded again with x265
     when the codec was the planner's choice, and is an error when the user named it.
 
     The writers count the frames they get back, so an encoder that gives up shows here even
     when it exits 0 (vvenc 1.15's thread pool did, about one encode in three on 2 cores).
     """
-    done = encode_together(ctx, spool, jobs, indices, tag, progress)
+    if not jobs:
+        return {}
+    done = encode_together(ctx, spool, jobs, indices, tag, progress, only)
     failed = [(g, s) for g, s in jobs if done[g.name].failed is not None]
     if not failed:
         return done
@@ -212,5 +257,5 @@ def encode_pass(
     ]
     for g, _ in retry:
         done[g.name].unlink()
-    done.update(encode_together(ctx, spool, retry, indices, f"{tag}.x265", progress))
+    done.update(encode_together(ctx, spool, retry, indices, f"{tag}.x265", progress, only))
     return done

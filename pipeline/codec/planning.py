@@ -41,6 +41,8 @@ MASK_CHUNK = 32
 # VVC padded from 33 x 49 to 64 x 64 px still took 0.95x x265's bits on an hourly field
 # (unpadded 34 x 50 took 1.11x); a frame that would grow more than this goes to x265
 MAX_PADDING = 4
+# pixels in one lossy stream's frame before a group is split into a stream per tile run
+MAX_STREAM_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ class GroupPlan:
     inf_of: list[tuple[Channel, str]] = field(default_factory=list)
     # lossless bands too wide for one 16-bit plane: the band's exact bits in this many words
     words: int = 0
+    frame_pixels: int = 0  # H x W of the cube: large frames get a stream per tile
 
     @property
     def n_planes(self) -> int:
@@ -174,12 +177,27 @@ class GroupPlan:
             # one stream per lossy group whatever the codec and the KLT decision, so every
             # sample of a dataset has the same files (TACO requires it): three planes where
             # the codec carries three, else the planes tiled top to bottom in one frame
+            if self.n_planes > 1 and self.frame_pixels * self.n_planes > MAX_STREAM_PIXELS:
+                return self._split_streams(settings)
             if self.n_planes == 1 or (self.n_planes == 3 and codec.max_planes >= 3):
                 return [StreamPlan(self.name, planes, _with_planes(settings, self.n_planes))]
             return [StreamPlan(self.name, planes, _with_planes(settings, 1), len(planes))]
         if len(planes) == 1:  # lossless codecs carry one plane a stream
             return [StreamPlan(self.name, planes, settings)]
         return [StreamPlan(f"{self.name}.{p}", [p], settings) for p in planes]
+
+    def _split_streams(self, settings: VideoSettings) -> list[StreamPlan]:
+        """Streams of at most ``MAX_STREAM_PIXELS`` a frame, tiles top to bottom, encoded
+        one after another: an encoder's memory grows with its frame (x265 took 760 MB and
+        libaom 860 MB on four tiled 1024 x 1024 bands, measured), so a cube's streams in
+        sequence stay under the 1 GiB a publishing worker gets."""
+        per = max(1, MAX_STREAM_PIXELS // max(self.frame_pixels, 1))
+        chunks = [list(range(i, min(i + per, self.n_planes))) for i in range(0, self.n_planes, per)]
+        one = _with_planes(settings, 1)
+        return [
+            StreamPlan(f"{self.name}.{k}", chunk, one, len(chunk) if len(chunk) > 1 else 1)
+            for k, chunk in enumerate(chunks)
+        ]
 
 
 def _with_planes(settings: VideoSettings, planes: int) -> VideoSettings:
@@ -292,7 +310,6 @@ def plan_groups(
     """Groups of the cube with their first settings (the codec may still change under a
     PSNR target). ``klt_gain`` maps a candidate group's first channel to its coding gain."""
     taken: set[str] = set()
-    plans: list[GroupPlan] = []
     engine = resolve_engine(options.engine)
     base = VideoSettings(
         codec=X265_CODEC.name,
@@ -313,47 +330,83 @@ def plan_groups(
         threads=options.threads,
         engine=engine,
     )
-    klt_gain = klt_gain or {}
+    plans: list[GroupPlan] = []
     for chans, spec in candidate_groups(layout, options.groups):
         lossless = options.lossless if spec is None or spec.lossless is None else spec.lossless
-        target = options.psnr if spec is None or spec.psnr is None else spec.psnr
         if lossless:
-            for c in chans:
-                st = stats[c.name]
-                words = words_needed(np.dtype(st.dtype), st.vmin, st.vmax)
-                name = group_name([c.name], taken)
-                plans.append(GroupPlan(name, "continuous", [c], ffv1, words=words))
+            plans += _lossless_plans(chans, stats, ffv1, taken)
             continue
+        lossy = _LossyPlanner(options, stats, base, engine, frame_shape, klt_gain or {})
+        plans += lossy.plans(chans, spec, taken)
+    plans += _categorical_plans(layout, stats, ffv1, taken)
+    mask = _mask_plan(layout, stats, options, taken)
+    return plans + ([mask] if mask else [])
+
+
+def _lossless_plans(
+    chans: Sequence[Channel], stats: dict[str, ChannelStats], ffv1: VideoSettings, taken: set[str]
+) -> list[GroupPlan]:
+    out = []
+    for c in chans:
+        st = stats[c.name]
+        words = words_needed(np.dtype(st.dtype), st.vmin, st.vmax)
+        out.append(GroupPlan(group_name([c.name], taken), "continuous", [c], ffv1, words=words))
+    return out
+
+
+@dataclass(frozen=True)
+class _LossyPlanner:
+    options: EncodeOptions
+    stats: dict[str, ChannelStats]
+    base: VideoSettings
+    engine: str
+    frame_shape: tuple[int, int]
+    klt_gain: dict[str, float]
+
+    def plans(
+        self, chans: Sequence[Channel], spec: GroupSpec | None, taken: set[str]
+    ) -> list[GroupPlan]:
+        """One KLT group where the bands' detail correlates, else a group per codec-sized
+        run of channels (each its own rate-control unit)."""
+        options = self.options
+        target = options.psnr if spec is None or spec.psnr is None else spec.psnr
         crf = options.crf if spec is None or spec.crf is None else spec.crf
-        codec = codec_candidates(options, engine, target, frame_shape)[0]
+        codec = codec_candidates(options, self.engine, target, self.frame_shape)[0]
         if target is None:
             get_codec(codec).check_quality(crf)
-        settings = replace(base, codec=codec, crf=crf)
-        gain = klt_gain.get(chans[0].name, 1.0)
-        klt = (
-            len(chans) > 1
-            and all(stats[c.name].klt_safe for c in chans)
-            and (
-                options.decorrelate == "klt"
-                or (options.decorrelate == AUTO and gain >= KLT_MIN_GAIN)
-            )
-        )
-        if klt:
+        settings = replace(self.base, codec=codec, crf=crf)
+        pixels = self.frame_shape[0] * self.frame_shape[1]
+        if self._klt(chans):
             name = spec.name if spec and spec.name else None
             name = name or group_name([c.name for c in chans[:3]], taken)
             taken.add(name)
-            plans.append(GroupPlan(name, "continuous", chans, settings, target, "klt"))
-            continue
-        # without a KLT, each codec-sized run of channels is its own rate-control unit
+            return [GroupPlan(name, "continuous", list(chans), settings, target, "klt",
+                              frame_pixels=pixels)]  # fmt: skip
         per = 3 if get_codec(codec).max_planes >= 3 else 1
-        runs = [chans[i : i + per] for i in range(0, len(chans), per)]
+        runs = [list(chans[i : i + per]) for i in range(0, len(chans), per)]
         runs = [r for run in runs for r in ([run] if len(run) != 2 else [[run[0]], [run[1]]])]
+        out = []
         for sub in runs:
             name = spec.name if spec and spec.name and len(runs) == 1 else None
             name = name or group_name([c.name for c in sub], taken)
             taken.add(name)
-            plans.append(GroupPlan(name, "continuous", list(sub), settings, target))
+            out.append(GroupPlan(name, "continuous", sub, settings, target, frame_pixels=pixels))
+        return out
 
+    def _klt(self, chans: Sequence[Channel]) -> bool:
+        decorrelate = self.options.decorrelate
+        gain = self.klt_gain.get(chans[0].name, 1.0)
+        return (
+            len(chans) > 1
+            and all(self.stats[c.name].klt_safe for c in chans)
+            and (decorrelate == "klt" or (decorrelate == AUTO and gain >= KLT_MIN_GAIN))
+        )
+
+
+def _categorical_plans(
+    layout: CubeLayout, stats: dict[str, ChannelStats], ffv1: VideoSettings, taken: set[str]
+) -> list[GroupPlan]:
+    out = []
     for c in (c for c in layout.channels if c.role == "categorical"):
         st = stats[c.name]
         pix = "gray" if st.vmax - st.vmin <= 255 else "gray16le"
@@ -362,22 +415,22 @@ def plan_groups(
                 f"categorical variable {c.variable!r} spans {st.vmin:g}..{st.vmax:g}: more than "
                 "65536 classes cannot be stored losslessly"
             )
-        plans.append(
-            GroupPlan(group_name([c.name], taken), "categorical", [c], replace(ffv1, pix_fmt=pix))
-        )
+        settings = replace(ffv1, pix_fmt=pix)
+        out.append(GroupPlan(group_name([c.name], taken), "categorical", [c], settings))
+    return out
 
+
+def _mask_plan(
+    layout: CubeLayout, stats: dict[str, ChannelStats], options: EncodeOptions, taken: set[str]
+) -> GroupPlan | None:
     continuous = [c for c in layout.channels if c.role == "continuous"]
     masked = [c for c in continuous if stats[c.name].n_invalid > 0]
+    if not masked:
+        return None
     infs = [(c, "+inf") for c in masked if stats[c.name].n_posinf]
     infs += [(c, "-inf") for c in masked if stats[c.name].n_neginf]
-    if masked:
-        # masks are chunked by ``keyint`` frames; a chunk is unpacked whole on read, so it
-        # stays short whatever the video streams' keyframe interval
-        chunk = min(options.keyint, MASK_CHUNK)
-        mask = VideoSettings(
-            codec=MASK_CODEC, pix_fmt="bits", crf=None, lossless=True, keyint=chunk
-        )
-        plans.append(
-            GroupPlan(group_name(["masks"], taken), "mask", [], mask, mask_of=masked, inf_of=infs)
-        )
-    return plans
+    # masks are chunked by ``keyint`` frames; a chunk is unpacked whole on read, so it
+    # stays short whatever the video streams' keyframe interval
+    chunk = min(options.keyint, MASK_CHUNK)
+    mask = VideoSettings(codec=MASK_CODEC, pix_fmt="bits", crf=None, lossless=True, keyint=chunk)
+    return GroupPlan(group_name(["masks"], taken), "mask", [], mask, mask_of=masked, inf_of=infs)

@@ -70,6 +70,11 @@ class VideoCodec:
     def options(self, s: VideoSettings) -> dict[str, str]:
         raise NotImplementedError
 
+    def frame_size(self, h: int, w: int) -> tuple[int, int]:
+        """The smallest frame the encoder codes safely that holds an h x w one."""
+        side = self.min_side + self.min_side % 2
+        return max(h, side), max(w, side)
+
     def frame_bytes(self, planes: np.ndarray, pix_fmt: str) -> bytes | memoryview:
         """Raw planar bytes of one frame as ffmpeg's rawvideo demuxer reads them."""
         return np.ascontiguousarray(planes, dtype=sample_dtype(pix_fmt)).data
@@ -91,6 +96,14 @@ class X265(VideoCodec):
     relative_cost: float = 1.0
     min_side: int = 16
     pix_fmts: ClassVar[dict[int, str]] = {1: "gray12le", 3: "gbrp12le"}
+    # ffmpeg 9's libx265 corrupts its heap on frames 34 to 48 px wide (every height tried,
+    # gray and gbrp, measured): those are padded to 56, which encoded at every height
+    unsafe_widths: ClassVar[range] = range(33, 49)
+    safe_width: ClassVar[int] = 56
+
+    def frame_size(self, h: int, w: int) -> tuple[int, int]:
+        h, w = super().frame_size(h, w)
+        return h, (self.safe_width if w in self.unsafe_widths else w)
 
     def options(self, s: VideoSettings) -> dict[str, str]:
         opts = {"preset": s.preset, "tune": "psnr", "x265-params": s.x265_param_string()}
