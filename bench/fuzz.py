@@ -63,7 +63,7 @@ def base_cubes(work: Path) -> tuple[list[Path], list[Path]]:
     samples of one shard to have the same files)."""
     from pipeline import EncodeOptions
     from pipeline.codec.encode import encode_cube
-    from pipeline.codec.planning import GroupSpec
+    from pipeline.codec.options import GroupSpec
     from pipeline.taco.pack import DatasetInfo, encode_sample, pack_shards
     from tests.conftest import s2_like
 

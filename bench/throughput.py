@@ -42,7 +42,7 @@ GROUPS = (("red", "green", "blue"), ("nir",))
 
 
 def _options(args):
-    from pipeline.codec.planning import EncodeOptions, GroupSpec
+    from pipeline.codec.options import EncodeOptions, GroupSpec
 
     # x265 without decorrelation: the bare encoder below is given exactly these streams
     return EncodeOptions(

@@ -10,7 +10,7 @@ Exported here is the reader's API: encode and decode a cube, open a sample of a 
 from pipeline.codec.decode import decode_cube, iter_decode
 from pipeline.codec.encode import encode_cube
 from pipeline.codec.encoded import EncodedCube
-from pipeline.codec.planning import EncodeOptions, GroupSpec
+from pipeline.codec.options import EncodeOptions, GroupSpec
 from pipeline.errors import CubecastError
 from pipeline.taco.read import iter_samples, open_sample
 

@@ -16,7 +16,7 @@ from pipeline.codec.encode import encode_cube
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.manifest import Manifest
 from pipeline.codec.metrics import bpppb
-from pipeline.codec.planning import EncodeOptions
+from pipeline.codec.options import EncodeOptions
 from pipeline.errors import CubecastError
 from pipeline.recipe import PSNR_MAX
 

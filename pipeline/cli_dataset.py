@@ -13,7 +13,7 @@ from rich.table import Table
 
 from pipeline.cli_cube import check_quality
 from pipeline.cli_io import console, err_console, open_input, write_netcdf
-from pipeline.codec.planning import EncodeOptions
+from pipeline.codec.options import EncodeOptions
 from pipeline.errors import CubecastError
 
 SourceOpt = Annotated[

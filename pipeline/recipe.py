@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.codec.planning import EncodeOptions, GroupSpec
+from pipeline.codec.options import EncodeOptions, GroupSpec
 from pipeline.errors import RecipeError
 from pipeline.recipe_tables import (
     PSNR_MAX,

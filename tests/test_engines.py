@@ -10,7 +10,7 @@ from pipeline.codec.encode import encode_cube
 from pipeline.codec.engines import encode_frames
 from pipeline.codec.ffmpeg_engine import decode_frames_cli, ffmpeg_exe
 from pipeline.codec.metrics import compare
-from pipeline.codec.planning import EncodeOptions
+from pipeline.codec.options import EncodeOptions
 from pipeline.codec.pyav_engine import decode_frames
 from pipeline.codec.settings import VideoSettings
 from tests.conftest import s2_like

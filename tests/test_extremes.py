@@ -21,7 +21,7 @@ from pipeline.codec.decode import decode_cube
 from pipeline.codec.encode import encode_cube
 from pipeline.codec.encoded import EncodedCube, sha256
 from pipeline.codec.manifest import Manifest
-from pipeline.codec.planning import GroupSpec
+from pipeline.codec.options import GroupSpec
 from pipeline.errors import CorruptStreamError, InvalidCubeError, ManifestError
 
 T, H, W = 3, 16, 16

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from pipeline.build import build, verify_step
 from pipeline.codec.encoded import MANIFEST_FILE, EncodedCube, FolderStore
-from pipeline.codec.planning import EncodeOptions
+from pipeline.codec.options import EncodeOptions
 from pipeline.errors import CubecastError, PublishError, RecipeError
 from pipeline.publish.targets import publish
 from pipeline.recipe import load_recipe, parse_recipe

@@ -98,6 +98,23 @@ def _channel_label(da: xr.DataArray, band_dim: str, i: int) -> str:
     return f"{da.name}[{i}]"
 
 
+def _role(name: str, da: xr.DataArray, roles: Mapping[str, str]) -> Role:
+    """The variable's role, given or guessed, checked against its dtype."""
+    if da.dtype.kind not in "biuf":
+        raise InvalidCubeError(
+            f"variable {name!r} has unsupported dtype {da.dtype}: expected bool, integer or float"
+        )
+    role: Role = roles[name] if name in roles else _guess_role(da)  # type: ignore[assignment]
+    if role not in ("continuous", "categorical"):
+        raise InvalidCubeError(f"variable {name!r}: unknown role {role!r}")
+    if role == "categorical" and da.dtype.kind == "f":
+        raise InvalidCubeError(
+            f"variable {name!r} is categorical but has float dtype {da.dtype}: "
+            "cast class labels to an integer type"
+        )
+    return role
+
+
 def analyse(
     ds: xr.Dataset,
     roles: Mapping[str, str] | None = None,
@@ -130,19 +147,7 @@ def analyse(
         if not {t, y, x} <= set(map(str, da.dims)) or da.ndim not in (3, 4):
             layout.aux_vars.append(name)
             continue
-        if da.dtype.kind not in "biuf":
-            raise InvalidCubeError(
-                f"variable {name!r} has unsupported dtype {da.dtype}: "
-                "expected bool, integer or float"
-            )
-        role: Role = roles[name] if name in roles else _guess_role(da)  # type: ignore[assignment]
-        if role not in ("continuous", "categorical"):
-            raise InvalidCubeError(f"variable {name!r}: unknown role {role!r}")
-        if role == "categorical" and da.dtype.kind == "f":
-            raise InvalidCubeError(
-                f"variable {name!r} is categorical but has float dtype {da.dtype}: "
-                "cast class labels to an integer type"
-            )
+        role = _role(name, da, roles)
         band_dim = next((str(d) for d in da.dims if d not in (t, y, x)), None)
         layout.image_vars.append(name)
         layout.roles[name] = role

@@ -22,6 +22,7 @@ from pipeline.codec.groupcoder import (
 from pipeline.codec.manifest import (
     Manifest,
     StreamInfo,
+    VariableInfo,
 )
 from pipeline.codec.masks import decode_masks
 from pipeline.codec.netcdf import dataset_from_bytes
@@ -149,52 +150,12 @@ def _assemble(
         if m.time_dim in ci.dims:
             var = var.isel({m.time_dim: slice(start, stop)})
         coords[name] = var
-
-    data_vars: dict[str, xr.DataArray] = {}
     codemap = CodeMap.from_manifest(m)
-    for v in m.variables:
-        if v.name not in wanted:
-            continue
-        dtype = np.dtype(v.dtype)
-        nodata = jsonvalues.from_json(v.nodata)
-        bands = []
-        for cname in v.channels:
-            c = m.channel(cname)
-            vals = codemap.values(cname, decoded, dtype)
-            if v.role == "continuous" and c.valid_min is not None:
-                lo, hi = c.valid_min, c.valid_max
-                np.clip(vals, np.asarray(lo).astype(dtype), np.asarray(hi).astype(dtype), out=vals)
-            if c.mask_stream is not None:
-                invalid = decoded[c.mask_stream][:, c.mask_bit]
-                vals[invalid] = np.nan if nodata is None and dtype.kind == "f" else nodata
-                for bit, inf in ((c.posinf_bit, np.inf), (c.neginf_bit, -np.inf)):
-                    if bit is not None:
-                        vals[decoded[c.mask_stream][:, bit]] = inf
-            bands.append(vals)
-        canon = [m.time_dim, m.y_dim, m.x_dim]
-        if v.band_dim is None:
-            arr = bands[0]
-        else:
-            arr = np.stack(bands, axis=1)
-            canon = [m.time_dim, v.band_dim, m.y_dim, m.x_dim]
-        da = xr.DataArray(arr, dims=canon).transpose(*v.dims)
-        data_vars[v.name] = _restore(da, v.attrs, v.encoding)
-
+    data_vars = {
+        v.name: _image_variable(m, v, codemap, decoded) for v in m.variables if v.name in wanted
+    }
     if m.aux and aux is not None:
-        tsel = {m.time_dim: slice(start, stop)}
-        aux_ds = aux.isel({k: sl for k, sl in tsel.items() if k in aux.dims})
-        for n in m.aux.variables:
-            if n not in wanted and n in m.data_vars_order:
-                continue
-            da = _restore(
-                aux_ds[n].variable.to_base_variable(),
-                m.aux.attrs.get(n, {}),
-                m.aux.encodings.get(n, {}),
-            )
-            if n in m.data_vars_order:
-                data_vars[n] = xr.DataArray(da)
-            else:
-                coords[n] = da
+        _add_aux(m, aux, wanted, slice(start, stop), data_vars, coords)
     for name, ci in m.coords.items():
         _restore(coords[name], ci.attrs, ci.encoding)
     order = [n for n in m.data_vars_order if n in data_vars]
@@ -203,6 +164,59 @@ def _assemble(
         ds[n].attrs, ds[n].encoding = data_vars[n].attrs, data_vars[n].encoding
     ds.attrs = jsonvalues.dict_from_json(m.attrs)
     return ds
+
+
+def _image_variable(
+    m: Manifest, v: VariableInfo, codemap: CodeMap, decoded: Mapping[str, np.ndarray]
+) -> xr.DataArray:
+    """One image variable's values: codes mapped back, clipped to the valid range, invalid
+    pixels set to nodata (or NaN) and infinities restored from their mask bits."""
+    dtype = np.dtype(v.dtype)
+    nodata = jsonvalues.from_json(v.nodata)
+    bands = []
+    for cname in v.channels:
+        c = m.channel(cname)
+        vals = codemap.values(cname, decoded, dtype)
+        if v.role == "continuous" and c.valid_min is not None:
+            lo, hi = c.valid_min, c.valid_max
+            np.clip(vals, np.asarray(lo).astype(dtype), np.asarray(hi).astype(dtype), out=vals)
+        if c.mask_stream is not None:
+            invalid = decoded[c.mask_stream][:, c.mask_bit]
+            vals[invalid] = np.nan if nodata is None and dtype.kind == "f" else nodata
+            for bit, inf in ((c.posinf_bit, np.inf), (c.neginf_bit, -np.inf)):
+                if bit is not None:
+                    vals[decoded[c.mask_stream][:, bit]] = inf
+        bands.append(vals)
+    if v.band_dim is None:
+        arr, canon = bands[0], [m.time_dim, m.y_dim, m.x_dim]
+    else:
+        arr, canon = np.stack(bands, axis=1), [m.time_dim, v.band_dim, m.y_dim, m.x_dim]
+    da = xr.DataArray(arr, dims=canon).transpose(*v.dims)
+    return _restore(da, v.attrs, v.encoding)
+
+
+def _add_aux(
+    m: Manifest,
+    aux: xr.Dataset,
+    wanted: Sequence[str],
+    window: slice,
+    data_vars: dict[str, xr.DataArray],
+    coords: dict[str, xr.Variable],
+) -> None:
+    """The lossless side-car's variables (wanted data variables, and every coordinate)."""
+    aux_ds = aux.isel({m.time_dim: window}) if m.time_dim in aux.dims else aux
+    for n in m.aux.variables if m.aux else []:
+        if n not in wanted and n in m.data_vars_order:
+            continue
+        da = _restore(
+            aux_ds[n].variable.to_base_variable(),
+            m.aux.attrs.get(n, {}) if m.aux else {},
+            m.aux.encodings.get(n, {}) if m.aux else {},
+        )
+        if n in m.data_vars_order:
+            data_vars[n] = xr.DataArray(da)
+        else:
+            coords[n] = da
 
 
 def _aux_dataset(enc: EncodedCube, wanted: Sequence[str]) -> xr.Dataset | None:

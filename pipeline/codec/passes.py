@@ -22,6 +22,7 @@ from pipeline.codec.groupcoder import (
     stream_size,
 )
 from pipeline.codec.masks import MaskWriter
+from pipeline.codec.memory import block_frames, release_free_memory
 from pipeline.codec.planning import (
     AUTO,
     EncodeOptions,
@@ -105,21 +106,7 @@ def encode_together(
     out: dict[str, EncodedGroup] = {}
     writers: dict[str, object] = {}
     for group, settings in jobs:
-        coder = GroupCoder(ctx, group, settings)
-        streams = [s for s in group.streams(settings) if only is None or s.name == only]
-        paths = {s.name: spool / stream_file(s, group.kind, tag) for s in streams}
-        sizes = (
-            {}
-            if group.kind == "mask"
-            else {s.name: stream_size(coder.tile, s.tiles, s.settings) for s in streams}
-        )
-        out[group.name] = EncodedGroup(group, settings, coder, streams, paths, {}, [], sizes)
-        for s in streams:
-            writers[s.name] = (
-                MaskWriter(paths[s.name], settings.keyint)
-                if group.kind == "mask"
-                else open_writer(paths[s.name], *sizes[s.name], s.settings)
-            )
+        out[group.name] = _open_group(ctx, spool, group, settings, tag, only, writers)
     channels = list(
         {
             c.name: c for g, _ in jobs for c in (g.mask_of if g.kind == "mask" else g.channels)
@@ -127,23 +114,15 @@ def encode_together(
     )
     bar = _progress(progress, len(indices), ", ".join(g.name for g, _ in jobs))
     try:
-        for block, values in iter_blocks(ctx.ds, ctx.layout, channels, indices, READ_BLOCK):
+        block_size = block_frames(ctx.shape[0] * ctx.shape[1], READ_BLOCK)
+        for block, values in iter_blocks(ctx.ds, ctx.layout, channels, indices, block_size):
             for enc in out.values():
                 if enc.failed is None:
                     _feed(enc, writers, block, values)
             if bar is not None:
                 bar.update(len(block))
         for enc in out.values():
-            for s in enc.streams:
-                w = writers[s.name]
-                if enc.failed is not None or not (enc.kept or enc.group.kind == "mask"):
-                    _abandon(w, enc.paths[s.name])  # nothing valid, or the encoder gave up
-                    continue
-                try:
-                    w.close()  # type: ignore[attr-defined]
-                except EncoderFailed as exc:
-                    enc.failed = str(exc)
-                enc.offsets[s.name] = getattr(w, "offsets", None)
+            _close_group(enc, writers)
     except BaseException:
         for enc in out.values():
             enc.unlink()
@@ -152,6 +131,46 @@ def encode_together(
         if bar is not None:
             bar.close()
     return out
+
+
+def _open_group(
+    ctx: CubeContext,
+    spool: Path,
+    group: GroupPlan,
+    settings: VideoSettings,
+    tag: str,
+    only: str | None,
+    writers: dict[str, object],
+) -> EncodedGroup:
+    """The group's coder and a writer per stream (added to ``writers``)."""
+    coder = GroupCoder(ctx, group, settings)
+    streams = [s for s in group.streams(settings) if only is None or s.name == only]
+    paths = {s.name: spool / stream_file(s, group.kind, tag) for s in streams}
+    sizes = (
+        {}
+        if group.kind == "mask"
+        else {s.name: stream_size(coder.tile, s.tiles, s.settings) for s in streams}
+    )
+    for s in streams:
+        writers[s.name] = (
+            MaskWriter(paths[s.name], settings.keyint)
+            if group.kind == "mask"
+            else open_writer(paths[s.name], *sizes[s.name], s.settings)
+        )
+    return EncodedGroup(group, settings, coder, streams, paths, {}, [], sizes)
+
+
+def _close_group(enc: EncodedGroup, writers: Mapping[str, object]) -> None:
+    for s in enc.streams:
+        w = writers[s.name]
+        if enc.failed is not None or not (enc.kept or enc.group.kind == "mask"):
+            _abandon(w, enc.paths[s.name])  # nothing valid, or the encoder gave up
+            continue
+        try:
+            w.close()  # type: ignore[attr-defined]
+        except EncoderFailed as exc:
+            enc.failed = str(exc)
+        enc.offsets[s.name] = getattr(w, "offsets", None)
 
 
 def _feed(
@@ -242,6 +261,7 @@ def _pass_with_fallback(
     if not jobs:
         return {}
     done = encode_together(ctx, spool, jobs, indices, tag, progress, only)
+    release_free_memory()
     failed = [(g, s) for g, s in jobs if done[g.name].failed is not None]
     if not failed:
         return done

@@ -8,7 +8,6 @@ tiled top to bottom in one frame); an FFV1 group has one stream per plane.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -18,22 +17,18 @@ import numpy as np
 from pipeline.codec.cube import Channel, ChannelStats, CubeLayout
 from pipeline.codec.manifest import StreamKind
 from pipeline.codec.masks import CODEC as MASK_CODEC
+from pipeline.codec.options import AUTO, EncodeOptions, GroupSpec
 from pipeline.codec.quantize import words_needed
 from pipeline.codec.settings import VideoSettings
 from pipeline.codec.videocodecs import (
-    AOM_CODEC,
     FFV1_CODEC,
-    VVC_CODEC,
     X265_CODEC,
-    codec_names,
     get_codec,
 )
 from pipeline.errors import InvalidCubeError
 
 LOSSLESS_BITS = 16
 MAX_GROUP = 16  # channels in one decorrelated group (the KLT is B x B per pixel)
-AUTO = "auto"
-DECORRELATE = ("auto", "klt", "none")
 # a KLT pays off when the bands' detail correlates enough: geometric mean of the band
 # variances over that of the eigenvalues; 1.0 means independent bands (klt.coding_gain)
 KLT_MIN_GAIN = 1.5
@@ -43,94 +38,6 @@ MASK_CHUNK = 32
 MAX_PADDING = 4
 # pixels in one lossy stream's frame before a group is split into a stream per tile run
 MAX_STREAM_PIXELS = 1 << 20
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    """A named band group with optional settings of its own (from a recipe)."""
-
-    channels: tuple[str, ...]
-    name: str | None = None
-    crf: float | None = None
-    psnr: float | None = None
-    lossless: bool | None = None
-
-
-@dataclass(frozen=True)
-class EncodeOptions:
-    crf: float = 12.0  # the codec's own quantiser: x265/AV1 CRF, VVC QP
-    preset: str = "medium"  # x265 preset names; mapped onto VVC's and libaom's speeds
-    lossless: bool = False
-    psnr: float | None = None
-    groups: tuple[GroupSpec, ...] = ()
-    keyint: int = 250  # x265's default; a seek decodes at most this many extra frames
-    x265_params: str = ""
-    threads: int = 0
-    workers: int = 1
-    # "ffmpeg": the ffmpeg command line, one process per stream; "pyav": in-process;
-    # "auto": ffmpeg when a binary is found (see resolve_engine), else pyav
-    engine: str = "auto"
-    # a registered lossy codec, or "auto": with a PSNR target, the candidate that meets it
-    # in the fewest bytes on a sample; at a fixed CRF, VVC where the engine has it
-    codec: str = AUTO
-    candidates: tuple[str, ...] = (VVC_CODEC.name, AOM_CODEC.name, X265_CODEC.name)
-    # encode-time budget for "auto": candidates slower than this many times x265 medium
-    # are not tried
-    max_cost: float = 8.0
-    decorrelate: str = AUTO  # "klt", "none", or "auto": KLT where the bands correlate
-    skip_empty: bool = True  # frames with no valid pixel are not stored in video streams
-
-    def __post_init__(self) -> None:
-        """Refuse values the encoder would misread (a keyint of 0 writes an undecodable
-        cube), naming the field: the API gets the checks the CLI and recipes have."""
-        _check_quality("crf", self.crf, "psnr", self.psnr)
-        for g in self.groups:
-            label = f"group {g.name or list(g.channels)}"
-            _check_quality(f"{label} crf", g.crf, f"{label} psnr", g.psnr)
-        _check_int("keyint", self.keyint, 1)
-        _check_int("workers", self.workers, 1)
-        _check_int("threads", self.threads, 0)
-        if not (isinstance(self.max_cost, int | float) and self.max_cost > 0):
-            raise InvalidCubeError(f"max_cost {self.max_cost!r}: must be a number above 0")
-        if self.preset not in PRESETS:
-            raise InvalidCubeError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
-        if self.decorrelate not in DECORRELATE:
-            raise InvalidCubeError(
-                f"decorrelate {self.decorrelate!r} is not one of {', '.join(DECORRELATE)}"
-            )
-        lossy = codec_names(lossy_only=True)
-        for c in (self.codec, *self.candidates):
-            if c != AUTO and c not in lossy:
-                raise InvalidCubeError(
-                    f"codec {c!r} is not supported (choose auto, {', '.join(lossy)})"
-                )
-
-
-PRESETS = (
-    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
-    "veryslow", "placebo",
-)  # fmt: skip
-CRF_MAX = 63.0  # VVC QP and AV1 CRF; x265's CRF stops at 51 (checked per codec)
-PSNR_CEILING = 100.0  # recipe.PSNR_MAX: no lossy codec gets near it
-
-
-def _is_number(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _check_quality(crf_name: str, crf: float | None, psnr_name: str, psnr: float | None) -> None:
-    if crf is not None and not (_is_number(crf) and 0 <= crf <= CRF_MAX):
-        raise InvalidCubeError(f"{crf_name} {crf!r}: must be a number from 0 to {CRF_MAX:g}")
-    if psnr is not None and not (_is_number(psnr) and 0 < psnr <= PSNR_CEILING):
-        raise InvalidCubeError(
-            f"{psnr_name} {psnr!r}: a PSNR floor must be above 0 and at most "
-            f"{PSNR_CEILING:g} dB (use lossless above that)"
-        )
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InvalidCubeError(f"{name} {value!r}: must be an integer of at least {low}")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pipeline.codec.groupcoder import (
     psnr_from_mse,
     untile,
 )
+from pipeline.codec.memory import block_frames
 from pipeline.codec.passes import READ_BLOCK, EncodedGroup
 from pipeline.codec.pyav_engine import decode_frames
 from pipeline.codec.settings import n_planes
@@ -42,7 +43,8 @@ def group_psnr(
     channels = [c for e in encoded for c in e.group.channels]
     kept = {e.group.name: set(e.kept) for e in encoded}
     try:
-        for block, values in iter_blocks(ctx.ds, ctx.layout, channels, indices, READ_BLOCK):
+        block_size = block_frames(h * w, READ_BLOCK)
+        for block, values in iter_blocks(ctx.ds, ctx.layout, channels, indices, block_size):
             for e in encoded:
                 rows = [i for i, idx in enumerate(block) if idx in kept[e.group.name]]
                 if not rows:

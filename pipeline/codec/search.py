@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
+import xarray as xr
 
 from pipeline.codec.groupcoder import CubeContext
-from pipeline.codec.passes import encode_together
+from pipeline.codec.passes import encode_pass, encode_together
 from pipeline.codec.planning import AUTO, EncodeOptions, GroupPlan, codec_candidates
 from pipeline.codec.quality import group_psnr
 from pipeline.codec.ratecontrol import (
@@ -55,8 +56,11 @@ def choose(ctx: CubeContext, spool: Path, group: GroupPlan, options: EncodeOptio
     """The candidate codec and quantiser predicted to meet the group's floor in the fewest
     bytes; lossless x265 when none reaches it."""
     floor = cast(float, group.psnr_target)
+    full_pixels = group.frame_pixels
     sample = sample_cube(ctx, group)
     target = floor + (0.0 if sample is ctx else sample_bias(ctx, sample, spool, group, floor))
+    h, w = sample.shape
+    group = replace(group, frame_pixels=h * w)  # trials on small frames: one stream
     names = codec_candidates(options, group.settings.engine, floor, ctx.shape)
     with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
         found = list(pool.map(lambda n: _fit(sample, spool, group, n, target), names))
@@ -73,8 +77,8 @@ def choose(ctx: CubeContext, spool: Path, group: GroupPlan, options: EncodeOptio
             best = alt
     if best is None:
         lossless = replace(group.settings, codec=X265_CODEC.name, lossless=True, crf=None)
-        return Choice(group, lossless, None)
-    return best
+        best = Choice(group, lossless, None)
+    return replace(best, group=replace(best.group, frame_pixels=full_pixels))
 
 
 def step_down(settings: VideoSettings, model: RateModel | None, shortfall: float) -> VideoSettings:
@@ -99,10 +103,12 @@ def sample_bias(
         group.settings, codec=X265_CODEC.name, preset="ultrafast", crf=float(_prior(floor))
     )
     psnr = []
-    for part in (sample, ctx):
+    for part, pixels in ((sample, sample.shape[0] * sample.shape[1]), (ctx, group.frame_pixels)):
         indices = list(range(part.ds.sizes[part.layout.time_dim]))
         tag = f".bias-{len(psnr)}"
-        enc = encode_together(part, spool, [(group, settings)], indices, tag)[group.name]
+        sized = replace(group, frame_pixels=pixels)
+        job = [(sized, settings)]
+        enc = encode_pass(part, spool, job, indices, tag, EncodeOptions())[group.name]
         try:
             if enc.failed is not None:
                 return 0.0
@@ -166,10 +172,15 @@ def sample_cube(ctx: CubeContext, group: GroupPlan) -> CubeContext:
     side = max(MOSAIC_MIN, math.isqrt(int(budget / len(frames))))
     ys, xs = _mosaic(h, block, side), _mosaic(w, block, side)
     variables = sorted({c.variable for c in group.channels})
-    src = ctx.ds[variables].isel({layout.time_dim: frames})
+    src = ctx.ds[variables]
     src = src.drop_vars(list(src.coords))
-    sample = src.isel({layout.y_dim: ys, layout.x_dim: xs}).load()
-    return replace(ctx, ds=sample)
+    parts = [  # a few frames at a time: a lazy source reads whole frames before cropping
+        src.isel({layout.time_dim: frames[i : i + 4]})
+        .isel({layout.y_dim: ys, layout.x_dim: xs})
+        .load()
+        for i in range(0, len(frames), 4)
+    ]
+    return replace(ctx, ds=xr.concat(parts, dim=layout.time_dim))
 
 
 def _time_runs(t: int, budget: float) -> list[int]:
