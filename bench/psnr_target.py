@@ -49,12 +49,16 @@ def fixed_options(enc: EncodedCube, base: EncodeOptions) -> EncodeOptions:
     codecs = {s.codec for s in lossy}
     if len(codecs) > 1:
         raise SystemExit(f"groups chose different codecs {codecs}: compare per group")
-    stream_of = {c.name: c.stream for c in m.channels if c.stream}
-    for tr in m.transforms:
-        stream_of.update({c: tr.components[0].stream for c in tr.channels})
-    groups = [
-        GroupSpec(tuple(c for c, st in stream_of.items() if st == s.name), crf=s.crf) for s in lossy
-    ]
+    crf_of = {s.name: s.crf for s in lossy}
+    groups, covered = [], set()
+    for tr in m.transforms:  # a KLT group: its bands, whatever streams hold the components
+        streams = {c.stream for c in tr.components}
+        groups.append(GroupSpec(tuple(tr.channels), crf=crf_of[tr.components[0].stream]))
+        covered |= streams
+    for s in lossy:
+        bands = tuple(c.name for c in m.channels if c.stream == s.name)
+        if s.name not in covered and bands:
+            groups.append(GroupSpec(bands, crf=s.crf))
     klt = bool(m.transforms)
     return EncodeOptions(
         codec=codecs.pop(),

@@ -332,8 +332,9 @@ def main() -> None:
     both = "pipeline_encode" in enc and "bare_encode" in enc
     ratio = enc["pipeline_encode"]["seconds"] / enc["bare_encode"]["seconds"] if both else None
     lines = [
-        f"cube {tag} x 4 bands uint16 ({raw_gb:.2f} GB raw), x265 preset {args.preset}, "
-        f"CRF {args.crf:g}, pipeline engine {args.engine}",
+        f"cube {tag} x 4 bands uint16 ({raw_gb:.2f} GB raw); pipeline/bare steps: x265 preset "
+        f"{args.preset}, CRF {args.crf:g}, engine {args.engine}; recipe_pack and flow steps: "
+        "the dynamicearthnet recipe's own settings (PSNR floor, codec auto)",
         "",
         "| step | wall s | CPU s | peak memory MiB | MB/s raw | cubes per hour |",
         "|---|---|---|---|---|---|",
