@@ -4,6 +4,10 @@ Each task wraps a plain function of :mod:`pipeline.build`; cubes are encoded con
 in separate processes (the default), on threads, or on a Dask cluster. Encoded cubes are
 cached on what determines them (the recipe's source, variables and codec settings and the
 cube id), so a re-run skips them.
+
+With ``incremental=True`` the flow hands over to ``publish-incremental``
+(:mod:`flows.incremental`): the target's own index decides what to encode, cubes go in
+batches of one commit each under ``max_disk``, and a stopped run is continued by the next.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from prefect.futures import wait
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
+from flows.incremental import publish_incremental_flow
 from pipeline.build import encode_step, fingerprint, pack_step, select_cubes, verify_step
+from pipeline.errors import CubecastError
 from pipeline.lock import folder_lock
 from pipeline.publish.targets import PublishResult, publish
 from pipeline.publish.verify import Verification
@@ -116,12 +122,26 @@ def push(out: str, target: str, dry_run: bool, private: bool) -> PublishResult:
     return publish(out, target, dry_run=dry_run, private=private)
 
 
-def task_runner(runner: Runner, workers: int, dask_address: str | None) -> Any:
-    if runner == "dask" or dask_address:
+def task_runner(
+    runner: Runner,
+    workers: int,
+    dask_address: str | None,
+    dask_cluster_class: str | None = None,
+    dask_cluster_kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """Processes (the default), threads, or Dask: an existing scheduler (``dask_address``),
+    a cluster class started for the run (``dask_cluster_class``, e.g.
+    ``dask_kubernetes.operator.KubeCluster`` with its ``dask_cluster_kwargs``), or a
+    LocalCluster of ``workers`` processes."""
+    if runner == "dask" or dask_address or dask_cluster_class:
         from prefect_dask import DaskTaskRunner
 
         if dask_address:
             return DaskTaskRunner(address=dask_address)
+        if dask_cluster_class:
+            return DaskTaskRunner(
+                cluster_class=dask_cluster_class, cluster_kwargs=dask_cluster_kwargs or {}
+            )
         return DaskTaskRunner(
             cluster_class="distributed.LocalCluster",
             cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True},
@@ -140,37 +160,12 @@ def encode_cubes(recipe: Recipe, cube_ids: list[str], out: str) -> list[str]:
     return [f.result() for f in futures]
 
 
-@flow(name="publish-dataset", log_prints=True)
-def publish_dataset(
-    recipe: str = "dynamicearthnet",
-    source: str | None = None,
-    out: str | None = None,
-    target: str | None = None,
-    cubes: int | None = None,
-    workers: int = 2,
-    runner: Runner = "processes",
-    dask_address: str | None = None,
-    synthesize: bool = False,
-    dry_run: bool = False,
-) -> dict[str, Any]:
-    """Publish one dataset from its recipe.
-
-    ``source`` overrides the recipe's mirror; with ``synthesize`` a synthetic twin is written
-    there first when it does not exist (the embedded default). ``target`` defaults to
-    ``out/published/<recipe>``; give ``hf://datasets/ORG/NAME`` to push to the hub.
-    """
+def single_shot(spec: Recipe, out: str, target: str, runner: Any, dry_run: bool) -> dict:
+    """Every selected cube encoded into ``out``, packed, verified, then published at once."""
     log = get_run_logger()
-    if synthesize and source and not Path(source).exists():
-        from pipeline.sources.twins import TWIN_WRITERS
-
-        log.info("writing a synthetic %s twin to %s", recipe, source)
-        TWIN_WRITERS[recipe](source, cubes=cubes or 2, frames=48, size=64, progress=False)
-    spec = _recipe(recipe, source, cubes)
-    out = out or f"out/{spec.name}"
-    target = target or f"out/published/{spec.name}"
     ids = list_cubes(spec)
     log.info("%d cubes from %s", len(ids), spec.source.location)
-    encoder = encode_cubes.with_options(task_runner=task_runner(runner, workers, dask_address))
+    encoder = encode_cubes.with_options(task_runner=runner)
     with folder_lock(out, "cubecast run or pack"):  # one writer per output folder
         staged = encoder(spec, ids, out)
         shards = pack(spec, staged, out)
@@ -189,6 +184,54 @@ def publish_dataset(
         "unchanged": result.unchanged,
         "dry_run": dry_run,
     }
+
+
+@flow(name="publish-dataset", log_prints=True)
+def publish_dataset(
+    recipe: str = "dynamicearthnet",
+    source: str | None = None,
+    out: str | None = None,
+    target: str | None = None,
+    cubes: int | None = None,
+    workers: int = 2,
+    runner: Runner = "processes",
+    dask_address: str | None = None,
+    synthesize: bool = False,
+    dry_run: bool = False,
+    incremental: bool = False,
+    max_disk: str | None = None,
+    batch_cubes: int = 100,
+    prune: bool = False,
+    hf_token_secret: str | None = None,
+    dask_cluster_class: str | None = None,
+    dask_cluster_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Publish one dataset from its recipe.
+
+    ``source`` overrides the recipe's mirror; with ``synthesize`` a synthetic twin is written
+    there first when it does not exist (the embedded default). ``target`` defaults to
+    ``out/published/<recipe>``; give ``hf://datasets/ORG/NAME`` to push to the hub.
+    ``incremental`` publishes in batches (``max_disk``, ``batch_cubes``, ``prune``; the
+    hub token from the Prefect Secret block ``hf_token_secret`` when the worker has no
+    ``HF_TOKEN``); ``dry_run`` applies to the single-shot mode only.
+    """
+    log = get_run_logger()
+    if synthesize and source and not Path(source).exists():
+        from pipeline.sources.twins import TWIN_WRITERS
+
+        log.info("writing a synthetic %s twin to %s", recipe, source)
+        TWIN_WRITERS[recipe](source, cubes=cubes or 2, frames=48, size=64, progress=False)
+    spec = _recipe(recipe, source, cubes)
+    out = out or f"out/{spec.name}"
+    target = target or f"out/published/{spec.name}"
+    runner_ = task_runner(runner, workers, dask_address, dask_cluster_class, dask_cluster_kwargs)
+    if incremental:
+        if dry_run:
+            raise CubecastError("dry_run applies to the single-shot mode, not to incremental")
+        return publish_incremental_flow.with_options(task_runner=runner_)(
+            spec, target, out, max_disk, batch_cubes, workers, prune, hf_token_secret
+        )
+    return single_shot(spec, out, target, runner_, dry_run)
 
 
 if __name__ == "__main__":

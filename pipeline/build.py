@@ -21,6 +21,8 @@ from pipeline import __version__
 from pipeline.confine import safe_name
 from pipeline.lock import holds_output_folder
 from pipeline.publish.card import write_card
+from pipeline.publish.fingerprint import RecordingMirror, source_digest
+from pipeline.publish.panel import draw_sample_panel, panel_bands  # noqa: F401 (re-exported)
 from pipeline.publish.report import PLOTS, write_report
 from pipeline.publish.verify import Verification, verify_shards
 from pipeline.recipe import Recipe
@@ -58,47 +60,6 @@ def fingerprint(recipe: Recipe, cube_id: str) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-class _RecordingMirror:
-    """A mirror that notes every file an adapter read, so the encode cache can be keyed on
-    their content."""
-
-    def __init__(self, inner: Mirror) -> None:
-        self.inner = inner
-        self.paths: set[Path] = set()
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
-
-    def list(self, pattern: str) -> list[str]:
-        return self.inner.list(pattern)
-
-    def fetch(self, rel: str) -> Path:
-        p = self.inner.fetch(rel)
-        self.paths.add(p)
-        return p
-
-    def fetch_tree(self, rel: str) -> Path:
-        p = self.inner.fetch_tree(rel)
-        self.paths.add(p)
-        return p
-
-
-def source_digest(paths: Iterable[Path]) -> dict[str, str]:
-    """SHA-256 of every file under ``paths`` (files or folders), keyed by resolved path."""
-    files: set[Path] = set()
-    for p in paths:
-        p = Path(p).resolve()
-        files |= {f for f in p.rglob("*") if f.is_file()} if p.is_dir() else {p}
-    out = {}
-    for f in sorted(files):
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        out[str(f)] = h.hexdigest()
-    return out
-
-
 def _cache_hit(mark: Path, fp: str) -> bool:
     """The staged cube was made with these settings from files that have not changed."""
     try:
@@ -119,15 +80,42 @@ def encode_step(
     force: bool = False,
 ) -> StagedSample:
     """Fetch one source cube, encode it at the recipe's settings and stage it on disk."""
+    return stage_cube(recipe, cube_id, out, mirror, force)[0]
+
+
+def shared_files(recipe: Recipe) -> set[str]:
+    """Source files every cube reads that are not part of any one cube (the split file)."""
+    spec = recipe.source
+    return {f for f in (spec.split_file, spec.cubes.sample_list, spec.index) if f}
+
+
+def read_mark(staged: StagedSample) -> dict:
+    """The staged cube's ``.fingerprint`` record ({} when missing or unreadable)."""
+    try:
+        data = json.loads((staged.folder / FINGERPRINT).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def stage_cube(
+    recipe: Recipe,
+    cube_id: str,
+    out: str | Path,
+    mirror: Mirror | None = None,
+    force: bool = False,
+) -> tuple[StagedSample, bool]:
+    """:func:`encode_step`, also saying whether it encoded (``False``: the staged cube was
+    already there, made with these settings from files that have not changed). The
+    ``.fingerprint`` record is written with the cube, atomically: the settings, the local
+    files read (for this cache) and what the source adapter read (:class:`SourceRecord`)."""
     staging = staging_dir(out)
     staged = StagedSample(staging / safe_name(cube_id, "cube id"))  # ids come from the source
     fp = fingerprint(recipe, cube_id)
     mark = staged.folder / FINGERPRINT
     if not force and mark.is_file() and _cache_hit(mark, fp):
-        return staged
-    from pipeline.sources import mirror_for
-
-    recording = _RecordingMirror(mirror or mirror_for(recipe.source))
+        return staged, False
+    recording = RecordingMirror(mirror or mirror_for(recipe.source))
     cube = load_cube(recipe, cube_id, recording)  # type: ignore[arg-type]
     staging.mkdir(parents=True, exist_ok=True)
     sample = encode_sample(
@@ -140,12 +128,10 @@ def encode_step(
         workdir=staging,  # streams spool beside their final place: staging links, not copies
     )
     sample.extra.update({"crs": cube.crs, "dataset": recipe.taco.id})
-    staged = stage_sample(sample, staging)
+    record = recording.record(cube_id, skip=shared_files(recipe))
     files = source_digest(recording.paths)
-    (staged.folder / FINGERPRINT).write_text(
-        json.dumps({"settings": fp, "files": files}, sort_keys=True)
-    )
-    return staged
+    text = json.dumps({"settings": fp, "files": files, "source": record.to_dict()}, sort_keys=True)
+    return stage_sample(sample, staging, marks={FINGERPRINT: text}), True
 
 
 def pack_step(recipe: Recipe, staged: Sequence[StagedSample], out: str | Path) -> list[Path]:
@@ -207,61 +193,6 @@ def verify_step(
     verification.record_files(folder)  # what publish will mirror, hashed after it is all written
     verification.write(folder)
     return verification
-
-
-def panel_bands(recipe: Recipe, names: Sequence[str]) -> list[str]:
-    """The first three bands of the recipe's RGB group (a group named ``rgb``, else the first
-    group of three or more bands, which recipes list red, green, blue first), or the first
-    continuous band: what the report shows of one sample."""
-    groups = [g for g in recipe.codec.groups if all(b in names for b in g.bands)]
-    for g in sorted(groups, key=lambda g: g.name.lower() != "rgb"):
-        if len(g.bands) >= 3:
-            return list(g.bands[:3])
-    continuous = [b for b in recipe.variables.continuous if b in names]
-    return (continuous or list(names))[:1]
-
-
-def draw_sample_panel(
-    recipe: Recipe, shards: Sequence[str], mirror: Mirror, out: Path
-) -> Path | None:
-    """Original / decoded / error images of one frame of the first sample, so a reader of
-    the report sees the quality, not only numbers. Reads one frame of each side only."""
-    import numpy as np
-
-    from pipeline.codec.decode import decode_cube
-    from pipeline.publish.report import sample_panel
-    from pipeline.taco.read import _open_archive, sample_encoded, sample_ids
-
-    if not shards:
-        return None
-    archive, fh = _open_archive(shards[0])
-    with archive, fh:
-        ids = sample_ids(archive)
-        if not ids:
-            return None
-        enc = sample_encoded(archive, ids[0], shards[0])
-        m = enc.manifest
-        lossy = [
-            c.name
-            for c in m.channels
-            if c.name in m.data_vars_order and not m.channel_lossless(c.name)
-        ]
-        bands = panel_bands(recipe, lossy)
-        if not bands:
-            return None
-        source = load_cube(recipe, ids[0], mirror).dataset
-        n = m.n_frames
-        # the clearest of a few evenly spaced frames: a cloudy frame shows little
-        candidates = sorted({int(i) for i in np.linspace(0, n - 1, min(n, 7))})
-
-        def valid(i: int) -> float:
-            return float(np.isfinite(source[bands[0]].isel({m.time_dim: i}).values).mean())
-
-        t = max(candidates, key=lambda i: (valid(i), -abs(i - n // 2)))
-        original = source[bands].isel({m.time_dim: t}).load()
-        decoded = decode_cube(enc, variables=bands, time=slice(t, t + 1))
-    label = f"{ids[0]}, frame {t} of {n}"
-    return sample_panel(original, decoded.isel({m.time_dim: 0}), bands, out, label)
 
 
 @dataclass

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -28,12 +27,13 @@ from typing import Any
 
 from pipeline.codec.encoded import file_sha256
 from pipeline.errors import PublishError
+from pipeline.publish.hub import HF_TARGET as _HF
+from pipeline.publish.hub import HUB_KEEP, Digest, hub_errors, hub_has, hub_token, hub_tree
 from pipeline.publish.verify import REPORT_JSON, Verification, dataset_files
-from pipeline.sources.download import hub_endpoint, network_errors
+from pipeline.sources.download import hub_endpoint
 
 log = logging.getLogger(__name__)
 INDEX_FILE = ".cubecast-index.json"
-_HF = re.compile(r"^hf://datasets/(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)/?$")
 
 
 @dataclass
@@ -72,9 +72,6 @@ def publishable_files(folder: Path) -> list[str]:
         return (3 if rel == "README.md" else 2), rel
 
     return sorted(files, key=order)
-
-
-Digest = Callable[[Path], str]
 
 
 def require_verified(folder: Path, digest: Digest = file_sha256) -> Verification:
@@ -116,15 +113,6 @@ def require_verified(folder: Path, digest: Digest = file_sha256) -> Verification
     return verification
 
 
-def _git_blob_sha1(path: Path) -> str:
-    data = path.read_bytes()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _scrub(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
-
-
 # -- fsspec (local folders included) ------------------------------------------------------
 def _same_bytes(fs: Any, dest: str, entry: dict) -> bool:
     """Whether ``dest`` on the target already holds the file (size, then SHA-256): a publish
@@ -157,6 +145,38 @@ def _stale_on_target(fs: Any, root: str, remote: dict, wanted: set[str]) -> list
     return sorted(found - wanted)
 
 
+def _read_target_index(fs: Any, index_path: str, target: str) -> dict:
+    try:
+        remote = json.loads(fs.cat_file(index_path)) if fs.exists(index_path) else {}
+    except Exception as exc:  # a target we cannot read is a target we cannot publish to
+        raise PublishError(f"{target}: cannot read ({exc})") from exc
+    return remote if isinstance(remote, dict) else {}
+
+
+def _put_atomic(fs: Any, path: Path, dest: str) -> None:
+    """Copy ``path`` to ``dest`` under a temporary name, renamed when complete."""
+    fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{dest}.part"
+    fs.put_file(str(path), tmp)
+    fs.mv(tmp, dest)
+
+
+def _delete_stale(fs: Any, root: str, target: str, stale: list[str], forget: Callable) -> None:
+    for rel in stale:
+        try:
+            if fs.exists(f"{root}/{rel}"):
+                fs.rm(f"{root}/{rel}")
+        except Exception as exc:
+            raise PublishError(f"{target}: cannot delete stale {rel} ({exc})") from exc
+        forget(rel)
+    for d in sorted({rel.rsplit("/", 1)[0] for rel in stale if "/" in rel}, reverse=True):
+        try:  # folders an earlier layout left empty (``.tacocat``) go too
+            if not fs.ls(f"{root}/{d}"):
+                fs.rmdir(f"{root}/{d}")
+        except Exception:  # not empty, or a store without folders
+            pass
+
+
 def _publish_fsspec(
     folder: Path,
     files: list[str],
@@ -171,12 +191,7 @@ def _publish_fsspec(
     root = root.rstrip("/")
     result = PublishResult(target, dry_run=dry_run)
     index_path = f"{root}/{INDEX_FILE}"
-    try:
-        remote = json.loads(fs.cat_file(index_path)) if fs.exists(index_path) else {}
-        if not isinstance(remote, dict):
-            remote = {}
-    except Exception as exc:  # a target we cannot read is a target we cannot publish to
-        raise PublishError(f"{target}: cannot read ({exc})") from exc
+    remote = _read_target_index(fs, index_path, target)
     index = dict(remote)  # the progress record: what the target holds, file by file
 
     def save_index() -> None:
@@ -205,51 +220,20 @@ def _publish_fsspec(
             continue
         progress(rel)
         try:
-            fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
-            tmp = f"{dest}.part"
-            fs.put_file(str(path), tmp)
-            fs.mv(tmp, dest)
-            index[rel] = entry
-            save_index()
+            _put_atomic(fs, path, dest)
         except Exception as exc:  # each backend has its own errors
             raise PublishError(f"{target}: cannot write {rel} ({exc})") from exc
+        index[rel] = entry
+        save_index()
     result.deleted = _stale_on_target(fs, root, remote, set(files))
     if dry_run:
         return result
-    for rel in result.deleted:
-        try:
-            if fs.exists(f"{root}/{rel}"):
-                fs.rm(f"{root}/{rel}")
-        except Exception as exc:
-            raise PublishError(f"{target}: cannot delete stale {rel} ({exc})") from exc
-        index.pop(rel, None)
-        save_index()
-    for d in sorted({rel.rsplit("/", 1)[0] for rel in result.deleted if "/" in rel}, reverse=True):
-        try:  # folders an earlier layout left empty (``.tacocat``) go too
-            if not fs.ls(f"{root}/{d}"):
-                fs.rmdir(f"{root}/{d}")
-        except Exception:  # not empty, or a store without folders
-            pass
+    _delete_stale(
+        fs, root, target, result.deleted, lambda rel: (index.pop(rel, None), save_index())
+    )
     if index != remote or not fs.exists(index_path):
         save_index()
     return result
-
-
-# -- HuggingFace hub ----------------------------------------------------------------------
-_HUB_KEEP = {".gitattributes"}  # the hub's own file, not part of the dataset
-
-
-def hub_token() -> str:
-    token = os.environ.get("HF_TOKEN")
-    if not token:
-        from huggingface_hub import get_token
-
-        token = get_token()
-    if not token:
-        raise PublishError(
-            "no HuggingFace token: set HF_TOKEN or run `hf auth login` to publish to the hub"
-        )
-    return token
 
 
 def _publish_hub(
@@ -263,37 +247,24 @@ def _publish_hub(
     digest: Digest,
 ) -> PublishResult:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     token = hub_token()
     endpoint = hub_endpoint()
     api = HfApi(endpoint=endpoint, token=token)
     target = f"hf://datasets/{repo_id}"
     result = PublishResult(target, dry_run=dry_run)
-    try:
-        try:
-            remote = {
-                f.path: f
-                for f in api.list_repo_tree(repo_id, repo_type="dataset", recursive=True)
-                if hasattr(f, "blob_id")
-            }
-        except RepositoryNotFoundError:
+    with hub_errors(target, token, endpoint):
+        remote = hub_tree(api, repo_id)
+        if remote is None:
             remote = {}
             if not dry_run:
                 api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         ops: list[Any] = []
         for rel in files:
             path = folder / rel
-            have = remote.get(rel)
-            if have is not None:
-                same = (
-                    have.lfs.sha256 == digest(path)
-                    if have.lfs is not None
-                    else have.blob_id == _git_blob_sha1(path)
-                )
-                if same:
-                    result.unchanged.append(rel)
-                    continue
+            if hub_has(remote.get(rel), path, digest):
+                result.unchanged.append(rel)
+                continue
             result.uploaded.append(rel)
             result.bytes_uploaded += path.stat().st_size
             if dry_run:
@@ -303,7 +274,7 @@ def _publish_hub(
             api.preupload_lfs_files(repo_id, additions=[op], repo_type="dataset")
             ops.append(op)
         # the repo mirrors the folder: what an earlier layout left goes, in the same commit
-        result.deleted = sorted(p for p in remote if p not in set(files) and p not in _HUB_KEEP)
+        result.deleted = sorted(p for p in remote if p not in set(files) and p not in HUB_KEEP)
         if not dry_run:
             ops += [CommitOperationDelete(path_in_repo=p) for p in result.deleted]
         if ops:
@@ -311,18 +282,6 @@ def _publish_hub(
                 repo_id, operations=ops, commit_message=message, repo_type="dataset"
             )
             result.commit = info.oid
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status in (401, 403):
-            raise PublishError(f"{target}: the token has no write access (HTTP {status})") from None
-        raise PublishError(f"{target}: {_scrub(str(exc), token)}") from None
-    except (OSError, *network_errors()) as exc:
-        if isinstance(exc, network_errors()):
-            raise PublishError(
-                f"{target}: cannot reach the hub at {endpoint} ({exc.__class__.__name__}: "
-                f"{_scrub(str(exc), token)})"
-            ) from None
-        raise PublishError(f"{target}: {_scrub(str(exc), token)}") from None
     return result
 
 

@@ -20,10 +20,10 @@ from pipeline.confine import confined, safe_name
 from pipeline.errors import CubecastError
 from pipeline.lock import holds_output_folder
 
-
-def child_id(filename: str) -> str:
-    """TACO ids allow no dots: ``rgb.mkv`` -> ``rgb_mkv``."""
-    return filename.replace(".", "_")
+# crs_string and footprint (taco.geo), SAMPLE_META, StagedSample and child_id (taco.staged)
+# are imported from here too
+from pipeline.taco.geo import _crs_of, crs_string, extent_of, footprint  # noqa: F401
+from pipeline.taco.staged import SAMPLE_META, StagedSample, child_id  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -102,91 +102,19 @@ class CubeSample:
         }
 
 
-def _crs_of(m: Any) -> str:
-    ref = m.coords.get("spatial_ref")
-    if ref is None:
-        return ""
-    wkt = ref.attrs.get("crs_wkt") or ref.attrs.get("spatial_ref") or ""
-    try:
-        from pyproj import CRS
-
-        epsg = CRS.from_wkt(wkt).to_epsg()
-        return f"EPSG:{epsg}" if epsg else wkt
-    except Exception:  # an unparsable WKT is kept verbatim rather than lost
-        return wkt
-
-
-def crs_string(ds: xr.Dataset) -> str:
-    """``EPSG:<code>`` when the rioxarray CRS has one, else its WKT, else ''."""
-    import rioxarray  # noqa: F401  (registers .rio)
-
-    try:
-        crs = ds.rio.crs
-    except Exception:  # a malformed grid mapping means: no CRS we can state
-        return ""
-    if crs is None:
-        return ""
-    epsg = crs.to_epsg()
-    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
-
-
-def footprint(
-    ds: xr.Dataset, y_dim: str = "y", x_dim: str = "x"
-) -> tuple[float, float, float, float] | None:
-    """Bounding box in EPSG:4326 from the x/y coords and the rioxarray CRS."""
-    import rioxarray  # noqa: F401  (registers .rio)
-
-    try:
-        crs = ds.rio.crs
-    except Exception:  # no rioxarray CRS: no footprint
-        return None
-    if crs is None or x_dim not in ds.coords or y_dim not in ds.coords:
-        return None
-    from pyproj import Transformer
-
-    x, y = ds[x_dim].values, ds[y_dim].values
-    xs = np.array([x.min(), x.max(), x.max(), x.min()])
-    ys = np.array([y.min(), y.min(), y.max(), y.max()])
-    lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(xs, ys)
-    return float(min(lon)), float(min(lat)), float(max(lon)), float(max(lat))
-
-
-SAMPLE_META = "sample.json"
-
-
-@dataclass(frozen=True)
-class StagedSample:
-    """An encoded cube written to disk with its metadata row, ready to pack.
-
-    Staging keeps memory flat (a shard is packed from files, not from bytes held in RAM)
-    and lets separate processes or Dask workers hand samples to the packer by path.
-    """
-
-    folder: Path
-
-    @property
-    def id(self) -> str:
-        return self.folder.name
-
-    def metadata(self) -> dict[str, Any]:
-        return json.loads((self.folder / SAMPLE_META).read_text())
-
-    def files(self) -> list[Path]:
-        skip = (MANIFEST_FILE, SAMPLE_META)
-        rest = sorted(
-            p for p in self.folder.iterdir() if p.name not in skip and not p.name.startswith(".")
-        )
-        return [self.folder / MANIFEST_FILE, *rest]
-
-
-def stage_sample(sample: CubeSample, root: str | Path) -> StagedSample:
-    """Write ``root/<id>/`` (streams, manifest, ``sample.json``) atomically."""
+def stage_sample(
+    sample: CubeSample, root: str | Path, marks: dict[str, str] | None = None
+) -> StagedSample:
+    """Write ``root/<id>/`` (streams, manifest, ``sample.json`` and the hidden ``marks``
+    files, e.g. the encode cache's record) atomically."""
     root = Path(root)
     dest = confined(root, safe_name(sample.id, "cube id"), "cube id")
     tmp = root / f".{sample.id}.part"
     shutil.rmtree(tmp, ignore_errors=True)
     sample.encoded.to_folder(tmp)
     (tmp / SAMPLE_META).write_text(json.dumps(sample.metadata(), indent=1, default=str))
+    for name, text in (marks or {}).items():  # hidden names: not packed
+        (tmp / ("." + safe_name(name.removeprefix("."), "mark file"))).write_text(text)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return StagedSample(dest)
@@ -211,36 +139,6 @@ def sample_nbytes(sample: CubeSample | StagedSample) -> int:
     if isinstance(sample, StagedSample):
         return sum(f.stat().st_size for f in sample.files())
     return int(sample.encoded.nbytes)
-
-
-def extent_of(rows: Iterable[dict[str, Any]]) -> tuple[list[float], list[str] | None]:
-    """Union of the samples' EPSG:4326 bboxes and time ranges (TACO ``extent``).
-
-    tacotoolbox derives an extent only from STAC columns and otherwise states the whole
-    globe with no time range, which says nothing; cubecast's rows carry bbox_* and
-    time_start/time_end, so the real extent is computed here.
-    """
-    rows = list(rows)
-    boxes = [
-        [float(r[k]) for k in ("bbox_west", "bbox_south", "bbox_east", "bbox_north")]
-        for r in rows
-        if all(np.isfinite(float(r.get(k, np.nan))) for k in ("bbox_west", "bbox_south"))
-        and all(np.isfinite(float(r.get(k, np.nan))) for k in ("bbox_east", "bbox_north"))
-    ]
-    if boxes:
-        arr = np.array(boxes)
-        spatial = [
-            max(float(arr[:, 0].min()), -180.0),
-            max(float(arr[:, 1].min()), -90.0),
-            min(float(arr[:, 2].max()), 180.0),
-            min(float(arr[:, 3].max()), 90.0),
-        ]
-    else:
-        spatial = [-180.0, -90.0, 180.0, 90.0]
-    starts = [np.datetime64(r["time_start"], "s") for r in rows if r.get("time_start")]
-    ends = [np.datetime64(r["time_end"], "s") for r in rows if r.get("time_end")]
-    temporal = [f"{min(starts)}Z", f"{max(ends)}Z"] if starts and ends else None
-    return spatial, temporal
 
 
 def _chunks(samples: list[Any], max_bytes: int) -> list[list[Any]]:
@@ -272,6 +170,69 @@ def shard_names(
     return names
 
 
+def split_bytes(split_size: str) -> int:
+    """``"4GB"`` -> bytes, as tacotoolbox reads a split size."""
+    from tacotoolbox._validation import validate_split_size
+
+    try:
+        return int(validate_split_size(split_size))
+    except Exception as exc:  # tacotoolbox's own error type; the user needs the value
+        raise CubecastError(f"split size {split_size!r}: {exc}") from None
+
+
+def split_groups(
+    samples: list[Any], rows: dict[str, dict[str, Any]], max_bytes: int
+) -> dict[str, list[list[Any]]]:
+    """Samples by split (in the order the splits first appear), each split in runs of at
+    most ``max_bytes``: one shard per run."""
+    groups: dict[str, list[Any]] = {}
+    for s in samples:
+        groups.setdefault(str(rows[s.id].get("split") or ""), []).append(s)
+    return {split: _chunks(members, max_bytes) for split, members in groups.items()}
+
+
+def write_shard(
+    members: list[CubeSample | StagedSample],
+    path: Path,
+    info: DatasetInfo,
+    rows: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """One ``.tacozip`` at ``path`` holding ``members``, with the real extent of their
+    samples and fixed ZIP times (the same samples give the same bytes)."""
+    import tacotoolbox
+    from tacotoolbox.datamodel import Taco
+    from tacotoolbox.taco.datamodel import Extent, Provider
+    from tacotoolbox.tortilla.datamodel import Tortilla
+
+    rows = rows or {s.id: s.metadata() for s in members}
+    tacotoolbox.verbose(False)
+    taco = Taco(
+        tortilla=Tortilla(samples=[_taco_sample(s) for s in members]),
+        id=info.id,
+        dataset_version=info.version,
+        title=info.title,
+        description=info.description,
+        licenses=list(info.licenses),
+        providers=[Provider(name=p) for p in info.providers],
+        tasks=list(info.tasks),
+        keywords=list(info.keywords),
+    )
+    spatial, temporal = extent_of(rows[s.id] for s in members)
+    taco.extent = Extent(spatial=spatial, temporal=temporal)
+    made = tacotoolbox.create(taco, path, split_size=None, consolidate=False)
+    if len(made) != 1:
+        raise CubecastError(f"{path}: tacotoolbox wrote {len(made)} files for one shard")
+    fix_zip_times(made[0])
+    return Path(made[0])
+
+
+def check_unique(samples: list[Any]) -> None:
+    ids = [s.id for s in samples]
+    dupes = {i for i in ids if ids.count(i) > 1}
+    if dupes:
+        raise CubecastError(f"duplicate sample ids: {', '.join(sorted(dupes))}")
+
+
 @holds_output_folder  # one writer per folder; stale temporary folders cleared
 def pack_shards(
     samples: Iterable[CubeSample | StagedSample],
@@ -289,54 +250,25 @@ def pack_shards(
     earlier pack (any dataset id or settings) are replaced, so ``out`` never holds a mix.
     """
     import tacotoolbox
-    from tacotoolbox._validation import validate_split_size
-    from tacotoolbox.datamodel import Taco
-    from tacotoolbox.taco.datamodel import Extent, Provider
-    from tacotoolbox.tortilla.datamodel import Tortilla
 
     samples = list(samples)
     if not samples:
         raise CubecastError(f"nothing to pack into {out}: no samples")
-    ids = [s.id for s in samples]
-    dupes = {i for i in ids if ids.count(i) > 1}
-    if dupes:
-        raise CubecastError(f"duplicate sample ids: {', '.join(sorted(dupes))}")
-    try:
-        max_bytes = validate_split_size(split_size)
-    except Exception as exc:  # tacotoolbox's own error type; the user needs the value
-        raise CubecastError(f"split size {split_size!r}: {exc}") from None
+    check_unique(samples)
+    max_bytes = split_bytes(split_size)
     rows = {s.id: s.metadata() for s in samples}
-    groups: dict[str, list[Any]] = {}
-    for s in samples:
-        groups.setdefault(str(rows[s.id].get("split") or ""), []).append(s)
-    chunks = {split: _chunks(members, max_bytes) for split, members in groups.items()}
-    names = shard_names(info.id, list(groups), {k: len(v) for k, v in chunks.items()})
+    chunks = split_groups(samples, rows, max_bytes)
+    names = shard_names(info.id, list(chunks), {k: len(v) for k, v in chunks.items()})
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pack-", dir=out))
     try:
-        tacotoolbox.verbose(False)
-        created = []
-        for split, parts in chunks.items():
-            for members, name in zip(parts, names[split], strict=True):
-                taco = Taco(
-                    tortilla=Tortilla(samples=[_taco_sample(s) for s in members]),
-                    id=info.id,
-                    dataset_version=info.version,
-                    title=info.title,
-                    description=info.description,
-                    licenses=list(info.licenses),
-                    providers=[Provider(name=p) for p in info.providers],
-                    tasks=list(info.tasks),
-                    keywords=list(info.keywords),
-                )
-                spatial, temporal = extent_of(rows[s.id] for s in members)
-                taco.extent = Extent(spatial=spatial, temporal=temporal)
-                made = tacotoolbox.create(taco, tmp / name, split_size=None, consolidate=False)
-                for shard in made:
-                    fix_zip_times(shard)
-                created += made
+        created = [
+            write_shard(members, tmp / name, info, rows)
+            for split, parts in chunks.items()
+            for members, name in zip(parts, names[split], strict=True)
+        ]
         tacotoolbox.create_tacocat(created, output=tmp)
         for stale in out.glob("*.tacozip"):  # any earlier pack, whatever its id: no mix
             stale.unlink()

@@ -1,0 +1,134 @@
+"""The ``publish-incremental`` flow: a whole dataset in batches, each one hub commit, with the
+encode tasks on the flow's task runner (processes, threads, or a Dask cluster).
+
+:func:`pipeline.publish.incremental.publish_incremental` does the work; here its encoder
+hands each group of cubes to Prefect tasks, so they run where the task runner runs them
+(``DaskTaskRunner(address=...)``: an existing scheduler; ``cluster_class=...``: e.g.
+dask-kubernetes' ``KubeCluster``, started for the run). The work folder must be one folder
+for the flow and the workers (a shared volume on a cluster): workers download and stage
+cubes into it, the flow packs them from it.
+
+``python -m flows.incremental RECIPE --to TARGET --max-disk 10GB`` runs it on this machine
+(the GitHub runner mode of ``.github/workflows/publish.yml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.futures import wait  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
+
+from pipeline.build import stage_cube  # noqa: E402
+from pipeline.publish.incremental import publish_incremental  # noqa: E402
+from pipeline.publish.runplan import EncodeMany  # noqa: E402
+from pipeline.recipe import Recipe  # noqa: E402
+from pipeline.taco.staged import StagedSample  # noqa: E402
+
+
+@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10))
+def stage_for_publish(recipe: Recipe, cube_id: str, out: str) -> tuple[str, bool]:
+    """Download and encode one cube into the work folder (or find it staged there)."""
+    staged, encoded = stage_cube(recipe, cube_id, out)
+    return str(staged.folder), encoded
+
+
+def task_encoder() -> EncodeMany:
+    """Encode a group of cubes as concurrent tasks on the flow's task runner."""
+
+    def encode(recipe: Recipe, ids: list[str], out: Path) -> list[tuple[StagedSample, bool]]:
+        futures = [stage_for_publish.submit(recipe, cid, str(out)) for cid in ids]
+        wait(futures)
+        done = [f.result() for f in futures]
+        return [(StagedSample(Path(folder)), encoded) for folder, encoded in done]
+
+    return encode
+
+
+def use_secret_token(block: str | None) -> None:
+    """``HF_TOKEN`` from a Prefect Secret block when the worker has none in its environment
+    (the scheduled workflow stores the repository secret there; it never travels as a flow
+    parameter, which Prefect would keep in the run's record)."""
+    if block and not os.environ.get("HF_TOKEN"):
+        from prefect.blocks.system import Secret
+
+        os.environ["HF_TOKEN"] = Secret.load(block).get()
+
+
+@flow(name="publish-incremental", log_prints=True)
+def publish_incremental_flow(
+    recipe: Recipe,
+    target: str,
+    out: str,
+    max_disk: str | None = None,
+    batch_cubes: int = 100,
+    workers: int = 2,
+    prune: bool = False,
+    hf_token_secret: str | None = None,
+) -> dict[str, Any]:
+    """Publish the recipe's cubes that the target does not hold yet, batch by batch."""
+    use_secret_token(hf_token_secret)
+    log = get_run_logger()
+    result = publish_incremental(
+        recipe,
+        target,
+        out,
+        max_disk=max_disk,
+        batch_cubes=batch_cubes,
+        workers=workers,
+        prune=prune,
+        encode_many=task_encoder(),
+        log=log.info,
+    )
+    log.info(result.summary())
+    create_markdown_artifact(
+        f"# {recipe.taco.title}: incremental publish\n\n{result.summary()}\n",
+        key=f"{recipe.name}-incremental",
+        description="what this run encoded and committed",
+    )
+    return {"recipe": recipe.name, "out": out, "summary": result.summary(), **result.to_dict()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the publish-dataset flow in incremental mode from the command line."""
+    p = argparse.ArgumentParser(prog="python -m flows.incremental", description=__doc__)
+    p.add_argument("recipe", help="recipe name or .toml")
+    p.add_argument("--to", required=True, help="hf://datasets/ORG/NAME, a folder or fsspec URL")
+    p.add_argument("--out", help="work folder (default out/work/<recipe>)")
+    p.add_argument("--source", help="source mirror (overrides the recipe's location)")
+    p.add_argument("--cubes", type=int, help="number of cubes (overrides the recipe's count)")
+    p.add_argument("--max-disk", help="cap on the work folder, e.g. 10GB")
+    p.add_argument("--batch-cubes", type=int, default=100, help="cubes per commit at most")
+    p.add_argument("--workers", type=int, default=2, help="cubes encoded concurrently")
+    p.add_argument("--dask-address", help="an existing Dask scheduler for the encode tasks")
+    p.add_argument("--prune", action="store_true", help="delete cubes no longer selected")
+    a = p.parse_args(argv)
+    from flows.publish_dataset import publish_dataset
+    from flows.runtime import prefect_api
+
+    with prefect_api():
+        return publish_dataset(
+            recipe=a.recipe,
+            source=a.source,
+            out=a.out or f"out/work/{Path(a.recipe).stem}",
+            target=a.to,
+            cubes=a.cubes,
+            workers=a.workers,
+            dask_address=a.dask_address,
+            incremental=True,
+            max_disk=a.max_disk,
+            batch_cubes=a.batch_cubes,
+            prune=a.prune,
+        )
+
+
+if __name__ == "__main__":
+    print(main()["summary"])

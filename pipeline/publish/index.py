@@ -1,0 +1,178 @@
+"""What a published dataset holds, kept in the dataset itself: ``cubecast-index.json``.
+
+Every incremental commit writes it together with the shards it describes, so the repo's own
+index is the one record of what is published: cube id -> source fingerprint, settings hash,
+split, shard and batch, and shard -> its cubes, size and SHA-256. A run on any machine reads
+it first and encodes only what it does not hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.errors import PublishError
+from pipeline.publish.fingerprint import SourceRecord
+from pipeline.recipe import Recipe
+
+INDEX_FILE = "cubecast-index.json"
+FORMAT = "cubecast-index"
+VERSION = 1
+
+
+def settings_of(recipe: Recipe) -> dict[str, Any]:
+    """Every setting that changes a published sample: how the adapter reads the source,
+    which variables go where, the codec settings, the dataset id and the cube format. Not
+    the source's location (the same files on another mirror are the same cubes)."""
+    from pipeline.codec.manifest import FORMAT_VERSION
+
+    source = recipe.source
+    return {
+        "adapter": source.adapter,
+        "pattern": getattr(source, "pattern", None),
+        "variables": recipe.variables.model_dump(mode="json"),
+        "codec": recipe.codec.model_dump(mode="json"),
+        "dataset": recipe.taco.id,
+        "format": FORMAT_VERSION,
+    }
+
+
+def settings_hash(recipe: Recipe) -> str:
+    text = json.dumps(settings_of(recipe), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class CubeEntry:
+    source: str  # fingerprint of the files the cube was made from
+    settings: str  # settings_hash of the recipe that encoded it
+    split: str
+    shard: str
+    batch: int
+    record: SourceRecord = field(default_factory=SourceRecord)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "settings": self.settings,
+            "split": self.split,
+            "shard": self.shard,
+            "batch": self.batch,
+            **self.record.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CubeEntry:
+        return cls(
+            str(d["source"]),
+            str(d["settings"]),
+            str(d.get("split") or ""),
+            str(d["shard"]),
+            int(d["batch"]),
+            SourceRecord.from_dict(d),
+        )
+
+
+@dataclass
+class ShardEntry:
+    split: str
+    size: int
+    sha256: str
+    batch: int
+    cubes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "size": self.size,
+            "sha256": self.sha256,
+            "batch": self.batch,
+            "cubes": self.cubes,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ShardEntry:
+        cubes = d["cubes"]
+        if not isinstance(cubes, list) or not all(isinstance(c, str) for c in cubes):
+            raise ValueError("shard cubes must be a list of ids")
+        return cls(
+            str(d.get("split") or ""), int(d["size"]), str(d["sha256"]), int(d["batch"]), cubes
+        )
+
+
+@dataclass
+class PublishedIndex:
+    dataset: str
+    batch: int = 0  # the last committed batch
+    cubes: dict[str, CubeEntry] = field(default_factory=dict)
+    shards: dict[str, ShardEntry] = field(default_factory=dict)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # hash -> settings
+
+    def to_bytes(self) -> bytes:
+        data = {
+            "format": FORMAT,
+            "version": VERSION,
+            "dataset": self.dataset,
+            "batch": self.batch,
+            "settings": self.settings,
+            "shards": {k: v.to_dict() for k, v in sorted(self.shards.items())},
+            "cubes": {k: v.to_dict() for k, v in sorted(self.cubes.items())},
+        }
+        return (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+    @classmethod
+    def parse(cls, raw: bytes, where: str) -> PublishedIndex:
+        """The index in ``raw``; anything else is refused in one line naming ``where``."""
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
+                raise ValueError(f"format is not {FORMAT!r}")
+            if int(data.get("version", 0)) > VERSION:
+                raise PublishError(
+                    f"{where}: index version {data['version']} is newer than this cubecast "
+                    f"reads ({VERSION}); upgrade cubecast"
+                )
+            index = cls(
+                dataset=str(data["dataset"]),
+                batch=int(data["batch"]),
+                cubes={str(k): CubeEntry.from_dict(v) for k, v in data["cubes"].items()},
+                shards={str(k): ShardEntry.from_dict(v) for k, v in data["shards"].items()},
+                settings=dict(data.get("settings") or {}),
+            )
+        except PublishError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise PublishError(
+                f"{where}: not a cubecast index ({exc.__class__.__name__}: {str(exc)[:120]})"
+            ) from None
+        index.check(where)
+        return index
+
+    def check(self, where: str) -> None:
+        """Every cube in the shard its entry names, every shard's cubes indexed, once."""
+        seen: dict[str, str] = {}
+        for name, shard in self.shards.items():
+            for cid in shard.cubes:
+                if cid in seen:
+                    raise PublishError(f"{where}: cube {cid!r} is in {seen[cid]} and in {name}")
+                seen[cid] = name
+        for cid, entry in self.cubes.items():
+            if seen.get(cid) != entry.shard:
+                raise PublishError(f"{where}: cube {cid!r} names shard {entry.shard}, not its own")
+        extra = sorted(set(seen) - set(self.cubes))
+        if extra:
+            raise PublishError(f"{where}: shards hold cubes the index does not list: {extra[:3]}")
+
+    def shard_order(self) -> list[str]:
+        """Shards in the order they were published (batch, then name)."""
+        return sorted(self.shards, key=lambda n: (self.shards[n].batch, n))
+
+    def splits(self) -> dict[str, list[str]]:
+        """Split -> shard names (no split counts as ``train``), for the card's configs."""
+        out: dict[str, list[str]] = {}
+        for name in self.shard_order():
+            out.setdefault(self.shards[name].split or "train", []).append(name)
+        order = {"train": 0, "validation": 1, "val": 1, "test": 2}
+        return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])))
