@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline.codec.groupcoder import CubeContext
-from pipeline.codec.passes import encode_pass, encode_together
+from pipeline.codec.passes import bounded_lookahead, encode_pass, encode_together
 from pipeline.codec.planning import AUTO, EncodeOptions, GroupPlan, codec_candidates
 from pipeline.codec.quality import group_psnr
 from pipeline.codec.ratecontrol import (
@@ -57,6 +57,9 @@ def choose(ctx: CubeContext, spool: Path, group: GroupPlan, options: EncodeOptio
     bytes; lossless x265 when none reaches it."""
     floor = cast(float, group.psnr_target)
     full_pixels = group.frame_pixels
+    # the trials get the cube's encoder settings: libaom's default 35-frame lag on the
+    # sample against the 10 a megapixel cube gets put a 1024 px twin 2 dB below its sample
+    group = replace(group, settings=bounded_lookahead(group.settings, ctx.shape[0] * ctx.shape[1]))
     sample = sample_cube(ctx, group)
     target = floor + (0.0 if sample is ctx else sample_bias(ctx, sample, spool, group, floor))
     h, w = sample.shape
