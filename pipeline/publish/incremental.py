@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pipeline.build import WORK, shared_files, staging_dir
 from pipeline.errors import CubecastError, PublishError
-from pipeline.lock import folder_lock
+from pipeline.lock import clean_stale, folder_lock
 from pipeline.publish.batch import Batch, Context, Fault
 from pipeline.publish.commit import Committed, close_batch, raw_files
 from pipeline.publish.disk import DiskSampler, parse_size, used_bytes
@@ -117,6 +117,7 @@ class Run:
             shutil.rmtree(self.ctx.work / name, ignore_errors=True)
         todo = set(plan.todo)
         staging = staging_dir(self.out)
+        clean_stale(staging, (".",))  # encoder spools, half-written staged cubes
         for folder in sorted(staging.iterdir()) if staging.is_dir() else []:
             if folder.is_dir() and not folder.name.startswith(".") and folder.name not in todo:
                 for p in raw_files(self.ctx, folder, self.shared):

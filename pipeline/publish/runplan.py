@@ -115,9 +115,13 @@ class Budget:
             self.saved.write_text(json.dumps({"per_cube": self.per_cube, "meta": self.meta}))
 
     def free(self, batch: Batch) -> int:
+        """Bytes left for more cubes: the cap, less what the folder holds, the open batch's
+        shards to come, one commit's metadata, and 5% of the cap for what a run cannot see
+        coming (the mirror's file index fetched at start, a stopped run's leftovers)."""
         if self.limit is None:
             return 1 << 62
-        return self.limit - used_bytes(self.root) - batch.encoded_bytes - self.meta
+        reserve = self.meta + self.limit // 20
+        return self.limit - used_bytes(self.root) - batch.encoded_bytes - reserve
 
     def room(self, batch: Batch) -> int:
         free = self.free(batch)
