@@ -194,6 +194,11 @@ def test_stopped_anywhere_then_resumed_publishes_every_cube_once(twin, mirror, h
     events += (tmp_path / "ev").read_text().split()
     assert Counter(events) == Counter(ids), "a cube was encoded twice, or never"
     assert disk.peak <= parse_size(MAX_DISK), f"peak {disk.peak:,} bytes"
+    puts = Counter(r.split("/")[-1] for r in hub.requests if r.startswith("PUT /lfs-upload/"))
+    assert puts and max(puts.values()) == 1, "an LFS object was uploaded twice"
+    # shards uploaded by a stopped run were packed again with the same bytes and committed
+    shards = {oid for oid, data in hub.objects.items() if data[:2] == b"PK"}
+    assert shards == {e.sha256 for e in repo_state(hub).shards.values()}
     assert not (work / ".work" / "raw").exists() and not (work / ".work" / "batch").exists()
 
     # a fresh machine, nothing changed: nothing downloaded, encoded or uploaded
