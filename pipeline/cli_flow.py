@@ -24,8 +24,19 @@ def run(
     synthesize: Annotated[bool, typer.Option(help="write a twin at --source if absent")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
     cubes: Annotated[int | None, typer.Option(help="number of cubes (overrides count)")] = None,
+    incremental: Annotated[
+        bool, typer.Option(help="batches, one commit each; the target's index says what to skip")
+    ] = False,
+    max_disk: Annotated[
+        str | None, typer.Option(help="cap on the work folder with --incremental, e.g. 10GB")
+    ] = None,
+    batch_cubes: Annotated[int, typer.Option(min=1, help="cubes per commit (--incremental)")] = 100,
+    prune: Annotated[
+        bool, typer.Option(help="drop published cubes no longer selected (--incremental)")
+    ] = False,
 ) -> None:
     """Run the publish-dataset flow once, in this process (Prefect records it)."""
+    batches = {"incremental": True, "max_disk": max_disk, "batch_cubes": batch_cubes}
     _run_flow(
         recipe=recipe,
         source=source,
@@ -37,6 +48,7 @@ def run(
         dask_address=dask_address,
         synthesize=synthesize,
         dry_run=dry_run,
+        **({**batches, "prune": prune} if incremental else {}),
     )
 
 
@@ -81,6 +93,9 @@ def _run_flow(**params: object) -> dict:
 
         err_console.print(f"Prefect API: {api}", highlight=False)
         result = publish_dataset(**params)
+    if params.get("incremental"):  # batches report what they did, not a table of cubes
+        console.print(f"{result.get('summary', '')} in {time.monotonic() - t0:.0f} s")
+        return result
     print_summary(result, time.monotonic() - t0)
     return result
 

@@ -90,3 +90,20 @@ def test_synth_pack_verify_publish_cli(tmp_path):
     assert r.exit_code == 0 and (tmp_path / "pub" / "README.md").is_file(), r.output
     r = runner.invoke(app, ["synth", "sentinel9", str(tmp_path / "x")])
     assert r.exit_code != 0
+
+
+def test_run_incremental_twice_encodes_nothing_the_second_time(tmp_path):
+    """``cubecast run --incremental``: the target's index decides; a second run from a fresh
+    work folder encodes 0 cubes and uploads 0 bytes."""
+    base = [sys.executable, "-m", "pipeline.cli", "run", "dynamicearthnet", "--incremental",
+            "--max-disk", "1GB", "--cubes", "1", "--source", str(tmp_path / "twin"),
+            "--to", str(tmp_path / "pub")]  # fmt: skip
+    first = subprocess.run(
+        [*base, "--synthesize", "--out", str(tmp_path / "w1")], capture_output=True, text=True
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "1 cubes encoded" in " ".join(first.stdout.split())
+    second = subprocess.run([*base, "--out", str(tmp_path / "w2")], capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    said = " ".join(second.stdout.split())
+    assert "0 cubes encoded" in said and "0 bytes uploaded" in said, said
