@@ -107,19 +107,39 @@ def sample_bias(
     )
     psnr = []
     for part, pixels in ((sample, sample.shape[0] * sample.shape[1]), (ctx, group.frame_pixels)):
-        indices = list(range(part.ds.sizes[part.layout.time_dim]))
-        tag = f".bias-{len(psnr)}"
-        sized = replace(group, frame_pixels=pixels)
-        job = [(sized, settings)]
-        enc = encode_pass(part, spool, job, indices, tag, EncodeOptions())[group.name]
-        try:
-            if enc.failed is not None:
-                return 0.0
-            psnr.append(group_psnr(part, [enc], indices)[group.name])
-        finally:
-            enc.unlink()
+        sized = replace(group, frame_pixels=pixels)  # the whole cube: split streams in turn
+        trial = _trial(part, spool, sized, settings, f".bias-{len(psnr)}", whole=True)
+        if trial.psnr == -math.inf:
+            return 0.0
+        psnr.append(trial.psnr)
     bias = psnr[0] - psnr[1]
     return bias if math.isfinite(bias) else 0.0
+
+
+def _trial(
+    part: CubeContext,
+    spool: Path,
+    group: GroupPlan,
+    settings: VideoSettings,
+    tag: str,
+    whole: bool = False,
+) -> Trial:
+    """Encode ``part`` once, measure its worst channel's PSNR and size, delete the files;
+    PSNR -inf where the encoder refused. ``whole``: through ``encode_pass``, which encodes
+    a group split for memory one stream at a time."""
+    indices = list(range(part.ds.sizes[part.layout.time_dim]))
+    job = [(group, settings)]
+    if whole:
+        enc = encode_pass(part, spool, job, indices, tag, EncodeOptions())[group.name]
+    else:
+        enc = encode_together(part, spool, job, indices, tag)[group.name]
+    try:
+        if enc.failed is not None:
+            return Trial(int(settings.crf or 0), float("-inf"), 0)
+        psnr = group_psnr(part, [enc], indices)[group.name]
+        return Trial(int(settings.crf or 0), psnr, enc.nbytes)
+    finally:
+        enc.unlink()
 
 
 def _prior(target: float) -> int:
@@ -135,18 +155,10 @@ def _fit(
     sample: CubeContext, spool: Path, group: GroupPlan, codec: str, target: float
 ) -> Choice | None:
     base = replace(group.settings, codec=codec)
-    indices = list(range(sample.ds.sizes[sample.layout.time_dim]))
 
     def measure(q: int) -> Trial:
-        settings = replace(base, crf=float(q))
         tag = f".trial-{codec}-{group.decorrelate}-{q}"
-        enc = encode_together(sample, spool, [(group, settings)], indices, tag)[group.name]
-        try:
-            if enc.failed is not None:
-                return Trial(q, float("-inf"), 0)  # this quantiser is beyond the encoder
-            return Trial(q, group_psnr(sample, [enc], indices)[group.name], enc.nbytes)
-        finally:
-            enc.unlink()
+        return _trial(sample, spool, group, replace(base, crf=float(q)), tag)
 
     start = _prior(target)
     found = fit_rate_model(measure, target, start, 0, get_codec(codec).max_quality)
