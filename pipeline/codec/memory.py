@@ -3,7 +3,9 @@
 Between the phases of an encode (range pass, trials, the encode pass) the freed numpy
 buffers of megapixel frames stay in glibc's heap, where the next phase does not always
 reuse them; a DynamicEarthNet cube's Python process grew 150 MB that way after the range
-pass alone (measured). ``malloc_trim`` hands the free pages back.
+pass alone (measured). ``malloc_trim`` hands the free pages back, and the number of
+heap arenas is capped: glibc gives every thread that allocates one of its own (up to 8 per
+core), and the reader, encoder and trial threads each kept megapixel buffers in theirs.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 
+M_ARENA_MAX = -8  # mallopt parameter (glibc's malloc.h)
+MALLOC_ARENAS = 2
 BLOCK_PIXELS = 1 << 21  # pixels per band in one block of frames read and quantised at once
 
 
@@ -35,3 +40,12 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def limit_heap_arenas() -> None:
+    """Cap glibc's heap arenas (once per process, before the encode starts its threads);
+    a no-op elsewhere. ``MALLOC_ARENA_MAX`` in the environment still wins."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt") and "MALLOC_ARENA_MAX" not in os.environ:
+        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,6 +41,7 @@ RUN = 32  # consecutive frames per run: one VVC GOP, several of x265's and AV1's
 MAX_RUNS = 4
 BLOCK = 32  # px; 16 on frames under 128 px
 MOSAIC_MIN = 64  # px per side of a sample frame: VVC's minimum
+BIAS_FRAMES = 8  # frames of mosaic and cube the sample's bias is measured on
 # below this quantiser a KLT's shared step can cost more than it saves: try without it
 KLT_RECHECK_Q = 2
 
@@ -60,8 +62,9 @@ def choose(ctx: CubeContext, spool: Path, group: GroupPlan, options: EncodeOptio
     # the trials get the cube's encoder settings: libaom's default 35-frame lag on the
     # sample against the 10 a megapixel cube gets put a 1024 px twin 2 dB below its sample
     group = replace(group, settings=bounded_lookahead(group.settings, ctx.shape[0] * ctx.shape[1]))
-    sample = sample_cube(ctx, group)
-    target = floor + (0.0 if sample is ctx else sample_bias(ctx, sample, spool, group, floor))
+    grid = sample_grid(ctx)
+    sample = ctx if grid is None else grid.crop(ctx, group)
+    target = floor + (0.0 if grid is None else sample_bias(ctx, grid, spool, group, floor))
     h, w = sample.shape
     group = replace(group, frame_pixels=h * w)  # trials on small frames: one stream
     names = codec_candidates(options, group.settings.engine, floor, ctx.shape)
@@ -96,18 +99,23 @@ def step_down(settings: VideoSettings, model: RateModel | None, shortfall: float
 
 
 def sample_bias(
-    ctx: CubeContext, sample: CubeContext, spool: Path, group: GroupPlan, floor: float
+    ctx: CubeContext, grid: SampleGrid, spool: Path, group: GroupPlan, floor: float
 ) -> float:
-    """How many dB the sample flatters the cube: the PSNR of both at one quantiser of the
-    cheapest encoder (x265 ultrafast: about 1/30 of a VVC encode of the cube). The gap is
-    the content's, so it carries over to the other codecs (Landsat: 1.39 dB with x265
-    ultrafast, 1.30 with x265 medium, 1.33 with VVC)."""
+    """How many dB the sample flatters the cube: the PSNR of the mosaic and of the full
+    frames, over the same ``BIAS_FRAMES`` frames, at one quantiser of the cheapest encoder
+    (x265 ultrafast). The gap is the content's, so it carries over to the other codecs
+    (Landsat: 1.39 dB with x265 ultrafast, 1.30 with x265 medium, 1.33 with VVC). A few
+    frames, not the whole cube: on a 24-day 1024 px twin the whole cube cost a fifth of
+    the AV1 encode."""
     settings = replace(
         group.settings, codec=X265_CODEC.name, preset="ultrafast", crf=float(_prior(floor))
     )
+    frames = grid.bias_frames()
+    mosaic = grid.crop(ctx, group, frames)
+    full = replace(ctx, ds=ctx.ds.isel({ctx.layout.time_dim: frames}))
     psnr = []
-    for part, pixels in ((sample, sample.shape[0] * sample.shape[1]), (ctx, group.frame_pixels)):
-        sized = replace(group, frame_pixels=pixels)  # the whole cube: split streams in turn
+    for part, pixels in ((mosaic, mosaic.shape[0] * mosaic.shape[1]), (full, group.frame_pixels)):
+        sized = replace(group, frame_pixels=pixels)  # full frames: split streams in turn
         trial = _trial(part, spool, sized, settings, f".bias-{len(psnr)}", whole=True)
         if trial.psnr == -math.inf:
             return 0.0
@@ -168,34 +176,59 @@ def _fit(
     return Choice(group, replace(base, crf=float(q)), model, model.bytes_at(q))
 
 
-def sample_cube(ctx: CubeContext, group: GroupPlan) -> CubeContext:
-    """A small cube of the group's variables that codes like the whole one.
+@dataclass(frozen=True)
+class SampleGrid:
+    """Where the sample lies in the cube: a few runs of ``RUN`` consecutive frames (every
+    frame of a short cube), so the encoder's GOP structure (VVC's QP cascade over 32
+    frames) is the one the cube gets; and in each frame a mosaic of small blocks from a
+    regular grid, the same blocks in every frame, so flat and busy parts are both there."""
 
-    Time: every frame of a short cube, else a few runs of ``RUN`` consecutive frames, so
-    the encoder's GOP structure (VVC's QP cascade over 32 frames) is the one the cube gets.
-    Space: each frame a mosaic of small blocks from a regular grid over the frame, the same
-    blocks in every frame, so flat and busy parts are both represented. Same stats, so it
-    quantises as the whole cube does.
-    """
-    layout = ctx.layout
-    t, (h, w) = ctx.ds.sizes[layout.time_dim], ctx.shape
+    frames: tuple[int, ...]
+    ys: np.ndarray
+    xs: np.ndarray
+
+    def crop(
+        self, ctx: CubeContext, group: GroupPlan, frames: Sequence[int] | None = None
+    ) -> CubeContext:
+        """The group's variables on the mosaic, loaded: same stats as the cube, so it
+        quantises as the whole cube does."""
+        layout = ctx.layout
+        frames = list(self.frames if frames is None else frames)
+        variables = sorted({c.variable for c in group.channels})
+        src = ctx.ds[variables]
+        src = src.drop_vars(list(src.coords))
+        parts = [  # a few frames at a time: a lazy source reads whole frames before cropping
+            src.isel({layout.time_dim: frames[i : i + 4]})
+            .isel({layout.y_dim: self.ys, layout.x_dim: self.xs})
+            .load()
+            for i in range(0, len(frames), 4)
+        ]
+        return replace(ctx, ds=xr.concat(parts, dim=layout.time_dim))
+
+    def bias_frames(self) -> list[int]:
+        """``BIAS_FRAMES`` consecutive frames of the sample's middle run."""
+        mid = len(self.frames) // 2
+        lo = max(0, min(mid - BIAS_FRAMES // 2, len(self.frames) - BIAS_FRAMES))
+        return list(self.frames[lo : lo + BIAS_FRAMES])
+
+
+def sample_grid(ctx: CubeContext) -> SampleGrid | None:
+    """The sample of a cube, or None when it would be half the cube or more (the trials
+    then run on the cube itself)."""
+    t, (h, w) = ctx.ds.sizes[ctx.layout.time_dim], ctx.shape
     budget = min(max(SAMPLE_FRACTION * t * h * w, SAMPLE_MIN), SAMPLE_MAX)
     if budget >= t * h * w / 2:
-        return ctx
+        return None
     frames = _time_runs(t, budget)
     block = BLOCK if min(h, w) >= 4 * BLOCK else BLOCK // 2
     side = max(MOSAIC_MIN, math.isqrt(int(budget / len(frames))))
-    ys, xs = _mosaic(h, block, side), _mosaic(w, block, side)
-    variables = sorted({c.variable for c in group.channels})
-    src = ctx.ds[variables]
-    src = src.drop_vars(list(src.coords))
-    parts = [  # a few frames at a time: a lazy source reads whole frames before cropping
-        src.isel({layout.time_dim: frames[i : i + 4]})
-        .isel({layout.y_dim: ys, layout.x_dim: xs})
-        .load()
-        for i in range(0, len(frames), 4)
-    ]
-    return replace(ctx, ds=xr.concat(parts, dim=layout.time_dim))
+    return SampleGrid(tuple(frames), _mosaic(h, block, side), _mosaic(w, block, side))
+
+
+def sample_cube(ctx: CubeContext, group: GroupPlan) -> CubeContext:
+    """A small cube of the group's variables that codes like the whole one."""
+    grid = sample_grid(ctx)
+    return ctx if grid is None else grid.crop(ctx, group)
 
 
 def _time_runs(t: int, budget: float) -> list[int]:
