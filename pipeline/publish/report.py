@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
 import numpy as np
 import xarray as xr
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from pipeline.publish.verify import BandCheck, Verification
 
-from pipeline.publish.verify import BandCheck, Verification  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 REPORT_MD = "REPORT.md"
 PLOTS = "report"
@@ -65,10 +65,21 @@ def band_table(v: Verification) -> str:
     return "\n".join(lines)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _pyplot() -> Any:
+    """pyplot on the Agg backend, imported on first plot: the encode path imports this
+    module, and pyplot with its fonts is 25 MB of a process that must stay under 1 GiB."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -93,7 +104,7 @@ def _plots(v: Verification, out: Path) -> list[Path]:
 
 def _psnr_per_band(lossy: list[BandCheck], bands: list[str], req: list[float], path: Path) -> Path:
     """A box per band over the samples, with the required PSNR as a line."""
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(bands) + 2), 4))
+    fig, ax = _pyplot().subplots(figsize=(max(5, 0.9 * len(bands) + 2), 4))
     if bands:
         ax.boxplot([[c.psnr for c in lossy if c.band == b] for b in bands], tick_labels=bands)
         if req:
@@ -108,9 +119,11 @@ def _psnr_per_band(lossy: list[BandCheck], bands: list[str], req: list[float], p
 
 def _psnr_vs_bpppb(v: Verification, lossy: list[BandCheck], req: list[float], path: Path) -> Path:
     """One point per cube: its worst band's PSNR against its bpppb, coloured by split."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(6.5, 4.5))
     splits = sorted({str(m.get("split") or "-") for m in v.samples.values()})
-    colours = dict(zip(splits, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    colours = dict(
+        zip(splits, _pyplot().rcParams["axes.prop_cycle"].by_key()["color"], strict=False)
+    )
     shown: set[str] = set()
     for sid, meta in v.samples.items():
         ps = [c.psnr for c in lossy if c.sample == sid]
@@ -150,7 +163,7 @@ def _sizes(v: Verification, path: Path) -> Path:
     raw = [(v.samples[i].get("raw_bytes") or 0) / 1e6 for i in ids]
     enc = [(v.samples[i].get("encoded_bytes") or 0) / 1e6 for i in ids]
     ratio = [r / e if e else 0.0 for r, e in zip(raw, enc, strict=True)]
-    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.45 * len(ids) + 1.5)))
+    fig, ax = _pyplot().subplots(figsize=(7, max(2.5, 0.45 * len(ids) + 1.5)))
     ys = list(range(len(ids)))
     ax.barh(ys, ratio, color="tab:blue", height=0.6)
     for y, r, mb_raw, mb_enc in zip(ys, ratio, raw, enc, strict=True):
@@ -197,7 +210,7 @@ def sample_panel(
     show_d = _stretch(dec, lo, hi)
     if not rgb:
         show_o, show_d = show_o[..., 0], show_d[..., 0]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    fig, axes = _pyplot().subplots(1, 3, figsize=(12, 4.4))
     kw = {} if rgb else {"cmap": "gray", "vmin": 0, "vmax": 1}
     for ax, img, name in ((axes[0], show_o, "original"), (axes[1], show_d, "decoded")):
         ax.imshow(np.nan_to_num(img, nan=0.0), interpolation="nearest", **kw)
