@@ -30,7 +30,7 @@ PsnrFloorOpt = Annotated[
 CodecOpt = Annotated[
     str,
     typer.Option(
-        help="auto (VVC or x265, whichever needs fewer bytes), libvvenc, libx265 or "
+        help="auto (VVC, AV1 or x265, whichever needs fewer bytes), libvvenc, libx265 or "
         "libaom-av1 (VVC and AV1 need the ffmpeg engine)"
     ),
 ]
