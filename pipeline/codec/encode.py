@@ -28,7 +28,7 @@ from pipeline.codec.groupcoder import (
 from pipeline.codec.manifest import (
     Manifest,
 )
-from pipeline.codec.memory import block_frames, limit_heap_arenas, release_free_memory
+from pipeline.codec.memory import block_frames, limit_heap_growth, release_free_memory
 from pipeline.codec.passes import EncodedGroup, bounded_lookahead, encode_pass
 from pipeline.codec.planning import (
     EncodeOptions,
@@ -124,7 +124,7 @@ def _analyse(
     nodata: dict[str, float | int] | None,
 ) -> tuple[CubeContext, list[GroupPlan]]:
     """The cube's layout and stats (one read, KLT moments included) and its groups."""
-    limit_heap_arenas()
+    limit_heap_growth()
     layout = analyse(ds, roles=roles, nodata=nodata)
 
     def lossless(spec: object) -> bool:
