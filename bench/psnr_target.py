@@ -8,6 +8,7 @@ rate control; the decoded PSNR of every band is checked against the floor.
     python bench/psnr_target.py --out bench/results            # real samples + 1024 px twin
     python bench/psnr_target.py --cube landsat --psnr 40 45 50
     python bench/psnr_target.py --repeat 3                     # median of 3 pairs
+    python bench/psnr_target.py --codec libvvenc --out /tmp/x   # a recipe's pinned codec
 
 Prints a table and writes ``psnr_target.csv`` / ``psnr_target.md`` under ``--out``.
 """
@@ -86,7 +87,7 @@ def warm_up() -> None:
     encode_cube(ds, EncodeOptions(psnr=40))
 
 
-def run(name: str, ds: xr.Dataset, target: float, repeat: int) -> dict:
+def run(name: str, ds: xr.Dataset, target: float, repeat: int, codec: str = "auto") -> dict:
     """``repeat`` pairs of encodes, the order swapped from one pair to the next; the ratio
     of the median times (two jobs on two cores make single timings noisy)."""
     t_psnr, t_fixed = [], []
@@ -95,11 +96,11 @@ def run(name: str, ds: xr.Dataset, target: float, repeat: int) -> dict:
         order = ("psnr", "fixed") if i % 2 == 0 else ("fixed", "psnr")
         for kind in order:
             if kind == "psnr":
-                enc, t = timed(ds, EncodeOptions(psnr=target))
+                enc, t = timed(ds, EncodeOptions(psnr=target, codec=codec))
                 t_psnr.append(t)
             else:
                 if enc is None:  # the fixed settings come from a PSNR-target encode
-                    enc, _ = timed(ds, EncodeOptions(psnr=target))
+                    enc, _ = timed(ds, EncodeOptions(psnr=target, codec=codec))
                 enc_fixed, t = timed(ds, fixed_options(enc, EncodeOptions()))
                 t_fixed.append(t)
     assert enc is not None
@@ -145,12 +146,13 @@ def main() -> None:
     ap.add_argument("--psnr", type=float, nargs="*", default=[45.0])
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--repeat", type=int, default=1, help="pairs of encodes per cube (median)")
+    ap.add_argument("--codec", default="auto", help="auto, or one codec as a recipe can pin it")
     args = ap.parse_args()
     warm_up()
     rows = []
     for name, ds in cubes(args.cube).items():
         for target in args.psnr:
-            rows.append(run(name, ds, target, args.repeat))
+            rows.append(run(name, ds, target, args.repeat, args.codec))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     md = table(rows)
     print(md)
