@@ -98,9 +98,7 @@ def run(name: str, ds: xr.Dataset, target: float, repeat: int, codec: str = "aut
             if kind == "psnr":
                 enc, t = timed(ds, EncodeOptions(psnr=target, codec=codec))
                 t_psnr.append(t)
-            else:
-                if enc is None:  # the fixed settings come from a PSNR-target encode
-                    enc, _ = timed(ds, EncodeOptions(psnr=target, codec=codec))
+            else:  # the first pair starts with the PSNR-target encode: enc is set
                 enc_fixed, t = timed(ds, fixed_options(enc, EncodeOptions()))
                 t_fixed.append(t)
     assert enc is not None

@@ -50,10 +50,8 @@ PUBLISH_MODULES = frozenset(
 
 
 def main() -> None:
-    from pipeline.codec.memory import limit_heap_growth
     from pipeline.sources.download import network_errors
 
-    limit_heap_growth()  # before any command reads a frame
     try:
         app()
     except CubecastError as exc:
