@@ -64,6 +64,28 @@ def test_sample_is_a_few_percent_of_a_long_cube():
     assert sample.ds.sizes["time"] >= search.RUN  # whole GOPs, as the cube gets them
 
 
+def test_sample_bias_sees_the_frames_the_sample_left_out(tmp_path):
+    """A small cube whose sampled frames are busier than the rest: the sample flatters it
+    less than nothing, and the bias says so (8 frames of the sample's own could not)."""
+    import numpy as np
+    import xarray as xr
+
+    t, h, w = 68, 100, 100
+    rng = np.random.default_rng(0)
+    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    smooth = np.broadcast_to(0.3 + 0.2 * np.sin(3 * xx) * np.cos(2 * yy), (t, h, w))
+    ds = xr.Dataset({"v": (("time", "y", "x"), smooth.astype(np.float32).copy())})
+    ctx, groups = _context(ds)
+    grid = search.sample_grid(ctx)
+    assert grid is not None and len(grid.frames) < t
+    busy = list(grid.frames)
+    ds["v"][busy] = (smooth[busy] + rng.normal(0, 0.05, (len(busy), h, w))).astype(np.float32)
+    ctx, groups = _context(ds)
+    group = next(g for g in groups if g.kind == "continuous")
+    bias = search.sample_bias(ctx, grid, grid.crop(ctx, group), tmp_path, group, 40.0)
+    assert bias < -1.0
+
+
 def _context(ds):
     from pipeline.codec.cube import analyse, cube_stats
     from pipeline.codec.groupcoder import CubeContext
