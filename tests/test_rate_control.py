@@ -139,3 +139,20 @@ def test_x265_unsafe_widths_encode(width):
     dec = decode_cube(enc)
     assert dec.sizes["x"] == width
     assert all(q.psnr > 35 for q in compare(ds, dec) if not q.exact)
+
+
+@pytest.mark.parametrize("width", [16, 32, 64])
+@pytest.mark.parametrize("engine", ["pyav", "ffmpeg"])
+def test_x265_widths_that_decode_wrong_are_padded(width, engine):
+    """At 16, 32 and 64 px wide, x265 frames of flat blocks came back with whole blocks of
+    an earlier frame (errors of half the range at CRF 0); padded, they decode right."""
+    import numpy as np
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 16, (16, 4, width // 16 + 1))
+    v = np.kron(blocks, np.ones((1, 16, 16)))[:, :, :width].astype(np.float32) / 15
+    ds = xr.Dataset({"v": (("time", "y", "x"), v)})
+    enc = encode_cube(ds, EncodeOptions(crf=0, codec="libx265", engine=engine))
+    (quality,) = compare(ds, decode_cube(enc))
+    assert quality.max_abs_error < 0.01

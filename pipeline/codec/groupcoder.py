@@ -59,11 +59,12 @@ def stream_size(tile: tuple[int, int], tiles: int, settings: VideoSettings) -> t
     Only PyAV's in-process libx265 gets whole 64-px CTUs: it encodes noisy content in
     partial CTUs non-deterministically (errors of half the code range, at times heap
     corruption); the command line's x265 does not, and the padding cost up to 2.5x the
-    pixels on small frames.
+    pixels on small frames. A frame one CTU wide is two (see ``X265.safe_widths``).
     """
     h, w = tiles * tile[0], tile[1]
     codec = get_codec(settings.codec)
     if codec is X265_CODEC and settings.engine == "pyav":
+        w = X265_CODEC.safe_widths.get(w + (-w % X265_CTU), w)  # 64: one CTU decodes wrong
         return h + (-h % X265_CTU), w + (-w % X265_CTU)
     return codec.frame_size(h, w)
 

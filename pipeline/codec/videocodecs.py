@@ -96,14 +96,18 @@ class X265(VideoCodec):
     relative_cost: float = 1.0
     min_side: int = 16
     pix_fmts: ClassVar[dict[int, str]] = {1: "gray12le", 3: "gbrp12le"}
-    # ffmpeg 9's libx265 corrupts its heap on frames 34 to 48 px wide (every height tried,
-    # gray and gbrp, measured): those are padded to 56, which encoded at every height
-    unsafe_widths: ClassVar[range] = range(33, 49)
-    safe_width: ClassVar[int] = 56
+    # Widths x265 mishandles (measured with ffmpeg 9's and PyAV's libx265, gray and gbrp):
+    # 33 to 48 px corrupt its heap at every height tried; at exactly 16, 32 and 64 px
+    # (64 from 64 px high) whole blocks decode as a reference frame's, in lossless mode too
+    # (errors of 1638-4095 codes of 4095 at CRF 0). Those frames are edge-padded to a width
+    # that coded cleanly at every height from 16 to 256 px.
+    safe_widths: ClassVar[dict[int, int]] = {16: 18, 32: 56, 64: 66} | dict.fromkeys(
+        range(33, 49), 56
+    )
 
     def frame_size(self, h: int, w: int) -> tuple[int, int]:
         h, w = super().frame_size(h, w)
-        return h, (self.safe_width if w in self.unsafe_widths else w)
+        return h, self.safe_widths.get(w, w)
 
     def options(self, s: VideoSettings) -> dict[str, str]:
         opts = {"preset": s.preset, "tune": "psnr", "x265-params": s.x265_param_string()}
