@@ -299,3 +299,16 @@ def test_encode_options_name_the_bad_field(field, value):
         EncodeOptions(**{field: value})
     with pytest.raises(InvalidCubeError, match="crf"):
         EncodeOptions(groups=(GroupSpec(("a",), crf=99),))
+
+
+def test_an_exact_band_writes_a_manifest_json_can_hold():
+    """A PSNR-target band the encoder measured as exact (AV1 at CRF 0 on a 12-bit twin at
+    55 dB) has an infinite PSNR; the manifest stores None for it instead of failing."""
+    from types import SimpleNamespace
+
+    from pipeline.codec.describe import _measured_psnr
+
+    exact = SimpleNamespace(psnr={"blue": float("inf"), "nir": 61.4})
+    assert _measured_psnr([exact], "blue") is None
+    assert _measured_psnr([exact], "nir") == 61.4
+    assert _measured_psnr([exact], "red") is None

@@ -53,6 +53,20 @@ def test_refused_quantisers_are_skipped():
     assert found is not None and 60.0 - found[0] >= 45.0
 
 
+def test_an_exact_trial_gives_no_slope():
+    """AV1 at CRF 0 decodes exactly: infinite PSNR next to 50.6 dB five steps away is not a
+    slope of 3 dB a step (that put a 55 dB floor at CRF 3, which measured 53.0)."""
+    measure, _ = _codec(lambda q: math.inf if q == 0 else 54.6 - 0.8 * q)
+    q, model = fit_rate_model(measure, 55.0, start=5, lo=0, hi=63)
+    assert q == 0 and model.slope < 3.0
+
+
+def test_exact_trials_alone_step_coarser():
+    measure, calls = _codec(lambda q: math.inf if q <= 20 else 60.0 - q)
+    q, _ = fit_rate_model(measure, 45.0, start=15, lo=0, hi=51)
+    assert q > 15 and len(calls) <= MAX_TRIALS
+
+
 def test_sample_is_a_few_percent_of_a_long_cube():
     ds = s2_like(t=120, h=256, w=256)
     enc_ctx = _context(ds)
@@ -86,13 +100,13 @@ def test_sample_bias_sees_the_frames_the_sample_left_out(tmp_path):
     assert bias < -1.0
 
 
-def _context(ds):
+def _context(ds, **options):
     from pipeline.codec.cube import analyse, cube_stats
     from pipeline.codec.groupcoder import CubeContext
 
     layout = analyse(ds)
     stats = cube_stats(ds, layout)
-    opts = EncodeOptions(psnr=40)
+    opts = EncodeOptions(psnr=40, **options)
     groups = planning.plan_groups(layout, stats, opts, None, (ds.sizes["y"], ds.sizes["x"]))
     return CubeContext(ds, layout, stats, {}, True), groups
 

@@ -3,7 +3,8 @@ variables and coordinates, from what the encode pass wrote."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -120,10 +121,17 @@ def channel_infos(
             "mask_bit": mbit,
             "posinf_bit": infs.get((ch.name, "+inf")),
             "neginf_bit": infs.get((ch.name, "-inf")),
-            "psnr": next((e.psnr[ch.name] for e in encoded.values() if ch.name in e.psnr), None),
+            "psnr": _measured_psnr(encoded.values(), ch.name),
         }
         channels.append(infos[ch.name].model_copy(update=update))
     return channels, transforms
+
+
+def _measured_psnr(encoded: Iterable[EncodedGroup], channel: str) -> float | None:
+    """The PSNR the encoder measured for a channel; None where it measured none, or the
+    band came back exact (infinite PSNR, which JSON cannot hold)."""
+    psnr = next((e.psnr[channel] for e in encoded if channel in e.psnr), None)
+    return psnr if psnr is not None and math.isfinite(psnr) else None
 
 
 def _coord_info(name: str, da: xr.DataArray) -> CoordInfo:

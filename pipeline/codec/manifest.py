@@ -64,7 +64,7 @@ class ChannelInfo(_Model):
     valid_min: int | float | None = None
     valid_max: int | float | None = None
     # PSNR (dB) over the whole cube as the encoder measured it on the decoded streams, where
-    # it did (groups with a PSNR target); None otherwise
+    # it did (groups with a PSNR target); None otherwise, and for a band that came back exact
     psnr: float | None = None
 
 

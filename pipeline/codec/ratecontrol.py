@@ -52,8 +52,13 @@ class RateModel:
         finite = [t for t in self.trials if t.psnr > -math.inf]
         if not finite:
             return None
-        near = min(finite, key=lambda t: abs(t.psnr - target))
-        q = math.floor(near.q + (near.psnr - target) / self.slope + 1e-9)
+        # an exact decode (infinite PSNR) says nothing about the slope: extrapolate from the
+        # nearest finite trial; with none, the coarsest exact one is the answer so far
+        near = min(finite, key=lambda t: (math.isinf(t.psnr), abs(t.psnr - target), -t.q))
+        if math.isinf(near.psnr):
+            q = near.q
+        else:
+            q = math.floor(near.q + (near.psnr - target) / self.slope + 1e-9)
         first_miss = min((t.q for t in self.trials if t.psnr < target), default=hi + 1)
         q = min(q, first_miss - 1)
         q = max(q, max((t.q for t in finite if target <= t.psnr and t.q < first_miss), default=q))
@@ -66,7 +71,7 @@ class RateModel:
 
 
 def _slope(a: Trial, b: Trial) -> float:
-    if a.q == b.q or a.psnr == -math.inf or b.psnr == -math.inf:
+    if a.q == b.q or not (math.isfinite(a.psnr) and math.isfinite(b.psnr)):
         return SLOPE_PRIOR
     s = (a.psnr - b.psnr) / (b.q - a.q)
     return min(max(s, SLOPE_RANGE[0]), SLOPE_RANGE[1])
