@@ -100,6 +100,23 @@ def test_sample_bias_sees_the_frames_the_sample_left_out(tmp_path):
     assert bias < -1.0
 
 
+def test_sample_bias_same_with_streams_at_once_or_in_turn(monkeypatch, tmp_path):
+    """Split streams of the bias pass's full frames go to their encoders at once (small
+    groups) or one after another (for memory): the measured bias is the same."""
+    monkeypatch.setattr(planning, "MAX_STREAM_PIXELS", 128 * 128)
+    monkeypatch.setattr(search, "BIAS_PIXELS", 0)  # the 8-frame pass, full frames
+    ctx, groups = _context(s2_like(t=64, h=256, w=256), codec="libx265")
+    group = next(g for g in groups if g.kind == "continuous" and g.n_planes > 1)
+    assert len(group.streams()) > 1
+    grid = search.sample_grid(ctx)
+    sample = grid.crop(ctx, group)
+    found = []
+    for together in (0, 1 << 30):
+        monkeypatch.setattr(search, "BIAS_TOGETHER", together)
+        found.append(search.sample_bias(ctx, grid, sample, tmp_path, group, 40.0))
+    assert found[0] == found[1] != 0.0
+
+
 def _context(ds, **options):
     from pipeline.codec.cube import analyse, cube_stats
     from pipeline.codec.groupcoder import CubeContext
@@ -109,6 +126,36 @@ def _context(ds, **options):
     opts = EncodeOptions(psnr=40, **options)
     groups = planning.plan_groups(layout, stats, opts, None, (ds.sizes["y"], ds.sizes["x"]))
     return CubeContext(ds, layout, stats, {}, True), groups
+
+
+def test_trials_run_a_cheaper_preset_and_add_its_gain(monkeypatch, tmp_path):
+    """AV1 and VVC trials run a faster preset; the model is told what the cube's own preset
+    would have measured, and the cube keeps its preset."""
+    from dataclasses import replace
+
+    from pipeline.codec.videocodecs import get_codec
+
+    ctx, groups = _context(s2_like(t=8, h=64, w=64))
+    group = next(g for g in groups if g.kind == "continuous")
+    group = replace(group, settings=replace(group.settings, preset="medium"))
+    seen: list[str] = []
+
+    def fake(part, spool, grp, settings, tag, whole=False):
+        seen.append(settings.preset)
+        return Trial(int(settings.crf), 60.0 - settings.crf, int(1e6 * 2 ** (-settings.crf / 6)))
+
+    monkeypatch.setattr(search, "_trial", fake)
+    for name in ("libaom-av1", "libvvenc", "libx265"):
+        seen.clear()
+        cheap, gain = get_codec(name).trial_settings(group.settings)
+        choice = search._fit(ctx, tmp_path, group, name, 45.0)
+        assert choice is not None and choice.settings.preset == "medium"
+        assert set(seen) == {cheap.preset}
+        assert all(t.psnr == pytest.approx(60.0 - t.q + gain) for t in choice.model.trials)
+        cheaper = name != "libx265"
+        assert (cheap.preset != "medium") == cheaper and (gain > 0) == cheaper
+    lossless = replace(group.settings, codec="libx265", lossless=True)
+    assert get_codec("libaom-av1").trial_settings(lossless) == (lossless, 0.0)
 
 
 def test_psnr_target_met_with_few_encodes(monkeypatch):
