@@ -61,6 +61,15 @@ def test_an_exact_trial_gives_no_slope():
     assert q == 0 and model.slope < 3.0
 
 
+def test_a_steep_step_between_trials_gets_one_more():
+    """AV1 near CRF 0: 54.3 dB at 3, 61.8 at 1. The floor of 55 lies between; CRF 2 is
+    tried instead of settling 6 dB above the floor."""
+    table = {5: 53.6, 4: 53.9, 3: 54.3, 2: 57.0, 1: 61.8, 0: math.inf}
+    measure, calls = _codec(lambda q: table[q])
+    q, _ = fit_rate_model(measure, 55.0, start=5, lo=0, hi=63)
+    assert q == 2 and calls.count(2) == 1
+
+
 def test_exact_trials_alone_step_coarser():
     measure, calls = _codec(lambda q: math.inf if q <= 20 else 60.0 - q)
     q, _ = fit_rate_model(measure, 45.0, start=15, lo=0, hi=51)
