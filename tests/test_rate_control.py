@@ -226,3 +226,20 @@ def test_x265_widths_that_decode_wrong_are_padded(width, engine):
     enc = encode_cube(ds, EncodeOptions(crf=0, codec="libx265", engine=engine))
     (quality,) = compare(ds, decode_cube(enc))
     assert quality.max_abs_error < 0.01
+
+
+def test_a_floor_lossless_coding_cannot_reach_is_an_error():
+    """Above what 12-bit codes hold (about 83 dB on a smooth float band) even the lossless
+    fallback misses: an error naming the group, not a cube silently under its floor."""
+    import numpy as np
+    import xarray as xr
+
+    from pipeline.errors import InvalidCubeError
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
+    wave = np.sin(xx[None] / 7 + yy[None] / 11 + np.arange(8)[:, None, None] / 3)
+    v = (wave + rng.normal(0, 0.01, (8, 64, 64))).astype(np.float32)
+    ds = xr.Dataset({"v": (("time", "y", "x"), v)})
+    with pytest.raises(InvalidCubeError, match=r"'v'.*85 dB is out of reach.*lossless"):
+        encode_cube(ds, EncodeOptions(psnr=85))

@@ -39,6 +39,7 @@ from pipeline.codec.planning import (
 from pipeline.codec.quality import group_psnr
 from pipeline.codec.search import Choice, choose, step_down
 from pipeline.codec.settings import VideoSettings
+from pipeline.errors import InvalidCubeError
 
 __all__ = ["encode_cube"]
 
@@ -80,13 +81,14 @@ def _encode_groups(
     done = encode_pass(
         ctx, spool, [(g, settings[g.name]) for g in groups], all_idx, "", options, progress
     )
-    pending = [choices[n].group for n in choices if not done[n].settings.lossless]
+    pending = [choices[n].group for n in choices]  # lossless x265 too: its codes are 12-bit
     attempt = 0
     while pending:
         psnr = group_psnr(ctx, [done[g.name] for g in pending], all_idx)
         failed = [g for g in pending if psnr[g.name] < cast(float, g.psnr_target)]
         if not failed:
             break
+        _refuse_unreachable(failed, done, psnr)
         attempt += 1
         retry = []
         for g in failed:
@@ -96,8 +98,22 @@ def _encode_groups(
         for name, enc in encode_pass(ctx, spool, retry, all_idx, f".{attempt}", options).items():
             done[name].unlink()
             done[name] = enc
-        pending = [g for g, s in retry if not done[g.name].settings.lossless]
+        pending = [g for g, _ in retry]
     return done
+
+
+def _refuse_unreachable(
+    failed: Sequence[GroupPlan], done: Mapping[str, EncodedGroup], psnr: Mapping[str, float]
+) -> None:
+    """A group that missed its floor even coded losslessly: its quantisation to the codec's
+    depth is the limit (about 83 dB on a smooth float band at 12 bits), nothing finer is left."""
+    for g in failed:
+        if done[g.name].settings.lossless:
+            raise InvalidCubeError(
+                f"group {g.name!r}: a PSNR floor of {g.psnr_target:g} dB is out of reach: "
+                f"coded losslessly at {done[g.name].coder.quantisers[0].bits} bits it decodes "
+                f"at {psnr[g.name]:.2f} dB; lower the floor or set lossless (FFV1, exact)"
+            )
 
 
 def _planned(group: GroupPlan, choices: Mapping[str, Choice]) -> VideoSettings:
