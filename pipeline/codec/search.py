@@ -4,7 +4,7 @@ The sample is a few runs of consecutive frames, each a mosaic of blocks from all
 frame (about 3 % of the cube's pixels, at least 32 k and at most 2 M per band), so a trial
 costs a few percent of the real encode. Each candidate codec gets a rate model from two or three
 trials (:mod:`pipeline.codec.ratecontrol`), run at a faster preset where the codec names one
-(``VideoCodec.trial_presets``: AV1 and VVC trials in half the time, their PSNR raised by what
+(``VideoCodec.trial_presets``: AV1 and VVC trials 1.5x and 2x quicker, their PSNR raised by what
 the cube's preset gains at equal quantiser); the codec with the fewest predicted bytes at
 its floor wins, and the whole cube is encoded once at the model's quantiser.
 """
