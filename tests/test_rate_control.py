@@ -70,6 +70,15 @@ def test_a_steep_step_between_trials_gets_one_more():
     assert q == 2 and calls.count(2) == 1
 
 
+def test_a_fit_two_steps_from_a_trial_is_tried():
+    """A convex codec (AV1): the line through 10 and 4 puts the goal at 6, which misses;
+    a trial there finds 5."""
+    table = {10: 45.2, 6: 49.9, 5: 52.0, 4: 54.0}
+    measure, calls = _codec(lambda q: table.get(q, 60.0 - 1.5 * q))
+    q, _ = fit_rate_model(measure, 50.0, start=10, lo=0, hi=63)
+    assert calls == [10, 4, 6] and q == 5
+
+
 def test_exact_trials_alone_step_coarser():
     measure, calls = _codec(lambda q: math.inf if q <= 20 else 60.0 - q)
     q, _ = fit_rate_model(measure, 45.0, start=15, lo=0, hi=51)
