@@ -65,12 +65,16 @@ class RateModel:
             q = near.q
         else:
             q = math.floor(near.q + (near.psnr - target) / self.slope + 1e-9)
-        first_miss = min((t.q for t in self.trials if t.psnr < target), default=hi + 1)
+        first_miss = self.first_miss(target, hi)
         q = min(q, first_miss - 1)
         q = max(q, max((t.q for t in finite if target <= t.psnr and t.q < first_miss), default=q))
         if q < lo:
             return None if self.psnr_at(lo) < target else lo
         return min(q, hi)
+
+    def first_miss(self, target: float, hi: int) -> int:
+        """The finest quantiser a trial missed ``target`` at; ``hi + 1`` when none did."""
+        return min((t.q for t in self.trials if t.psnr < target), default=hi + 1)
 
     def _nearest(self, q: float) -> Trial:
         return min((t for t in self.trials if t.psnr > -math.inf), key=lambda t: abs(t.q - q))
@@ -104,7 +108,7 @@ def fit_rate_model(
         q = model.quantiser_for(goal, lo, hi)
         nxt = lo if q is None else q
         reached = any(t.psnr >= goal for t in trials)
-        if len(trials) > 1 and reached and min(abs(t.q - nxt) for t in trials) <= 1:
+        if len(trials) > 1 and reached and min(abs(t.q - nxt) for t in trials) <= NEAR_STEPS:
             break
         if nxt in {t.q for t in trials}:
             nxt = _clamp(nxt + (2 if reached else -2), lo, hi)
@@ -128,9 +132,10 @@ def _overshoots(model: RateModel, q: int, goal: float, hi: int) -> bool:
     one is untried and below every miss: a steep step between trials (AV1 near CRF 0 went
     from 54.3 dB at 3 to 61.8 at 1 on a 1024 px twin), worth one more trial."""
     tried = {t.q: t.psnr for t in model.trials}
-    first_miss = min((t.q for t in model.trials if t.psnr < goal), default=hi + 1)
     return (
-        tried.get(q, -math.inf) - goal > OVERSHOOT_DB and q + 1 not in tried and q + 1 < first_miss
+        tried.get(q, -math.inf) - goal > OVERSHOOT_DB
+        and q + 1 not in tried
+        and q + 1 < model.first_miss(goal, hi)
     )
 
 
