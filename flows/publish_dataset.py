@@ -222,6 +222,10 @@ def publish_dataset(
         log.info("writing a synthetic %s twin to %s", recipe, source)
         TWIN_WRITERS[recipe](source, cubes=cubes or 2, frames=48, size=64, progress=False)
     spec = _recipe(recipe, source, cubes)
+    if spec.codec.hedge and workers >= (os.cpu_count() or 1):
+        # the core a small cube's final encode leaves idle is another cube's here
+        log.info("hedged final encodes off: %d cubes at once on as many cores", workers)
+        spec = spec.without_hedge()
     out = out or f"out/{spec.name}"
     target = target or f"out/published/{spec.name}"
     runner_ = task_runner(runner, workers, dask_address, dask_cluster_class, dask_cluster_kwargs)

@@ -79,6 +79,13 @@ def encode(
     codec: CodecOpt = "auto",
     decorrelate: DecorrelateOpt = "auto",
     engine: EngineOpt = "auto",
+    hedge: Annotated[
+        bool,
+        typer.Option(
+            help="with --psnr, a small cube's final stream also encoded one step coarser on "
+            "the core its encoder leaves idle; the smaller that meets the floor is kept"
+        ),
+    ] = True,
 ) -> None:
     """Encode a cube into video streams plus a manifest.
 
@@ -99,6 +106,7 @@ def encode(
         codec=codec,
         engine=engine,
         decorrelate=decorrelate,
+        hedge=hedge,
     )
     enc = encode_cube(
         ds, opts, cube_id=Path(input).stem, progress=sys.stderr.isatty(), workdir=output.parent

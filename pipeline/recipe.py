@@ -107,10 +107,15 @@ class Recipe(StrictModel):
             engine=c.engine,
             decorrelate=c.decorrelate,
             max_cost=c.max_cost,
+            hedge=c.hedge,
         )
         from dataclasses import replace
 
         return replace(opts, **overrides) if overrides else opts
+
+    def without_hedge(self) -> Recipe:
+        """This recipe with hedged final encodes off (pipeline.codec.hedge)."""
+        return self.model_copy(update={"codec": self.codec.model_copy(update={"hedge": False})})
 
     def roles(self) -> dict[str, str]:
         v = self.variables

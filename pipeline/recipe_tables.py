@@ -122,6 +122,9 @@ class CodecSpec(StrictModel):
     keyint: Annotated[int, Field(ge=1, le=1000)] = 250  # x265's own default
     x265_params: str = ""
     workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # a small PSNR-target group's final encode also one step coarser on the core its encoder
+    # leaves idle; the publish flow turns it off when it encodes as many cubes as cores
+    hedge: bool = True
     groups: list[GroupRecipe] = []
 
     _psnr = field_validator("psnr")(_psnr_target)

@@ -10,7 +10,7 @@ import pytest
 from pipeline import EncodeOptions, decode_cube, encode_cube
 from pipeline.codec import planning, search
 from pipeline.codec.metrics import compare
-from pipeline.codec.ratecontrol import MARGIN_DB, MAX_TRIALS, Trial, fit_rate_model
+from pipeline.codec.ratecontrol import MARGIN_DB, MAX_TRIALS, RateModel, Trial, fit_rate_model
 from tests.conftest import s2_like
 
 
@@ -63,11 +63,36 @@ def test_an_exact_trial_gives_no_slope():
 
 def test_a_steep_step_between_trials_gets_one_more():
     """AV1 near CRF 0: 54.3 dB at 3, 61.8 at 1. The floor of 55 lies between; CRF 2 is
-    tried instead of settling 6 dB above the floor."""
+    taken (through the three trials' parabola, or tried) instead of settling 6 dB above
+    the floor."""
     table = {5: 53.6, 4: 53.9, 3: 54.3, 2: 57.0, 1: 61.8, 0: math.inf}
     measure, calls = _codec(lambda q: table[q])
     q, _ = fit_rate_model(measure, 55.0, start=5, lo=0, hi=63)
-    assert q == 2 and calls.count(2) == 1
+    assert q == 2 and len(calls) <= 4
+
+
+def test_three_trials_cross_the_goal_on_a_parabola():
+    """A bending curve (AV1 on a 256 px twin, measured at CRF 10, 19, 26 and 33): the line
+    between the trials at 19 and 33 puts a 44.92 dB goal at CRF 26, two steps finer than
+    needed; the parabola through the three trials one step."""
+    import numpy as np
+
+    from pipeline.codec.videocodecs import AOM_CODEC
+
+    scale = AOM_CODEC.quantiser_scale
+    measured = {10: 52.41, 19: 48.52, 26: 45.97, 33: 42.70}
+
+    def psnr(q: int) -> float:
+        u = [scale.u(k) for k in measured]
+        return float(np.interp(scale.u(q), u, list(measured.values())))
+
+    trials = tuple(Trial(q, measured[q], 1000 - q) for q in (10, 19, 33))
+    model = RateModel(trials, 0.9, scale)
+    goal = 44.92
+    q = model.quantiser_for(goal, 0, 63)
+    assert psnr(q) >= goal and q == max(k for k in range(10, 34) if psnr(k) >= goal) - 1
+    line = RateModel(trials[1:], 0.9, scale).quantiser_for(goal, 0, 63)
+    assert line == q - 1
 
 
 def test_a_fit_two_steps_from_a_trial_is_tried():
@@ -252,3 +277,81 @@ def test_a_floor_lossless_coding_cannot_reach_is_an_error():
     ds = xr.Dataset({"v": (("time", "y", "x"), v)})
     with pytest.raises(InvalidCubeError, match=r"'v'.*85 dB is out of reach.*lossless"):
         encode_cube(ds, EncodeOptions(psnr=85))
+
+
+def test_a_lone_trial_near_the_goal_is_enough():
+    """With a hedged final encode, one trial within the window is the answer: above the
+    goal it is moved coarser by the prior slope, below it finer (groups without a KLT)."""
+    goal = 45.0 + MARGIN_DB
+    measure, calls = _codec(lambda q: 60.0 - q)
+    q, _ = fit_rate_model(measure, 45.0, start=14, lo=0, hi=51, lone=(1.5, 1.5))
+    assert calls == [14] and 60.0 - q >= goal and q == math.floor(60.0 - goal)
+    measure, calls = _codec(lambda q: 60.0 - q)
+    q, _ = fit_rate_model(measure, 45.0, start=15, lo=0, hi=51, lone=(1.5, 1.5))
+    assert calls == [15] and q == 14  # below the goal: one step finer, not measured
+    measure, calls = _codec(lambda q: 60.0 - q)
+    fit_rate_model(measure, 45.0, start=15, lo=0, hi=51, lone=(0.0, 1.5))
+    assert len(calls) > 1  # a KLT group's window: below the goal needs a second trial
+    measure, calls = _codec(lambda q: 60.0 - q)
+    fit_rate_model(measure, 45.0, start=14, lo=0, hi=51)
+    assert len(calls) > 1  # no hedge, no window
+
+
+def test_av1_quantiser_scale_fits_its_convex_curve():
+    """libaom's PSNR is convex in its CRF (4 dB a step near 1, a third of that near 20):
+    on the codec's own scale two trials find the largest CRF meeting the goal."""
+    from pipeline.codec.videocodecs import AOM_CODEC
+
+    scale = AOM_CODEC.quantiser_scale
+
+    def psnr(q: int) -> float:
+        return 70.0 - 28.0 * math.log10(q + 1)
+
+    goal = 52.0 + MARGIN_DB
+    best = max(q for q in range(64) if psnr(q) >= goal)
+    measure, calls = _codec(psnr)
+    q, _ = fit_rate_model(measure, 52.0, start=12, lo=0, hi=63, scale=scale)
+    assert q == best and len(calls) == 2
+    measure, calls = _codec(psnr)
+    linear = fit_rate_model(measure, 52.0, start=12, lo=0, hi=63)
+    assert linear is not None and (linear[0] != best or len(calls) > 2)
+
+
+def test_codecs_far_behind_after_one_trial_are_dropped():
+    firsts = {
+        "a": Trial(10, 45.0, 1000),
+        "b": Trial(10, 45.0, 1500),  # 1.5x a's bytes at the same PSNR
+        "c": Trial(12, 44.0, 950),  # 1 dB short: about 1040 bytes at a's PSNR
+        "d": Trial(10, -math.inf, 0),  # refused: kept, its fit decides
+    }
+    assert search._contenders(firsts, 45.0) == ["a", "c", "d"]
+
+
+def test_first_trials_start_where_the_probe_says():
+    """x265 ultrafast's PSNR plus its CRF is about constant: a probe 3 dB above the aim
+    moves x265's start three steps coarser, AV1's along its own scale."""
+    from pipeline.codec.videocodecs import AOM_CODEC, X265_CODEC
+
+    probe = Trial(15, 48.0, 1000)
+    none = (0.0, 0.0)
+    x265 = search._start("libx265", 45.0 - MARGIN_DB, none, probe)
+    assert x265 == round(15 + 3 + X265_CODEC.probe_offset_db)
+    u = 48.0 + 15 + AOM_CODEC.probe_offset_db - 45.0
+    av1 = search._start("libaom-av1", 45.0 - MARGIN_DB, none, probe)
+    assert av1 == round(AOM_CODEC.quantiser_scale.q(u))
+    klt = search._start("libx265", 45.0 - MARGIN_DB, (0.0, 2.0), probe)
+    assert klt == x265 - 1  # aimed a dB higher: the middle of a window above the goal
+    refused = Trial(15, -math.inf, 0)
+    assert search._start("libx265", 45.0 - MARGIN_DB, none, refused) == search._prior(45.0)
+
+
+def test_small_cube_sample_is_one_short_run():
+    """NDVI's shape: a whole 32-frame run of the smallest mosaic would be six times the
+    budget, so the sample is one run of 16 frames on a 64 px mosaic."""
+    from pipeline.codec import sample
+
+    ctx, _ = _context(s2_like(t=68, h=101, w=100))
+    grid = search.sample_grid(ctx)
+    assert grid is not None
+    assert len(grid.frames) == sample.SHORT_RUN
+    assert (len(grid.ys), len(grid.xs)) == (64, 64)

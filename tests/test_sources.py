@@ -47,6 +47,7 @@ def test_shipped_recipes_validate(name):
     assert r.source.adapter == name
     assert r.verify.psnr_min > 0 and r.publish.repo_id.count("/") == 1
     assert r.encode_options().groups
+    assert r.encode_options().hedge and not r.without_hedge().encode_options().hedge
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from pipeline.codec.groupcoder import (
     coding_gains,
     klt_moments,
 )
+from pipeline.codec.hedge import encode_hedged, hedge_jobs, keep_hedges, worth_hedging
 from pipeline.codec.manifest import (
     Manifest,
 )
@@ -65,6 +66,7 @@ def _encode_groups(
         for g in groups
         if g.kind == "continuous" and g.psnr_target is not None and not g.settings.lossless
     ]
+    options = worth_hedging(groups, options)
     with ThreadPoolExecutor(max_workers=max(options.workers, 1)) as pool:
         choices = {
             c.group.name: c for c in pool.map(lambda g: choose(ctx, spool, g, options), targeted)
@@ -78,13 +80,16 @@ def _encode_groups(
         for g in groups
     }
     all_idx = list(range(ctx.ds.sizes[ctx.layout.time_dim]))
-    done = encode_pass(
-        ctx, spool, [(g, settings[g.name]) for g in groups], all_idx, "", options, progress
-    )
+    jobs = [(g, settings[g.name]) for g in groups]
+    hedges = hedge_jobs(jobs, set(choices), options, ctx.shape[1])
+    done, alts = encode_hedged(ctx, spool, jobs, hedges, all_idx, options, progress)
     pending = [choices[n].group for n in choices]  # lossless x265 too: its codes are 12-bit
     attempt = 0
     while pending:
-        psnr = group_psnr(ctx, [done[g.name] for g in pending], all_idx)
+        psnr = keep_hedges(done, alts)
+        alts = None
+        unchecked = [done[g.name] for g in pending if g.name not in psnr]
+        psnr |= group_psnr(ctx, unchecked, all_idx) if unchecked else {}
         failed = [g for g in pending if psnr[g.name] < cast(float, g.psnr_target)]
         if not failed:
             break

@@ -47,6 +47,10 @@ class EncodeOptions:
     max_cost: float = 8.0
     decorrelate: str = AUTO  # "klt", "none", or "auto": KLT where the bands correlate
     skip_empty: bool = True  # frames with no valid pixel are not stored in video streams
+    # a small PSNR-target group's final stream is also encoded one step coarser on the core
+    # its encoder leaves idle, and the smaller that meets the floor kept (pipeline.codec.hedge);
+    # off where every core is already busy (a flow encoding as many cubes as it has cores)
+    hedge: bool = True
 
     def __post_init__(self) -> None:
         """Refuse values the encoder would misread (a keyint of 0 writes an undecodable

@@ -1,55 +1,55 @@
 """Codec and quantiser for a PSNR-target group, from trial encodes of a small sample.
 
-The sample is a few runs of consecutive frames, each a mosaic of blocks from all over the
-frame (about 3 % of the cube's pixels, at least 32 k and at most 2 M per band), so a trial
-costs a few percent of the real encode. Each candidate codec gets a rate model from two or three
-trials (:mod:`pipeline.codec.ratecontrol`), run at a faster preset where the codec names one
-(``VideoCodec.trial_presets``: AV1 and VVC trials 1.5x and 2x quicker, their PSNR raised by what
-the cube's preset gains at equal quantiser); the codec with the fewest predicted bytes at
-its floor wins, and the whole cube is encoded once at the model's quantiser.
+Trials run on the sample (:mod:`pipeline.codec.sample`), at a faster preset where the codec
+names one (``VideoCodec.trial_presets``: AV1 and VVC trials 1.5x and 2x quicker, their PSNR
+raised by what the cube's preset gains at equal quantiser). A probe (x265 ultrafast on the
+sample) places each codec's first trial near the floor; a codec far behind after it is
+dropped; the others get a rate model from one to three trials
+(:mod:`pipeline.codec.ratecontrol`). The codec with the fewest predicted bytes at its floor
+wins, and the whole cube is encoded once at the model's quantiser (for a small group, also
+one step coarser beside it: :mod:`pipeline.codec.hedge`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
-import numpy as np
-import xarray as xr
-
 from pipeline.codec.groupcoder import CubeContext
+from pipeline.codec.hedge import one_core
 from pipeline.codec.passes import bounded_lookahead, encode_pass, encode_together
 from pipeline.codec.planning import AUTO, EncodeOptions, GroupPlan, codec_candidates
 from pipeline.codec.quality import group_psnr
 from pipeline.codec.ratecontrol import (
     MARGIN_DB,
+    RATE_PRIOR,
     SLOPE_PRIOR,
     RateModel,
     Trial,
     fit_rate_model,
 )
+from pipeline.codec.sample import BIAS_FRAMES, RUN, SampleGrid, sample_cube, sample_grid
 from pipeline.codec.settings import VideoSettings
 from pipeline.codec.videocodecs import X265_CODEC, get_codec
 
-SAMPLE_FRACTION = 0.03
-SAMPLE_MIN = 4 * 64 * 64  # pixels per band
-SAMPLE_MAX = 1 << 21
-RUN = 32  # consecutive frames per run: one VVC GOP, several of x265's and AV1's
-MAX_RUNS = 4
-BLOCK = 32  # px; 16 on frames under 128 px
-MOSAIC_MIN = 64  # px per side of a sample frame: VVC's minimum
-BIAS_FRAMES = 8  # frames of mosaic and cube the sample's bias is measured on
+__all__ = ["RUN", "Choice", "choose", "sample_bias", "sample_cube", "sample_grid", "step_down"]
+
 BIAS_PIXELS = BIAS_FRAMES << 20  # per band: a cube this small is compared whole
 # a group's frame pixels (all bands) up to which the bias pass encodes its streams at once:
 # four 1024 px x265 ultrafast streams took 1.45 s and +330 MiB together, 1.93 s and +190 apart
 BIAS_TOGETHER = 4 << 20
 # below this quantiser a KLT's shared step can cost more than it saves: try without it
 KLT_RECHECK_Q = 2
+# a lone trial this near the goal is enough when the final encode is hedged one step
+# coarser (pipeline.codec.hedge): the model's slope is off by a third at most, half a dB here
+LONE_DB = 1.5
+# a codec whose first trial, so compared, needs this many times the best one's bytes is
+# dropped (x265 on Landsat at 45 dB: 1.45x)
+CONTENDER_RATIO = 1.25
 
 
 @dataclass(frozen=True)
@@ -63,34 +63,111 @@ class Choice:
 def choose(ctx: CubeContext, spool: Path, group: GroupPlan, options: EncodeOptions) -> Choice:
     """The candidate codec and quantiser predicted to meet the group's floor in the fewest
     bytes; lossless x265 when none reaches it."""
-    floor = cast(float, group.psnr_target)
     full_pixels = group.frame_pixels
     # the trials get the cube's encoder settings: libaom's default 35-frame lag on the
     # sample against the 10 a megapixel cube gets put a 1024 px twin 2 dB below its sample
     group = replace(group, settings=bounded_lookahead(group.settings, ctx.shape[0] * ctx.shape[1]))
     grid = sample_grid(ctx)
     sample = ctx if grid is None else grid.crop(ctx, group)
-    target = floor + (0.0 if grid is None else sample_bias(ctx, grid, sample, spool, group, floor))
     h, w = sample.shape
-    group = replace(group, frame_pixels=h * w)  # trials on small frames: one stream
-    names = codec_candidates(options, group.settings.engine, floor, ctx.shape)
-    with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
-        found = list(pool.map(lambda n: _fit(sample, spool, group, n, target), names))
+    small = replace(group, frame_pixels=h * w)  # trials on small frames: one stream
+    names = codec_candidates(
+        options, group.settings.engine, cast(float, group.psnr_target), ctx.shape
+    )
+    found, target = _fits(ctx, spool, group, grid, sample, small, names, options)
     best = min((c for c in found if c is not None), key=_bytes, default=None)
     if (
         group.decorrelate == "klt"
         and options.decorrelate == AUTO
         and (best is None or cast(float, best.settings.crf) <= KLT_RECHECK_Q)
     ):
-        plain = replace(group, decorrelate="none")
+        plain = replace(small, decorrelate="none")
         codec = best.settings.codec if best else names[0]
-        alt = _fit(sample, spool, plain, codec, target)
+        alt = _fit(sample, spool, plain, codec, target, None, _lone(ctx, plain, codec, options))
         if alt is not None and _bytes(alt) < _bytes(best):
             best = alt
     if best is None:
         lossless = replace(group.settings, codec=X265_CODEC.name, lossless=True, crf=None)
-        best = Choice(group, lossless, None)
+        best = Choice(small, lossless, None)
     return replace(best, group=replace(best.group, frame_pixels=full_pixels))
+
+
+def _fits(
+    ctx: CubeContext,
+    spool: Path,
+    group: GroupPlan,
+    grid: SampleGrid | None,
+    sample: CubeContext,
+    small: GroupPlan,
+    names: list[str],
+    options: EncodeOptions,
+) -> tuple[list[Choice | None], float]:
+    """Each contending codec's fit, and the target on the sample (the floor plus the
+    sample's bias).
+
+    A probe (x265 ultrafast on the sample: the sample's side of the bias pass) says how
+    hard the content is, so each codec's first trial lands near the floor, often near
+    enough to be the only one; the first trials run beside the cube's side of the bias
+    pass, which only the fits need."""
+    floor = cast(float, group.psnr_target)
+    parts = _bias_parts(ctx, grid, sample, group)
+    lones = {n: _lone(ctx, group, n, options) for n in names}
+    with ThreadPoolExecutor(max_workers=min(len(names) + 1, os.cpu_count() or 1)) as pool:
+        cube_side = None
+        if grid is not None:
+            cube_side = pool.submit(_bias_trial, spool, group, floor, parts[1], "cube")
+        probe = _bias_trial(spool, group, floor, parts[0], "sample")
+        firsts = {
+            n: pool.submit(_measure, sample, spool, small, n, _start(n, floor, lones[n], probe))
+            for n in names
+        }
+        target = floor + _bias(probe, None if cube_side is None else cube_side.result())
+        contenders = _contenders({n: f.result() for n, f in firsts.items()}, target + MARGIN_DB)
+        found = list(
+            pool.map(
+                lambda n: _fit(sample, spool, small, n, target, firsts[n], lones[n]), contenders
+            )
+        )
+    return found, target
+
+
+def _contenders(firsts: dict[str, Trial], goal: float) -> list[str]:
+    """The codecs whose first trial, moved to the goal at ``RATE_PRIOR``, is within
+    ``CONTENDER_RATIO`` of the best in bytes: the others are not worth a second trial."""
+    at_goal = {
+        n: t.nbytes * math.exp(RATE_PRIOR * (goal - t.psnr))
+        for n, t in firsts.items()
+        if math.isfinite(t.psnr) and t.nbytes > 0
+    }
+    if not at_goal:
+        return list(firsts)
+    best = min(at_goal.values())
+    return [n for n in firsts if n not in at_goal or at_goal[n] <= CONTENDER_RATIO * best]
+
+
+def _lone(
+    ctx: CubeContext, group: GroupPlan, codec: str, options: EncodeOptions
+) -> tuple[float, float]:
+    """dB below and above the goal within which a lone trial is enough: where the final
+    encode is hedged one step coarser (:mod:`pipeline.codec.hedge`) the model's slope need
+    not be measured, the cube measures two quantisers; below the goal only without a KLT,
+    whose shared step can cap PSNR where no trial looked."""
+    if not (options.hedge and one_core(group, codec, ctx.shape[1])):
+        return (0.0, 0.0)
+    return (0.0 if group.decorrelate == "klt" else LONE_DB, LONE_DB)
+
+
+def _start(codec: str, floor: float, lone: tuple[float, float], probe: Trial) -> int:
+    """A codec's first quantiser: aimed at the middle of its lone trial's window above the
+    floor, where its PSNR plus its quantiser in dB of step (``quantiser_scale``) is the
+    probe's (x265 ultrafast: PSNR plus CRF) moved by its measured offset
+    (``VideoCodec.probe_offset_db``)."""
+    c = get_codec(codec)
+    aim = floor + MARGIN_DB + (lone[1] - lone[0]) / 2
+    if not math.isfinite(probe.psnr):
+        return _prior(aim)
+    u = probe.psnr + probe.q + c.probe_offset_db - aim
+    return int(min(max(round(c.quantiser_scale.q(u)), 0), c.max_quality))
 
 
 def step_down(settings: VideoSettings, model: RateModel | None, shortfall: float) -> VideoSettings:
@@ -98,9 +175,10 @@ def step_down(settings: VideoSettings, model: RateModel | None, shortfall: float
     cube: as many quantiser steps as the model's slope says, then lossless x265."""
     crf = cast(float, settings.crf)
     slope = model.slope if model is not None else SLOPE_PRIOR
-    steps = max(1, math.ceil((shortfall + MARGIN_DB) / slope))
+    scale = get_codec(settings.codec).quantiser_scale
+    finer = scale.q(scale.u(crf) - (shortfall + MARGIN_DB) / slope)
     if crf > 0:
-        return replace(settings, crf=max(crf - steps, 0.0))
+        return replace(settings, crf=max(min(math.floor(finer + 1e-9), crf - 1), 0.0))
     return replace(settings, codec=X265_CODEC.name, lossless=True, crf=None)
 
 
@@ -123,25 +201,45 @@ def sample_bias(
     own frames, the gap read 0 and the cube came out 1 dB above its floor in 142 kB). A
     larger cube is compared on ``BIAS_FRAMES`` frames, mosaic against full frames: on a
     24-day 1024 px twin the whole cube cost a fifth of the AV1 encode."""
-    settings = replace(
-        group.settings, codec=X265_CODEC.name, preset="ultrafast", crf=float(_prior(floor))
-    )
+    parts = _bias_parts(ctx, grid, sample, group)
+    probe = _bias_trial(spool, group, floor, parts[0], "sample")
+    return _bias(probe, _bias_trial(spool, group, floor, parts[1], "cube"))
+
+
+Part = tuple[CubeContext, int]  # a part of the cube and its frame pixels
+
+
+def _bias_parts(
+    ctx: CubeContext, grid: SampleGrid | None, sample: CubeContext, group: GroupPlan
+) -> tuple[Part, Part]:
+    """The sample's side and the cube's side of the bias pass (no grid: the sample is the
+    cube, and only its side, the probe, is encoded)."""
     h, w = ctx.shape
-    if ctx.ds.sizes[ctx.layout.time_dim] * h * w <= BIAS_PIXELS:
+    if grid is None or ctx.ds.sizes[ctx.layout.time_dim] * h * w <= BIAS_PIXELS:
         mosaic, full = sample, ctx
     else:
         frames = grid.bias_frames()
         mosaic = grid.crop(ctx, group, frames)
         full = replace(ctx, ds=ctx.ds.isel({ctx.layout.time_dim: frames}))
-    psnr = []
-    for part, pixels in ((mosaic, mosaic.shape[0] * mosaic.shape[1]), (full, group.frame_pixels)):
-        sized = replace(group, frame_pixels=pixels)
-        apart = pixels * group.n_planes > BIAS_TOGETHER  # split streams in turn, for memory
-        trial = _trial(part, spool, sized, settings, f".bias-{len(psnr)}", whole=apart)
-        if trial.psnr == -math.inf:
-            return 0.0
-        psnr.append(trial.psnr)
-    bias = psnr[0] - psnr[1]
+    return (mosaic, mosaic.shape[0] * mosaic.shape[1]), (full, group.frame_pixels)
+
+
+def _bias_trial(spool: Path, group: GroupPlan, floor: float, part: Part, side: str) -> Trial:
+    """One side of the bias pass: x265 ultrafast at the floor's prior quantiser."""
+    settings = replace(
+        group.settings, codec=X265_CODEC.name, preset="ultrafast", crf=float(_prior(floor))
+    )
+    cube, pixels = part
+    sized = replace(group, frame_pixels=pixels)
+    apart = pixels * group.n_planes > BIAS_TOGETHER  # split streams in turn, for memory
+    return _trial(cube, spool, sized, settings, f".bias-{side}", whole=apart)
+
+
+def _bias(probe: Trial, cube_side: Trial | None) -> float:
+    """The probe's PSNR less the cube side's; 0 with no cube side or when either refused."""
+    if cube_side is None:
+        return 0.0
+    bias = probe.psnr - cube_side.psnr
     return bias if math.isfinite(bias) else 0.0
 
 
@@ -180,94 +278,38 @@ def _bytes(choice: Choice | None) -> float:
     return math.inf if choice is None else choice.predicted_bytes
 
 
+def _measure(sample: CubeContext, spool: Path, group: GroupPlan, codec: str, q: int) -> Trial:
+    """A trial of ``codec`` at ``q`` on the sample, at its trial preset, its PSNR raised by
+    what the cube's preset gains."""
+    base = replace(group.settings, codec=codec, crf=float(q))
+    cheap, gain = get_codec(codec).trial_settings(base)
+    trial = _trial(sample, spool, group, cheap, f".trial-{codec}-{group.decorrelate}-{q}")
+    return replace(trial, psnr=trial.psnr + gain)
+
+
 def _fit(
-    sample: CubeContext, spool: Path, group: GroupPlan, codec: str, target: float
+    sample: CubeContext,
+    spool: Path,
+    group: GroupPlan,
+    codec: str,
+    target: float,
+    first: Future[Trial] | None = None,
+    lone: tuple[float, float] = (0.0, 0.0),
 ) -> Choice | None:
-    base = replace(group.settings, codec=codec)
+    """The codec's quantiser and predicted bytes at ``target``. ``first``: its first trial,
+    under way; ``lone``: how near the goal (below, above) a lone trial is enough."""
+    begun = None if first is None else first.result()
 
     def measure(q: int) -> Trial:
-        tag = f".trial-{codec}-{group.decorrelate}-{q}"
-        cheap, gain = get_codec(codec).trial_settings(replace(base, crf=float(q)))
-        trial = _trial(sample, spool, group, cheap, tag)
-        return replace(trial, psnr=trial.psnr + gain)
+        if begun is not None and q == begun.q:
+            return begun
+        return _measure(sample, spool, group, codec, q)
 
-    start = _prior(target)
-    found = fit_rate_model(measure, target, start, 0, get_codec(codec).max_quality)
+    start = _prior(target) if begun is None else begun.q
+    c = get_codec(codec)
+    found = fit_rate_model(measure, target, start, 0, c.max_quality, lone, c.quantiser_scale)
     if found is None:
         return None
     q, model = found
-    return Choice(group, replace(base, crf=float(q)), model, model.bytes_at(q))
-
-
-@dataclass(frozen=True)
-class SampleGrid:
-    """Where the sample lies in the cube: a few runs of ``RUN`` consecutive frames (every
-    frame of a short cube), so the encoder's GOP structure (VVC's QP cascade over 32
-    frames) is the one the cube gets; and in each frame a mosaic of small blocks from a
-    regular grid, the same blocks in every frame, so flat and busy parts are both there."""
-
-    frames: tuple[int, ...]
-    ys: np.ndarray
-    xs: np.ndarray
-
-    def crop(
-        self, ctx: CubeContext, group: GroupPlan, frames: Sequence[int] | None = None
-    ) -> CubeContext:
-        """The group's variables on the mosaic, loaded: same stats as the cube, so it
-        quantises as the whole cube does."""
-        layout = ctx.layout
-        frames = list(self.frames if frames is None else frames)
-        variables = sorted({c.variable for c in group.channels})
-        src = ctx.ds[variables]
-        src = src.drop_vars(list(src.coords))
-        parts = [  # a few frames at a time: a lazy source reads whole frames before cropping
-            src.isel({layout.time_dim: frames[i : i + 4]})
-            .isel({layout.y_dim: self.ys, layout.x_dim: self.xs})
-            .load()
-            for i in range(0, len(frames), 4)
-        ]
-        return replace(ctx, ds=xr.concat(parts, dim=layout.time_dim))
-
-    def bias_frames(self) -> list[int]:
-        """``BIAS_FRAMES`` consecutive frames of the sample's middle run."""
-        mid = len(self.frames) // 2
-        lo = max(0, min(mid - BIAS_FRAMES // 2, len(self.frames) - BIAS_FRAMES))
-        return list(self.frames[lo : lo + BIAS_FRAMES])
-
-
-def sample_grid(ctx: CubeContext) -> SampleGrid | None:
-    """The sample of a cube, or None when it would be half the cube or more (the trials
-    then run on the cube itself)."""
-    t, (h, w) = ctx.ds.sizes[ctx.layout.time_dim], ctx.shape
-    budget = min(max(SAMPLE_FRACTION * t * h * w, SAMPLE_MIN), SAMPLE_MAX)
-    if budget >= t * h * w / 2:
-        return None
-    frames = _time_runs(t, budget)
-    block = BLOCK if min(h, w) >= 4 * BLOCK else BLOCK // 2
-    side = max(MOSAIC_MIN, math.isqrt(int(budget / len(frames))))
-    return SampleGrid(tuple(frames), _mosaic(h, block, side), _mosaic(w, block, side))
-
-
-def sample_cube(ctx: CubeContext, group: GroupPlan) -> CubeContext:
-    """A small cube of the group's variables that codes like the whole one."""
-    grid = sample_grid(ctx)
-    return ctx if grid is None else grid.crop(ctx, group)
-
-
-def _time_runs(t: int, budget: float) -> list[int]:
-    """Every frame of a short cube, else runs of ``RUN`` consecutive frames spread over it:
-    a VVC trial on a few frames lands several dB above what the cube gets."""
-    if t <= RUN:
-        return list(range(t))
-    runs = int(min(MAX_RUNS, max(1, budget // (RUN * MOSAIC_MIN**2))))
-    starts = np.linspace(0, t - RUN, runs).round().astype(int)
-    return sorted({int(i) for s in starts for i in range(s, s + RUN)})
-
-
-def _mosaic(n: int, block: int, side: int) -> np.ndarray:
-    """Pixel indices along one axis: ``side // block`` blocks spread evenly over ``n``."""
-    count = max(side // block, 1)
-    if count * block * 2 > n:
-        return np.arange(n)
-    starts = np.linspace(0, n // block - 1, count).round().astype(int) * block
-    return np.concatenate([np.arange(s, s + block) for s in starts])
+    settings = replace(group.settings, codec=codec, crf=float(q))
+    return Choice(group, settings, model, model.bytes_at(q))

@@ -8,11 +8,13 @@ never needs an ffmpeg binary.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
 
+from pipeline.codec.ratecontrol import LINEAR, QuantiserScale
 from pipeline.codec.settings import VideoSettings, sample_dtype
 from pipeline.errors import InvalidCubeError
 
@@ -63,6 +65,14 @@ class VideoCodec:
     # the cube's preset -> a cheaper one for rate-model trials, and the dB the cube's preset
     # gains over it at the same quantiser (the trials' PSNR is raised by that much)
     trial_presets: ClassVar[dict[str, tuple[str, float]]] = {}
+    # the quantiser in dB of step size, on which PSNR falls about 1 dB per dB
+    quantiser_scale: ClassVar[QuantiserScale] = LINEAR
+    # dB this codec's trial measures above x265 ultrafast at equal quantiser_scale.u on the
+    # same sample, where a PSNR-target search starts it (NDVI at 45 dB, Landsat at 45, 50)
+    probe_offset_db: ClassVar[float] = 0.0
+    # frame width up to which the encoder keeps one core busy: wavefront threads need three
+    # columns of 64 px blocks (NDVI, Landsat, 128 px tiles: 1.0 core of 2; 256 px: 1.4)
+    one_core_width: ClassVar[float] = 128
 
     def trial_settings(self, s: VideoSettings) -> tuple[VideoSettings, float]:
         """Settings a trial encode uses in place of ``s``, and the dB to add to its PSNR."""
@@ -111,6 +121,7 @@ class X265(VideoCodec):
     # (64 from 64 px high) whole blocks decode as a reference frame's, in lossless mode too
     # (errors of 1638-4095 codes of 4095 at CRF 0). Those frames are edge-padded to a width
     # that coded cleanly at every height from 16 to 256 px.
+    probe_offset_db: ClassVar[float] = 0.9  # medium against ultrafast: 0.6 to 1.2
     safe_widths: ClassVar[dict[int, int]] = {16: 18, 32: 56, 64: 66} | dict.fromkeys(
         range(33, 49), 56
     )
@@ -147,6 +158,8 @@ class Vvc(VideoCodec):
     # vvenc faster for fast: 2x quicker; fast gained 0.24-0.60 dB at equal QP (NDVI,
     # Landsat, 1024 px twin), 1-5 % more bytes
     trial_presets: ClassVar[dict[str, tuple[str, float]]] = {"medium": ("fast", 0.3)}
+    probe_offset_db: ClassVar[float] = -6.4  # -5.4 to -7.5
+    one_core_width: ClassVar[float] = math.inf  # run single-threaded (see options)
 
     def options(self, s: VideoSettings) -> dict[str, str]:
         if s.lossless:
@@ -200,6 +213,10 @@ class Aom(VideoCodec):
     # cpu-used 6 for 4: 1.5x quicker; 4 gained -0.17 to 0.39 dB at equal CRF (NDVI, Landsat,
     # 1024 px twin; 0.14 on average), bytes within 1.6 %
     trial_presets: ClassVar[dict[str, tuple[str, float]]] = {"medium": ("veryfast", 0.15)}
+    # libaom's step grows about linearly with its CRF: PSNR + 28 log10(CRF + 1) held
+    # within 0.5 dB from CRF 1 to 14 on Landsat's KLT group (34 to 61 dB)
+    quantiser_scale: ClassVar[QuantiserScale] = QuantiserScale(28.0)
+    probe_offset_db: ClassVar[float] = 12.0  # 10.3 to 13.3
 
     def options(self, s: VideoSettings) -> dict[str, str]:
         opts = {
