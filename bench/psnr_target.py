@@ -9,6 +9,7 @@ rate control; the decoded PSNR of every band is checked against the floor.
     python bench/psnr_target.py --cube landsat --psnr 40 45 50
     python bench/psnr_target.py --repeat 3                     # median of 3 pairs
     python bench/psnr_target.py --codec libvvenc --out /tmp/x   # a recipe's pinned codec
+    python bench/psnr_target.py --cube dec-twin den-twin hourly sparse --psnr 40 45 50
 
 Prints a table and writes ``psnr_target.csv`` / ``psnr_target.md`` under ``--out``.
 """
@@ -27,7 +28,7 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.rate_distortion import den_twin  # noqa: E402
+from bench.rate_distortion import dec_twin, den_twin, hourly_field, sparse_swath  # noqa: E402
 from pipeline import EncodeOptions, GroupSpec, decode_cube, encode_cube  # noqa: E402
 from pipeline.codec.encoded import EncodedCube  # noqa: E402
 from pipeline.codec.metrics import compare  # noqa: E402
@@ -39,6 +40,11 @@ def cubes(names: list[str]) -> dict[str, xr.Dataset]:
         "ndvi": lambda: load_eolearn()[["NDVI"]],
         "landsat": load_landsat,
         "den1024": lambda: den_twin(24, 1024),
+        # the rate-distortion sweep's synthetic cubes
+        "dec-twin": lambda: dec_twin(60, 128),
+        "den-twin": lambda: den_twin(60, 256),
+        "hourly": lambda: hourly_field(744),
+        "sparse": lambda: sparse_swath(5, 500, 1000),
     }
     return {n: makers[n]().load() for n in names}
 
@@ -126,14 +132,14 @@ def run(name: str, ds: xr.Dataset, target: float, repeat: int, codec: str = "aut
 def table(rows: list[dict]) -> str:
     head = (
         "| cube | floor dB | codec | CRF/QP | KLT | PSNR-target s | fixed s | ratio "
-        "| worst band dB |"
+        "| worst band dB | bytes |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
             f"| {r['cube']} | {r['target_db']:g} | {r['codec']} | {r['crf']:g} | "
             f"{'yes' if r['klt'] else 'no'} | {r['psnr_target_s']} | {r['fixed_s']} | "
-            f"{r['ratio']} | {r['worst_band_db']} |"
+            f"{r['ratio']} | {r['worst_band_db']} | {r['bytes']} |"
         )
     return "\n".join(lines)
 

@@ -90,8 +90,9 @@ def encode_hedged(
     try:
         done = encode_pass(ctx, spool, jobs, indices, "", options, progress)
     except BaseException:
-        for alt, _ in alts.result().values():
-            alt.unlink()
+        if alts.exception() is None:
+            for alt, _ in alts.result().values():
+                alt.unlink()
         raise
     return done, alts
 
@@ -116,7 +117,11 @@ def keep_hedges(done: dict[str, EncodedGroup], alts: Future[Measured] | None) ->
     kept: dict[str, float] = {}
     if alts is None:
         return kept
-    for name, (alt, measured) in alts.result().items():
+    try:
+        measured_alts = alts.result()
+    except Exception:  # the hedge is optional: the finer encode is checked as without one
+        return kept
+    for name, (alt, measured) in measured_alts.items():
         if (
             alt.settings.codec == done[name].settings.codec
             and measured >= cast(float, alt.group.psnr_target)
