@@ -121,13 +121,13 @@ class RateModel:
         if len(set(u)) < 3:
             return None
         a, b, c = np.polyfit(u, [t.psnr for t in near], 2)
-        lo = self.scale.u(min(above, key=lambda t: target - t.psnr).q)
-        hi = self.scale.u(max(below, key=lambda t: t.psnr - target).q)
+        ends = (
+            self.scale.u(min(above, key=lambda t: t.psnr - target).q),  # nearest above
+            self.scale.u(min(below, key=lambda t: target - t.psnr).q),  # nearest below
+        )
         roots = np.roots([a, b, c - target]) if a else np.array([(target - c) / b])
         inside = [
-            float(r.real)
-            for r in roots
-            if abs(r.imag) < 1e-9 and min(lo, hi) <= r.real <= max(lo, hi)
+            float(r.real) for r in roots if abs(r.imag) < 1e-9 and min(ends) <= r.real <= max(ends)
         ]
         return inside[0] if len(inside) == 1 else None
 
