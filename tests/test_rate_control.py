@@ -11,6 +11,7 @@ from pipeline import EncodeOptions, decode_cube, encode_cube
 from pipeline.codec import planning, search
 from pipeline.codec.metrics import compare
 from pipeline.codec.ratecontrol import MARGIN_DB, MAX_TRIALS, RateModel, Trial, fit_rate_model
+from pipeline.codec.sample import RUN, SHORT_RUN, sample_cube, sample_grid
 from tests.conftest import s2_like
 
 
@@ -114,11 +115,11 @@ def test_sample_is_a_few_percent_of_a_long_cube():
     ds = s2_like(t=120, h=256, w=256)
     enc_ctx = _context(ds)
     group = next(g for g in enc_ctx[1] if g.kind == "continuous")
-    sample = search.sample_cube(enc_ctx[0], group)
+    sample = sample_cube(enc_ctx[0], group)
     full = ds.sizes["time"] * 256 * 256
     part = sample.ds.sizes["time"] * sample.ds.sizes["y"] * sample.ds.sizes["x"]
     assert part < 0.1 * full
-    assert sample.ds.sizes["time"] >= search.RUN  # whole GOPs, as the cube gets them
+    assert sample.ds.sizes["time"] >= RUN  # whole GOPs, as the cube gets them
 
 
 def test_sample_bias_sees_the_frames_the_sample_left_out(tmp_path):
@@ -133,7 +134,7 @@ def test_sample_bias_sees_the_frames_the_sample_left_out(tmp_path):
     smooth = np.broadcast_to(0.3 + 0.2 * np.sin(3 * xx) * np.cos(2 * yy), (t, h, w))
     ds = xr.Dataset({"v": (("time", "y", "x"), smooth.astype(np.float32).copy())})
     ctx, groups = _context(ds)
-    grid = search.sample_grid(ctx)
+    grid = sample_grid(ctx)
     assert grid is not None and len(grid.frames) < t
     busy = list(grid.frames)
     ds["v"][busy] = (smooth[busy] + rng.normal(0, 0.05, (len(busy), h, w))).astype(np.float32)
@@ -151,7 +152,7 @@ def test_sample_bias_same_with_streams_at_once_or_in_turn(monkeypatch, tmp_path)
     ctx, groups = _context(s2_like(t=64, h=256, w=256), codec="libx265")
     group = next(g for g in groups if g.kind == "continuous" and g.n_planes > 1)
     assert len(group.streams()) > 1
-    grid = search.sample_grid(ctx)
+    grid = sample_grid(ctx)
     sample = grid.crop(ctx, group)
     found = []
     for together in (0, 1 << 30):
@@ -348,10 +349,8 @@ def test_first_trials_start_where_the_probe_says():
 def test_small_cube_sample_is_one_short_run():
     """NDVI's shape: a whole 32-frame run of the smallest mosaic would be six times the
     budget, so the sample is one run of 16 frames on a 64 px mosaic."""
-    from pipeline.codec import sample
-
     ctx, _ = _context(s2_like(t=68, h=101, w=100))
-    grid = search.sample_grid(ctx)
+    grid = sample_grid(ctx)
     assert grid is not None
-    assert len(grid.frames) == sample.SHORT_RUN
+    assert len(grid.frames) == SHORT_RUN
     assert (len(grid.ys), len(grid.xs)) == (64, 64)

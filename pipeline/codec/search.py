@@ -32,11 +32,9 @@ from pipeline.codec.ratecontrol import (
     Trial,
     fit_rate_model,
 )
-from pipeline.codec.sample import BIAS_FRAMES, RUN, SampleGrid, sample_cube, sample_grid
+from pipeline.codec.sample import BIAS_FRAMES, SampleGrid, sample_grid
 from pipeline.codec.settings import VideoSettings
 from pipeline.codec.videocodecs import X265_CODEC, get_codec
-
-__all__ = ["RUN", "Choice", "choose", "sample_bias", "sample_cube", "sample_grid", "step_down"]
 
 BIAS_PIXELS = BIAS_FRAMES << 20  # per band: a cube this small is compared whole
 # a group's frame pixels (all bands) up to which the bias pass encodes its streams at once:
