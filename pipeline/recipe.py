@@ -176,6 +176,8 @@ def parse_recipe(data: dict, origin: str = "<recipe>") -> Recipe:
         return Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(f"{origin}: {_format_errors(exc)}") from None
+    except RecursionError:
+        raise RecipeError(f"{origin}: nested too deeply") from None
 
 
 def load_recipe(name_or_path: str | os.PathLike[str], **source_overrides: str) -> Recipe:
@@ -199,9 +201,13 @@ def load_recipe(name_or_path: str | os.PathLike[str], **source_overrides: str) -
         data = tomllib.loads(p.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RecipeError(f"{p}: cannot read recipe ({exc})") from None
+    except RecursionError:
+        raise RecipeError(f"{p}: cannot read recipe (nested too deeply)") from None
     data.setdefault("name", p.stem)
     if source_overrides:
         given = {k: v for k, v in source_overrides.items() if v}
+        if not isinstance(data.get("source", {}), dict):
+            raise RecipeError(f"{p}: source: must be a table ([source])")
         data["source"] = {**data.get("source", {}), **given}
     recipe = parse_recipe(data, str(p))
     return recipe.model_copy(update={"path": str(p)})

@@ -106,6 +106,16 @@ class GroupRecipe(StrictModel):
 
     _psnr = field_validator("psnr")(_psnr_target)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        from pipeline.codec.planning import group_name_problem
+
+        problem = group_name_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
 
 class CodecSpec(StrictModel):
     # auto: under a PSNR target, per group the candidate with the fewest bytes on a sample
@@ -138,6 +148,19 @@ class CodecSpec(StrictModel):
         if problem:
             raise ValueError(problem)
         return v
+
+    @model_validator(mode="after")
+    def _distinct_group_names(self) -> CodecSpec:
+        """Group names become stream files and TACO child ids (dots read as '_', one
+        file on a case-insensitive disk): two groups must not name the same files."""
+        from pipeline.codec.planning import check_group_names
+        from pipeline.errors import InvalidCubeError
+
+        try:
+            check_group_names([g.name for g in self.groups], "group")
+        except InvalidCubeError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     @model_validator(mode="after")
     def _av1_needs_ffmpeg(self) -> CodecSpec:

@@ -38,6 +38,48 @@ MASK_CHUNK = 32
 MAX_PADDING = 4
 # pixels in one lossy stream's frame before a group is split into a stream per tile run
 MAX_STREAM_PIXELS = 1 << 20
+# a band group's name becomes its stream file names (``<name>.mkv``, ``<name>.0.mkv``) and,
+# dots mapped to '_', TACO child ids: a plain identifier, nothing a path could read as a folder
+GROUP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+GROUP_NAME_MAX = 48
+
+
+def group_name_problem(name: object) -> str | None:
+    """What is wrong with a band group's name given by a recipe or the API, or None."""
+    if not isinstance(name, str):
+        return f"{name!r} is not a string"
+    if len(name) > GROUP_NAME_MAX:
+        return f"{name[:20]!r}... is {len(name)} characters long (at most {GROUP_NAME_MAX})"
+    if not GROUP_NAME.fullmatch(name):
+        return (
+            f"{name!r} is not a plain identifier: a letter, then letters, digits, '_' or '-' "
+            "(the name becomes stream file names)"
+        )
+    return None
+
+
+def taco_key(filename: str) -> str:
+    """A file's TACO child id (taco.staged.child_id: dots -> '_'), case-folded: two files
+    with the same key would be one child of a sample (and one file on a case-insensitive
+    disk)."""
+    return filename.replace(".", "_").casefold()
+
+
+def check_group_names(names: Sequence[str | None], where: str = "band group") -> None:
+    """Every given name a plain identifier, none repeated once mapped to a TACO child id."""
+    seen: dict[str, str] = {}
+    for name in names:
+        if name is None:
+            continue
+        problem = group_name_problem(name)
+        if problem:
+            raise InvalidCubeError(f"{where} name {problem}")
+        key = taco_key(name)
+        if key in seen:
+            other = seen[key]
+            same = "is given twice" if other == name else f"and {other!r} name the same files"
+            raise InvalidCubeError(f"{where} name {name!r} {same} (names must differ)")
+        seen[key] = name
 
 
 @dataclass
@@ -114,7 +156,8 @@ def _with_planes(settings: VideoSettings, planes: int) -> VideoSettings:
 def group_name(names: Sequence[str], taken: set[str]) -> str:
     base = "_".join(re.sub(r"[^A-Za-z0-9]+", "", n) or "band" for n in names)[:48] or "stream"
     name, i = base.lower(), 1
-    while name in taken:
+    folded = {taco_key(t) for t in taken}  # a recipe's "RGB" takes "rgb" too
+    while taco_key(name) in folded:
         name, i = f"{base.lower()}{i}", i + 1
     taken.add(name)
     return name
@@ -125,6 +168,7 @@ def candidate_groups(
 ) -> list[tuple[list[Channel], GroupSpec | None]]:
     """Continuous channels in the recipe's groups, then the rest in groups of up to
     ``MAX_GROUP`` (split further into codec-sized groups where decorrelation is off)."""
+    check_group_names([g.name for g in groups])
     continuous = [c for c in layout.channels if c.role == "continuous"]
     by_name = {c.name: c for c in continuous}
     out: list[tuple[list[Channel], GroupSpec | None]] = []
@@ -238,16 +282,51 @@ def plan_groups(
         engine=engine,
     )
     plans: list[GroupPlan] = []
-    for chans, spec in candidate_groups(layout, options.groups):
+    candidates = candidate_groups(layout, options.groups)
+    taken |= {spec.name for _, spec in candidates if spec is not None and spec.name}
+    for all_chans, spec in candidates:
+        # a channel with no valid pixel (all NaN or nodata) has nothing to code: the mask
+        # stream restores it whole, and the group codes the rest of its bands
+        chans = [c for c in all_chans if stats[c.name].n_valid > 0]
+        if not chans:
+            continue
         lossless = options.lossless if spec is None or spec.lossless is None else spec.lossless
         if lossless:
             plans += _lossless_plans(chans, stats, ffv1, taken)
             continue
-        lossy = _LossyPlanner(options, stats, base, engine, frame_shape, klt_gain or {})
-        plans += lossy.plans(chans, spec, taken)
+        # the KLT's moments were gathered over pixels valid in all of the candidate's bands
+        gains = (klt_gain or {}) if len(chans) == len(all_chans) else {}
+        lossy = _LossyPlanner(options, stats, base, engine, frame_shape, gains)
+        plans += lossy.plans(chans, spec, taken, klt=len(chans) == len(all_chans))
     plans += _categorical_plans(layout, stats, ffv1, taken)
     mask = _mask_plan(layout, stats, options, taken)
-    return plans + ([mask] if mask else [])
+    plans += [mask] if mask else []
+    _check_stream_files(plans)
+    return plans
+
+
+def _check_stream_files(plans: Sequence[GroupPlan]) -> None:
+    """Every stream file a plain file name (names from data go through confine.safe_name)
+    and no two the same TACO child: ``a.0.mkv`` and ``a_0.mkv`` would be one."""
+    from pipeline.codec.passes import stream_file
+    from pipeline.confine import safe_name
+    from pipeline.errors import UnsafePathError
+
+    seen: dict[str, str] = {}
+    for g in plans:
+        for s in g.streams():
+            file = stream_file(s, g.kind)
+            try:
+                safe_name(file, f"band group {g.name!r}: stream file")
+            except UnsafePathError as exc:
+                raise InvalidCubeError(str(exc)) from None
+            key = taco_key(file)
+            if key in seen:
+                raise InvalidCubeError(
+                    f"band group {g.name!r}: stream file {file!r} and {seen[key]!r} would be "
+                    "one TACO child (dots read as '_'); rename the group"
+                )
+            seen[key] = file
 
 
 def _lossless_plans(
@@ -271,10 +350,10 @@ class _LossyPlanner:
     klt_gain: dict[str, float]
 
     def plans(
-        self, chans: Sequence[Channel], spec: GroupSpec | None, taken: set[str]
+        self, chans: Sequence[Channel], spec: GroupSpec | None, taken: set[str], klt: bool = True
     ) -> list[GroupPlan]:
-        """One KLT group where the bands' detail correlates, else a group per codec-sized
-        run of channels (each its own rate-control unit)."""
+        """One KLT group where the bands' detail correlates (and ``klt`` allows it), else a
+        group per codec-sized run of channels (each its own rate-control unit)."""
         options = self.options
         target = options.psnr if spec is None or spec.psnr is None else spec.psnr
         crf = options.crf if spec is None or spec.crf is None else spec.crf
@@ -283,7 +362,7 @@ class _LossyPlanner:
             get_codec(codec).check_quality(crf)
         settings = replace(self.base, codec=codec, crf=crf)
         pixels = self.frame_shape[0] * self.frame_shape[1]
-        if self._klt(chans):
+        if klt and self._klt(chans):
             name = spec.name if spec and spec.name else None
             name = name or group_name([c.name for c in chans[:3]], taken)
             taken.add(name)
