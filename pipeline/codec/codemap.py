@@ -60,6 +60,10 @@ class CodeMap:
         c = self.channels[name]
         if c.words:
             return from_words([decoded[w][:, 0] for w in c.words], int(c.offset), dtype)
+        if c.transform is None and c.stream is None and c.mask_stream is not None:
+            # no valid pixel anywhere (all NaN or nodata): no codes, the mask sets them all
+            mask = decoded[c.mask_stream]
+            return np.zeros((mask.shape[0], *mask.shape[2:]), dtype=dtype)
         if c.transform is None:
             assert c.stream is not None and c.plane is not None
             q = Quantiser(c.offset, c.scale, self.bits[c.stream])

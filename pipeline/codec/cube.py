@@ -297,13 +297,20 @@ def cube_stats(
     out = {}
     for ch in layout.channels:
         vmin, vmax, n_valid, n_invalid, n_posinf, n_neginf = acc[ch.name]
-        if n_valid == 0:
-            raise InvalidCubeError(
-                f"variable {ch.variable!r} channel {ch.name!r} has no valid pixels (all NaN/nodata)"
-            )
-        _check_declared_range(ds[ch.variable], ch, vmin, vmax)
         dtype = ds[ch.variable].dtype
         exact = int if dtype.kind in "biu" else float
+        if n_valid == 0:
+            if ch.role != "continuous":
+                raise InvalidCubeError(
+                    f"variable {ch.variable!r} channel {ch.name!r} has no valid pixels (all "
+                    "nodata): a class layer needs its classes"
+                )
+            # nothing to code: the mask stream restores every pixel (NaN, nodata or +-inf)
+            out[ch.name] = ChannelStats(
+                exact(0), exact(0), 0, n_invalid, str(dtype), n_posinf, n_neginf
+            )
+            continue
+        _check_declared_range(ds[ch.variable], ch, vmin, vmax)
         out[ch.name] = ChannelStats(
             exact(vmin), exact(vmax), n_valid, n_invalid, str(dtype), n_posinf, n_neginf
         )

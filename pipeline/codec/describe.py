@@ -123,7 +123,11 @@ def channel_infos(
             "neginf_bit": infs.get((ch.name, "-inf")),
             "psnr": _measured_psnr(encoded.values(), ch.name),
         }
-        channels.append(infos[ch.name].model_copy(update=update))
+        # a channel with no valid pixel is in no group: the mask restores all of it
+        info = infos.get(ch.name) or ChannelInfo(
+            name=ch.name, variable=ch.variable, band_index=ch.band_index
+        )
+        channels.append(info.model_copy(update=update))
     return channels, transforms
 
 

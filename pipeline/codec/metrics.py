@@ -155,7 +155,8 @@ class QualityAccumulator:
                     channel=ch.name,
                     variable=ch.variable,
                     role=ch.role,
-                    psnr=value if st["n"] else math.nan,
+                    # no valid pixel in the source: exact when the decoded one has none either
+                    psnr=value if st["n"] else (math.inf if st["exact"] else math.nan),
                     rmse=math.sqrt(mse),
                     max_abs_error=st["max"],
                     data_range=rng,

@@ -182,6 +182,15 @@ def _stretch(img: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) / np.where(hi > lo, hi - lo, 1), 0, 1)
 
 
+def _plane(values: np.ndarray) -> np.ndarray:
+    """One frame of a band as a 2-D float image, whatever its size: a 1 x 1 or 1 x N frame
+    keeps both axes (squeezing them made a 1 x 1 RGB frame a vector imshow refused)."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim < 2:
+        return a.reshape(1, -1)
+    return a.reshape(a.shape[-2:])
+
+
 def sample_panel(
     original: xr.Dataset,
     decoded: xr.Dataset,
@@ -196,8 +205,8 @@ def sample_panel(
     differences are not hidden by separate scaling; the error is in % of the band's range.
     """
     out.mkdir(parents=True, exist_ok=True)
-    orig = np.stack([np.asarray(original[b].values, dtype=np.float64).squeeze() for b in bands], -1)
-    dec = np.stack([np.asarray(decoded[b].values, dtype=np.float64).squeeze() for b in bands], -1)
+    orig = np.stack([_plane(original[b].values) for b in bands], -1)
+    dec = np.stack([_plane(decoded[b].values) for b in bands], -1)
     valid = np.isfinite(orig) & np.isfinite(dec)
     lo = np.array([np.nanpercentile(orig[..., i], 2) for i in range(len(bands))])
     hi = np.array([np.nanpercentile(orig[..., i], 98) for i in range(len(bands))])
