@@ -8,6 +8,7 @@ and file handling they share.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -49,6 +50,12 @@ PUBLISH_MODULES = frozenset(
 )
 
 
+# OSErrors that say what is wrong with the machine in their own words (no traceback)
+MACHINE_ERRNOS = frozenset(
+    (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+)
+
+
 def main() -> None:
     from pipeline.sources.download import network_errors
 
@@ -58,6 +65,11 @@ def main() -> None:
         _fail(str(exc))
     except network_errors() as exc:  # anything the pipeline did not wrap: still one line
         _fail(f"network error: {exc.__class__.__name__}: {exc}")
+    except OSError as exc:  # the machine, not the data: a full disk, a read-only folder
+        if exc.errno not in MACHINE_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}")
     except ModuleNotFoundError as exc:  # the reader install running a pipeline command
         if (exc.name or "").split(".")[0] not in PUBLISH_MODULES:
             raise

@@ -10,7 +10,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pipeline.cli_io import console, open_input, write_netcdf
+from pipeline.cli_io import (
+    check_new_output,
+    console,
+    open_input,
+    refuse_overlap,
+    write_dataset,
+)
 from pipeline.codec.decode import decode_cube
 from pipeline.codec.encode import encode_cube
 from pipeline.codec.encoded import EncodedCube
@@ -35,6 +41,9 @@ CodecOpt = Annotated[
     ),
 ]
 DecorrelateOpt = Annotated[str, typer.Option(help="auto (KLT where bands correlate), klt or none")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="replace the output file if it exists (never an input)")
+]
 EngineOpt = Annotated[
     str,
     typer.Option(
@@ -86,6 +95,7 @@ def encode(
             "the core its encoder leaves idle; the smaller that meets the floor is kept"
         ),
     ] = True,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Encode a cube into video streams plus a manifest.
 
@@ -95,6 +105,8 @@ def encode(
     if sum(x is not None and x is not False for x in (crf, psnr, lossless or None)) > 1:
         raise CubecastError("choose one of --crf, --psnr, --lossless")
     check_quality(crf, psnr)
+    refuse_overlap(output, [input])
+    check_new_output(output, overwrite, folder_ok=output.suffix != ".tar")
     ds = open_input(input)
     opts = EncodeOptions(
         crf=12.0 if crf is None else crf,
@@ -121,23 +133,33 @@ def _save(enc: EncodedCube, output: Path) -> None:
     """A ``.tar`` appears whole (written under a temporary name); anything else is a folder."""
     if output.suffix == ".tar":
         tmp = output.with_name(f".{output.name}.part")
-        tmp.write_bytes(enc.to_bytes())
-        os.replace(tmp, output)
+        try:
+            tmp.write_bytes(enc.to_bytes())
+            os.replace(tmp, output)
+        finally:
+            tmp.unlink(missing_ok=True)
     else:
-        enc.to_folder(output)
+        try:
+            enc.to_folder(output)
+        except FileExistsError:  # appeared while encoding
+            raise CubecastError(f"{output}: output folder exists and is not empty") from None
 
 
 def decode(
     input: Annotated[Path, typer.Argument(help="encoded cube folder or .tar")],
-    output: Annotated[Path, typer.Argument(help="output netCDF file")],
+    output: Annotated[Path, typer.Argument(help="output netCDF file (or .zarr store)")],
     variables: Annotated[
         list[str] | None, typer.Option("--var", "-v", help="decode only these variables")
     ] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """Decode an encoded cube to netCDF with the original dtypes, attrs and encodings."""
+    """Decode an encoded cube to netCDF (or a .zarr store) with the original dtypes, attrs
+    and encodings."""
+    refuse_overlap(output, [input])
+    check_new_output(output, overwrite)
     enc = EncodedCube.open(input)
     ds = decode_cube(enc, variables=variables or None)
-    write_netcdf(ds, output)
+    write_dataset(ds, output)
     console.print(f"{output}: {', '.join(map(str, ds.data_vars))}")
 
 

@@ -11,8 +11,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pipeline.cli_cube import check_quality
-from pipeline.cli_io import console, err_console, open_input, write_netcdf
+from pipeline.cli_cube import OverwriteOpt, check_quality
+from pipeline.cli_io import (
+    check_new_output,
+    console,
+    err_console,
+    is_url,
+    open_input,
+    refuse_overlap,
+    write_dataset,
+)
 from pipeline.codec.options import EncodeOptions
 from pipeline.errors import CubecastError
 
@@ -78,6 +86,10 @@ def pack(
     if crf is not None and psnr is not None:
         raise CubecastError("choose one of --crf, --psnr")
     check_quality(crf, psnr)
+    if output.exists() and not output.is_dir():
+        raise CubecastError(f"{output}: output exists and is not a folder")
+    if not _is_recipe(input):
+        refuse_overlap(output, [input], "output folder")
     from pipeline.lock import probe_lock
 
     probe_lock(output)  # a second pack into this folder fails now, not after encoding
@@ -117,6 +129,7 @@ def _pack_recipe(
 
     tty = sys.stderr.isatty()
     spec = with_overrides(load_recipe(recipe, location=source or ""), crf, psnr, split_size, cubes)
+    refuse_overlap(output, [spec.source.location], "output folder")
     mirror = mirror_for(spec.source, progress=tty)
     ids, note = select_cubes(spec, mirror)
     err_console.print(note, highlight=False)
@@ -163,6 +176,10 @@ def verify(
     from pipeline.recipe import load_recipe
 
     spec = load_recipe(recipe, location=source or "")
+    folder = Path(shards[0]) if len(shards) == 1 and Path(shards[0]).is_dir() else None
+    folder = folder or Path(shards[0]).parent
+    if not is_url(shards[0]):  # the report, card and verification.json are written there
+        refuse_overlap(folder, [spec.source.location], "report folder")
     result = verify_step(spec, shards if len(shards) > 1 else shards[0])
     console.print(result.summary(), highlight=False)
     if not result.passed:
@@ -219,13 +236,16 @@ def list_samples(
 def get(
     shard: Annotated[str, typer.Argument(help="shard file, URL or .tacocat folder")],
     sample: Annotated[str, typer.Argument(help="sample id")],
-    output: Annotated[Path, typer.Argument(help="output netCDF file")],
+    output: Annotated[Path, typer.Argument(help="output netCDF file (or .zarr store)")],
     variables: Annotated[
         list[str] | None, typer.Option("--var", "-v", help="decode only these variables")
     ] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """Decode one sample of a shard to netCDF."""
+    """Decode one sample of a shard to netCDF (or a .zarr store)."""
     from pipeline.taco.read import open_sample
 
-    write_netcdf(open_sample(shard, sample, variables or None), output)
+    refuse_overlap(output, [shard])
+    check_new_output(output, overwrite)
+    write_dataset(open_sample(shard, sample, variables or None), output)
     console.print(str(output))

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from pipeline.cli_dataset import SourceOpt
-from pipeline.cli_io import console, err_console
+from pipeline.cli_io import console, err_console, is_url, refuse_overlap, writable_folder
 
 
 def run(
@@ -85,6 +85,7 @@ def _run_flow(**params: object) -> dict:
     configured) and print a summary table; a failed verification exits 1."""
     import time
 
+    check_flow_args(**params)  # a wrong recipe or folder: one line now, before Prefect starts
     from flows.runtime import prefect_api
 
     t0 = time.monotonic()
@@ -98,6 +99,54 @@ def _run_flow(**params: object) -> dict:
         return result
     print_summary(result, time.monotonic() - t0)
     return result
+
+
+def check_flow_args(
+    recipe: str,
+    source: str | None = None,
+    out: str | None = None,
+    target: str | None = None,
+    synthesize: bool = False,
+    dry_run: bool = False,
+    incremental: bool = False,
+    max_disk: str | None = None,
+    **_: object,
+) -> None:
+    """What publish-dataset would refuse after Prefect's start-up (a minute on a cold
+    machine), refused here in a second with one line: the recipe, the source, the work and
+    target folders (writable, and not inside the source), the incremental options. Nothing
+    is written; folders are created by the flow."""
+    from pipeline.errors import CubecastError
+    from pipeline.recipe import load_recipe
+
+    spec = load_recipe(recipe, location=source or "")
+    location = spec.source.location
+    if synthesize and source and not Path(source).exists():
+        from pipeline.sources.twins import TWIN_WRITERS
+
+        if recipe not in TWIN_WRITERS:
+            raise CubecastError(
+                f"--synthesize writes twins of {', '.join(TWIN_WRITERS)} only, not {recipe}"
+            )
+        writable_folder(source, "source folder")
+    elif not is_url(location) and not Path(location).exists():
+        raise CubecastError(
+            f"{location}: source folder of recipe {spec.name} does not exist (give --source, "
+            "or --synthesize to write a twin there)"
+        )
+    if incremental and dry_run:
+        raise CubecastError("--dry-run applies to the single-shot mode, not to --incremental")
+    if max_disk:
+        from pipeline.publish.disk import parse_size
+
+        parse_size(max_disk, "--max-disk")
+    out = out or f"out/{spec.name}"
+    target = target or f"out/published/{spec.name}"
+    writable_folder(out, "work folder")
+    refuse_overlap(out, [location], "work folder")
+    if not is_url(target):
+        writable_folder(target, "publish target")
+        refuse_overlap(target, [location], "publish target")
 
 
 def print_summary(result: dict, seconds: float) -> None:

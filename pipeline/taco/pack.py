@@ -111,10 +111,16 @@ def stage_sample(
     dest = confined(root, safe_name(sample.id, "cube id"), "cube id")
     tmp = root / f".{sample.id}.part"
     shutil.rmtree(tmp, ignore_errors=True)
-    sample.encoded.to_folder(tmp)
-    (tmp / SAMPLE_META).write_text(json.dumps(sample.metadata(), indent=1, default=str))
-    for name, text in (marks or {}).items():  # hidden names: not packed
-        (tmp / ("." + safe_name(name.removeprefix("."), "mark file"))).write_text(text)
+    try:
+        sample.encoded.to_folder(tmp)
+        (tmp / SAMPLE_META).write_text(json.dumps(sample.metadata(), indent=1, default=str))
+        for name, text in (marks or {}).items():  # hidden names: not packed
+            (tmp / ("." + safe_name(name.removeprefix("."), "mark file"))).write_text(text)
+    except OSError as exc:  # a full disk: no half-staged cube left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CubecastError(
+            f"{root}: cannot stage cube {sample.id!r} ({exc.strerror or exc})"
+        ) from None
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return StagedSample(dest)
@@ -264,12 +270,18 @@ def pack_shards(
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pack-", dir=out))
     try:
-        created = [
-            write_shard(members, tmp / name, info, rows)
-            for split, parts in chunks.items()
-            for members, name in zip(parts, names[split], strict=True)
-        ]
-        tacotoolbox.create_tacocat(created, output=tmp)
+        try:
+            created = [
+                write_shard(members, tmp / name, info, rows)
+                for split, parts in chunks.items()
+                for members, name in zip(parts, names[split], strict=True)
+            ]
+            tacotoolbox.create_tacocat(created, output=tmp)
+        except CubecastError:
+            raise
+        except Exception as exc:  # a full disk (tacotoolbox wraps libzip's error), a quota,
+            # samples TACO refuses: one line, and the old shards stay as they were
+            raise CubecastError(f"{out}: cannot write shards ({_cause(exc, out)})") from None
         for stale in out.glob("*.tacozip"):  # any earlier pack, whatever its id: no mix
             stale.unlink()
         shutil.rmtree(out / ".tacocat", ignore_errors=True)
@@ -281,6 +293,15 @@ def pack_shards(
         return [out / p.name for p in created]  # splits in the order the samples came
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cause(exc: BaseException, out: Path) -> str:
+    """One line for why shards could not be written, with the disk's free space when the
+    disk is what ran out."""
+    text = " ".join(str(exc).split())[:300]
+    free = shutil.disk_usage(out).free
+    tiny = "; the disk is full" if free < (1 << 20) else ""
+    return f"{type(exc).__name__}: {text}{tiny}; {free:,} bytes free; nothing in it was replaced"
 
 
 ZIP_EPOCH = (0, (1 << 5) | 1)  # DOS time 00:00:00, date 1980-01-01: the format's first day
