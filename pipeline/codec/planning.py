@@ -285,19 +285,25 @@ def plan_groups(
     candidates = candidate_groups(layout, options.groups)
     taken |= {spec.name for _, spec in candidates if spec is not None and spec.name}
     for all_chans, spec in candidates:
-        # a channel with no valid pixel (all NaN or nodata) has nothing to code: the mask
-        # stream restores it whole, and the group codes the rest of its bands
-        chans = [c for c in all_chans if stats[c.name].n_valid > 0]
-        if not chans:
-            continue
         lossless = options.lossless if spec is None or spec.lossless is None else spec.lossless
         if lossless:
-            plans += _lossless_plans(chans, stats, ffv1, taken)
+            plans += _lossless_plans(all_chans, stats, ffv1, taken)
             continue
+        # A channel with no valid pixel (all NaN or nodata) has nothing to code: the mask
+        # restores it whole. Outside a recipe's group (or with only such bands in it) it
+        # is a group of its own whose stream stores no frame (an empty file, so the sample
+        # has the files its siblings have); in a recipe's group beside bands with data it
+        # leaves the group, which codes the rest.
+        chans = [c for c in all_chans if stats[c.name].n_valid > 0]
+        empty = [c for c in all_chans if stats[c.name].n_valid == 0]
         # the KLT's moments were gathered over pixels valid in all of the candidate's bands
-        gains = (klt_gain or {}) if len(chans) == len(all_chans) else {}
+        gains = (klt_gain or {}) if not empty else {}
         lossy = _LossyPlanner(options, stats, base, engine, frame_shape, gains)
-        plans += lossy.plans(chans, spec, taken, klt=len(chans) == len(all_chans))
+        if chans:
+            plans += lossy.plans(chans, spec, taken, klt=not empty)
+        if empty and (spec is None or not chans):
+            own = spec if not chans else None
+            plans += lossy.plans(empty, own, taken, klt=False, targeted=False)
     plans += _categorical_plans(layout, stats, ffv1, taken)
     mask = _mask_plan(layout, stats, options, taken)
     plans += [mask] if mask else []
@@ -350,12 +356,19 @@ class _LossyPlanner:
     klt_gain: dict[str, float]
 
     def plans(
-        self, chans: Sequence[Channel], spec: GroupSpec | None, taken: set[str], klt: bool = True
+        self,
+        chans: Sequence[Channel],
+        spec: GroupSpec | None,
+        taken: set[str],
+        klt: bool = True,
+        targeted: bool = True,
     ) -> list[GroupPlan]:
         """One KLT group where the bands' detail correlates (and ``klt`` allows it), else a
-        group per codec-sized run of channels (each its own rate-control unit)."""
+        group per codec-sized run of channels (each its own rate-control unit). Without
+        ``targeted`` (bands with nothing valid to measure) a PSNR target is not searched."""
         options = self.options
         target = options.psnr if spec is None or spec.psnr is None else spec.psnr
+        target = target if targeted else None
         crf = options.crf if spec is None or spec.crf is None else spec.crf
         codec = codec_candidates(options, self.engine, target, self.frame_shape)[0]
         if target is None:
