@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from pipeline.codec import jsonvalues
+from pipeline.codec import budget, jsonvalues
 from pipeline.codec.codemap import CodeMap
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.groupcoder import (
@@ -26,7 +26,7 @@ from pipeline.codec.manifest import (
 )
 from pipeline.codec.masks import decode_masks
 from pipeline.codec.netcdf import dataset_from_bytes
-from pipeline.codec.pyav_engine import DecodeStats, decode_frames
+from pipeline.codec.pyav_engine import DecodeStats, FrameBounds, decode_frames
 from pipeline.codec.settings import n_planes
 from pipeline.errors import CorruptStreamError, CubecastError, InvalidCubeError, ManifestError
 
@@ -49,6 +49,63 @@ def _time_window(m: Manifest, time: slice | None) -> tuple[int, int]:
     return start, stop
 
 
+PAD = 64  # encoders pad frames to even sizes, their minimum side, or whole 64-px CTUs
+PAD_MIN = 128  # x265 widths it mishandles are padded to 56, 66 or 128 (two CTUs) px
+
+
+def frame_bounds(m: Manifest, stream: StreamInfo) -> FrameBounds:
+    """The frame sizes a stream of this manifest may have: at least its planes (tiled
+    planes stacked, each rounded up to even rows), at most that padded by an encoder."""
+    h, w = m.frame_shape
+    least_h = stream.tiles * (h + h % 2) if stream.tiles > 1 else h
+    most = tuple(max(PAD_MIN, n + (-n % PAD)) for n in (least_h, w))
+    return FrameBounds(stream.pix_fmt, (least_h, w), (most[0], most[1]))
+
+
+def window_nbytes(m: Manifest, wanted: Sequence[str], n: int) -> int:
+    """Bytes a window of ``n`` frames of the ``wanted`` variables allocates, as the
+    manifest declares it: the streams' codes and masks, each output band (and the stacked
+    variable), the KLT groups' work arrays, and every array the manifest's JSON holds
+    (coordinates, attributes). Computed without allocating anything."""
+    px = m.frame_shape[0] * m.frame_shape[1]
+    total = 0
+    for s in _needed_streams(m, wanted):
+        planes = len(s.planes)
+        if s.kind == "mask":  # bits of whole chunks, unpacked, and the window's booleans
+            chunk_frames = min(m.n_frames, n + 2 * s.keyint)
+            total += planes * px * (2 * chunk_frames + n)
+        else:  # the window's codes and one decoded frame (padded, in the stream's format)
+            bounds = frame_bounds(m, s)
+            total += 2 * planes * px * n + 2 * n_planes(s.pix_fmt) * bounds.max_pixels
+    for v in m.variables:
+        if v.name in wanted:
+            bands = len(v.channels)
+            total += n * px * np.dtype(v.dtype).itemsize * (bands + (bands if v.band_dim else 0))
+            if any(m.channel(c).words for c in v.channels):
+                total += 2 * n * px * 8
+    for t in m.transforms:
+        if any(c in t.channels for v in m.variables if v.name in wanted for c in v.channels):
+            total += 2 * n * px * 8 * max(len(t.channels), len(t.components))
+    return total + manifest_arrays_nbytes(m)
+
+
+def manifest_arrays_nbytes(m: Manifest) -> int:
+    """Bytes of the arrays the manifest's JSON declares (coordinates, attributes)."""
+    parts: list[object] = [m.attrs]
+    parts += [(c.values, c.attrs, c.encoding) for c in m.coords.values()]
+    parts += [(v.attrs, v.encoding, v.nodata) for v in m.variables]
+    if m.aux:
+        parts += [m.aux.attrs, m.aux.encodings]
+    return jsonvalues.declared_nbytes(parts)
+
+
+def check_budget(enc: EncodedCube, wanted: Sequence[str], n: int) -> None:
+    m = enc.manifest
+    h, w = m.frame_shape
+    need = window_nbytes(m, wanted, n)
+    budget.check(need, enc.source, f"decoding {n} frames of {h} x {w} px ({', '.join(wanted)})")
+
+
 class _StreamFrames:
     """Consecutive frames of one stream from ``start`` on, decoded as they are asked for.
 
@@ -65,6 +122,7 @@ class _StreamFrames:
         self.stream, self.start, self.pos, self.stop = stream, start, start, stop
         self.shape = (len(stream.planes), *m.frame_shape)
         self.name = f"{enc.source}:{stream.file}"
+        self.n_frames = m.n_frames
         if stream.kind == "mask":
             self._data = enc.read_file(stream.file)
             return
@@ -76,10 +134,26 @@ class _StreamFrames:
         if source is None:
             source = enc.read_file(stream.file)
         self._frames: Iterator[tuple[int, np.ndarray]] = iter(())
+        self._first: tuple[int, np.ndarray] | None = None
         if last > first:
             self._frames = decode_frames(
-                source, n_planes(stream.pix_fmt), first, last, name=self.name, stats=stats
+                source,
+                n_planes(stream.pix_fmt),
+                first,
+                last,
+                name=self.name,
+                stats=stats,
+                expect=frame_bounds(m, stream),
             )
+            # the first frame now: a stream whose frames are not the manifest's size or
+            # pixel format is refused before any window is allocated
+            self._first = next(self._frames, None)
+
+    def _next(self) -> tuple[int, np.ndarray] | None:
+        if self._first is not None:
+            got, self._first = self._first, None
+            return got
+        return next(self._frames, None)
 
     def take(self, n: int) -> np.ndarray:
         """The next n frames as (n, planes, H, W): bool for masks, uint16 codes otherwise."""
@@ -88,7 +162,14 @@ class _StreamFrames:
         if self.stream.kind == "mask":
             s = self.stream
             return decode_masks(
-                self._data, s.chunk_offsets or [0], s.keyint, self.shape, lo, hi, name=self.name
+                self._data,
+                s.chunk_offsets or [0],
+                s.keyint,
+                self.shape,
+                lo,
+                hi,
+                name=self.name,
+                n_frames=self.n_frames,
             )
         h, w = self.shape[1:]
         out = np.empty((n, *self.shape), dtype=np.uint16)
@@ -96,7 +177,7 @@ class _StreamFrames:
             if lo + i not in self._stored_set:
                 out[i] = 0
                 continue
-            got = next(self._frames, None)
+            got = self._next()
             if got is None:
                 raise CorruptStreamError(
                     f"{self.name}: decoded {lo - self.start + i} frames of "
@@ -246,6 +327,8 @@ def iter_decode(
     wanted = _wanted(m, variables)
     stats = stats if stats is not None else DecodeStats()
     readers: list[_StreamFrames] = []
+    with _manifest_faults(enc):
+        check_budget(enc, wanted, min(window, stop - start))
     try:
         with _manifest_faults(enc):
             for s in _needed_streams(m, wanted):
@@ -284,6 +367,7 @@ def _manifest_faults(enc: EncodedCube) -> Iterator[None]:
         AttributeError,
         ZeroDivisionError,
         AssertionError,
+        MemoryError,
     ) as exc:
         raise ManifestError(
             f"{enc.source}: manifest does not match its streams or holds invalid values "

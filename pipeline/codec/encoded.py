@@ -17,11 +17,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.codec.manifest import Manifest
+from pipeline.codec.manifest import MAX_MANIFEST, Manifest
 from pipeline.confine import check_manifest_names, confined, safe_name
 from pipeline.errors import CorruptStreamError, ManifestError
 
 MANIFEST_FILE = "manifest.json"
+# stored bytes of a manifest (zstd frame overhead over the JSON limit included)
+MAX_MANIFEST_FILE = MAX_MANIFEST + (1 << 20)
 
 
 CHUNK = 1 << 20
@@ -67,12 +69,73 @@ class FolderStore:
     def read(self, filename: str) -> bytes:
         return self.file_path(filename).read_bytes()
 
+    def size(self, filename: str) -> int:
+        return self.file_path(filename).stat().st_size
+
     def file_path(self, filename: str) -> Path:
         """The file on disk, so large streams can be decoded or copied without loading them."""
         path = confined(self.path, safe_name(filename, f"{self.path}: stream file"))
         if not path.is_file():
             raise CorruptStreamError(f"{self.path}: encoded cube is missing file {filename!r}")
         return path
+
+
+class TarStore:
+    """The members of an uncompressed tar (``EncodedCube.to_bytes``), read one at a time
+    when asked for: only the member headers are read up front. A member that is not a
+    plain file, a sparse member (a few bytes that claim gigabytes) and one longer than
+    the caller allows are refused before any of its bytes are read."""
+
+    def __init__(self, source: bytes | str | os.PathLike[str], name: str) -> None:
+        self._data = source if isinstance(source, bytes) else None
+        self._path = None if isinstance(source, bytes) else Path(source)
+        self.source = name
+        self.members: dict[str, tarfile.TarInfo] = {}
+        self.reads: list[str] = []
+        try:
+            with self._open() as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
+                for m in tar:
+                    safe_name(m.name, f"{name}: archive member")
+                    self.members[m.name] = m  # a later member replaces an earlier one
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise CorruptStreamError(f"{name}: not an encoded cube archive ({exc})") from exc
+
+    def _open(self) -> io.BufferedIOBase:
+        if self._data is not None:
+            return io.BytesIO(self._data)
+        assert self._path is not None
+        return open(self._path, "rb")  # noqa: SIM115  (closed by the caller)
+
+    def _member(self, filename: str) -> tarfile.TarInfo:
+        m = self.members.get(filename)
+        if m is None:
+            raise CorruptStreamError(f"{self.source}: encoded cube is missing file {filename!r}")
+        if m.issparse() or not m.isreg():
+            what = "a sparse member" if m.issparse() else "not a plain file"
+            raise CorruptStreamError(f"{self.source}: archive member {filename!r} is {what}")
+        return m
+
+    def size(self, filename: str) -> int:
+        """The member's length as its header declares it (nothing read)."""
+        return self._member(filename).size
+
+    def read(self, filename: str, limit: int | None = None) -> bytes:
+        m = self._member(filename)
+        self.reads.append(filename)
+        if limit is not None and m.size > limit:
+            raise CorruptStreamError(
+                f"{self.source}: archive member {filename!r} claims {m.size} bytes, more "
+                f"than the {limit} it may have"
+            )
+        with self._open() as fh:
+            fh.seek(m.offset_data)
+            data = fh.read(m.size)
+        if len(data) != m.size:
+            raise CorruptStreamError(
+                f"{self.source}: archive member {filename!r} is truncated "
+                f"({len(data)} of {m.size} bytes)"
+            )
+        return data
 
 
 class SpoolStore(FolderStore):
@@ -146,8 +209,18 @@ class EncodedCube:
             )
 
     def read_file(self, filename: str) -> bytes:
-        data = self.store.read(filename)
         expected = self._expected(filename)
+        size = getattr(self.store, "size", None)
+        if expected is not None and size is not None:
+            # a store that knows a member's length (tar, shard, folder) refuses one of
+            # another length before reading it: a sparse or crafted member is never inflated
+            got = size(filename)
+            if got != expected[0]:
+                raise CorruptStreamError(
+                    f"{self.source}: {filename} has {got} bytes, manifest says {expected[0]} "
+                    "(truncated or from another cube)"
+                )
+        data = self.store.read(filename)
         if expected is not None:
             self._check(filename, len(data), lambda: sha256(data), *expected)
         return data
@@ -226,27 +299,25 @@ class EncodedCube:
             raise ManifestError(f"{path}: not an encoded cube folder")
         if not mf.is_file():
             raise ManifestError(f"{path}: no {MANIFEST_FILE} in encoded cube folder")
+        if mf.stat().st_size > MAX_MANIFEST_FILE:
+            raise ManifestError(f"{mf}: manifest is larger than {MAX_MANIFEST_FILE >> 20} MiB")
         manifest = Manifest.from_json(mf.read_bytes(), source=str(mf))
         check_manifest_names(manifest, str(mf))
         return cls(manifest, FolderStore(path), source=str(path))
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> EncodedCube:
-        try:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-                files = {}
-                for m in tar.getmembers():
-                    safe_name(m.name, f"{source}: archive member")
-                    f = tar.extractfile(m)
-                    if f is not None:
-                        files[m.name] = f.read()
-        except (tarfile.TarError, EOFError) as exc:
-            raise CorruptStreamError(f"{source}: not an encoded cube archive ({exc})") from exc
-        if MANIFEST_FILE not in files:
+        return cls._from_tar(TarStore(data, source), source)
+
+    @classmethod
+    def _from_tar(cls, store: TarStore, source: str) -> EncodedCube:
+        """The manifest member read (capped), the streams left in the tar until asked for."""
+        if MANIFEST_FILE not in store.members:
             raise ManifestError(f"{source}: archive has no {MANIFEST_FILE}")
-        manifest = Manifest.from_json(files.pop(MANIFEST_FILE), source=f"{source}:{MANIFEST_FILE}")
+        raw = store.read(MANIFEST_FILE, limit=MAX_MANIFEST_FILE)
+        manifest = Manifest.from_json(raw, source=f"{source}:{MANIFEST_FILE}")
         check_manifest_names(manifest, f"{source}:{MANIFEST_FILE}")
-        return cls(manifest, MemoryStore(files), source=source)
+        return cls(manifest, store, source=source)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> EncodedCube:
@@ -254,5 +325,5 @@ class EncodedCube:
         if p.is_dir():
             return cls.from_folder(p)
         if p.is_file():
-            return cls.from_bytes(p.read_bytes(), source=str(p))
+            return cls._from_tar(TarStore(p, str(p)), str(p))
         raise ManifestError(f"{path}: no such encoded cube (folder or .tar)")

@@ -82,8 +82,8 @@ def _unpacked(value: dict[str, Any]) -> np.ndarray:
 def _from_range(value: dict[str, Any]) -> np.ndarray:
     dtype = np.dtype(value["dtype"])
     start, step, n = value[_RANGE]
-    if not 0 <= n <= MAX_BYTES // 8:
-        raise ValueError(f"range of {n} values")
+    if not 0 <= n <= MAX_BYTES // max(8, dtype.itemsize):
+        raise ValueError(f"range of {n} values of {dtype}")
     if dtype.kind in "Mm":
         return (start + step * np.arange(n, dtype=np.int64)).view(dtype)
     work = np.int64 if dtype.kind in "iu" else np.float64
@@ -234,6 +234,49 @@ def from_json(value: Any) -> Any:
         if "__dict__" in value:
             return {k: from_json(v) for k, v in value["__dict__"].items()}
     return value
+
+
+def _itemsize(value: dict[str, Any]) -> int:
+    try:
+        return max(1, np.dtype(value.get("dtype", "f8")).itemsize)
+    except (TypeError, ValueError):
+        return 1  # from_json refuses it
+
+
+def _count(n: Any) -> int:
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0
+
+
+def declared_nbytes(value: Any) -> int:
+    """Bytes :func:`from_json` would allocate for the arrays tagged in ``value`` (any
+    JSON structure), read from their declared lengths and shapes without building them:
+    checked against a decode budget before a crafted manifest's ``__range__`` of 10^12
+    values or ``__zstd__`` of a huge shape is materialised."""
+    total, stack = 0, [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list | tuple):
+            stack.extend(v)
+            continue
+        if not isinstance(v, dict):
+            continue
+        if _RANGE in v:
+            r = v[_RANGE]
+            n = _count(r[2]) if isinstance(r, list) and len(r) == 3 else 0
+            total += n * max(8, _itemsize(v))
+        elif _PACKED in v:
+            shape = v.get("shape")
+            n = 1
+            for d in shape if isinstance(shape, list) else []:
+                n *= _count(d)
+            total += 2 * n * _itemsize(v)  # the bytes, then the array
+        elif _TAG in v or _CFTIME in v:
+            items = v.get(_TAG, v.get(_CFTIME))
+            total += (len(items) if isinstance(items, list) else 0) * max(8, _itemsize(v))
+            stack.extend(items if isinstance(items, list) else [])
+        else:
+            stack.extend(v.values())
+    return total
 
 
 def dict_to_json(d: dict[str, Any]) -> dict[str, Any]:

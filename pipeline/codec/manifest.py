@@ -237,11 +237,14 @@ class Manifest(_Model):
         return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
     def to_bytes(self) -> bytes:
-        """The stored form: the JSON above, zstd-compressed (level 19). On a 100 x 100 px
-        cube the manifest is otherwise a tenth of the bytes; ``zstd -d`` reads it."""
+        """The stored form: the JSON above, zstd-compressed (level 19) with zstd's content
+        checksum, so a flipped bit anywhere in it is refused on reading (streams carry
+        their SHA-256 in the manifest; a shard's row carries the manifest's). On a 100 x
+        100 px cube the manifest is otherwise a tenth of the bytes; ``zstd -d`` reads it."""
         import zstandard
 
-        return zstandard.ZstdCompressor(level=19).compress(self.to_json().encode())
+        cctx = zstandard.ZstdCompressor(level=19, write_checksum=True)
+        return cctx.compress(self.to_json().encode())
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str = "manifest") -> Manifest:
@@ -289,14 +292,30 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+FEED = 512  # compressed bytes per step: at most 64 KiB per byte of output, ~32 MiB a step
+
+
 def _decompress(data: bytes, source: str) -> bytes:
+    """One zstd frame, fed a little at a time so that no more than ``MAX_MANIFEST`` (and
+    one step) is inflated whatever the frame claims; its content checksum (which every
+    manifest since the checksum was introduced carries) is verified by zstd. A frame that
+    ends early, or bytes after it (a flipped checksum flag leaves its 4 bytes there), are
+    refused: no single flipped bit of a stored manifest decodes silently."""
     import zstandard
 
+    dobj = zstandard.ZstdDecompressor().decompressobj()
+    out = bytearray()
+    pos = 0
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(data)
-        out = reader.read(MAX_MANIFEST + 1)
+        while pos < len(data) and not dobj.eof:
+            out += dobj.decompress(data[pos : pos + FEED])
+            pos += FEED
+            if len(out) > MAX_MANIFEST:
+                raise ManifestError(f"{source}: manifest is larger than {MAX_MANIFEST >> 20} MiB")
     except zstandard.ZstdError as exc:
-        raise ManifestError(f"{source}: manifest does not decompress ({exc})") from exc
-    if len(out) > MAX_MANIFEST:
-        raise ManifestError(f"{source}: manifest is larger than {MAX_MANIFEST >> 20} MiB")
-    return out
+        raise ManifestError(f"{source}: manifest does not decompress (corrupt: {exc})") from exc
+    if not dobj.eof:
+        raise ManifestError(f"{source}: manifest is truncated (its zstd frame does not end)")
+    if dobj.unused_data or pos < len(data):
+        raise ManifestError(f"{source}: manifest has bytes after its zstd frame (corrupt)")
+    return bytes(out)

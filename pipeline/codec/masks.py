@@ -60,8 +60,14 @@ def decode_masks(
     start: int,
     stop: int,
     name: str = "masks",
+    n_frames: int | None = None,
 ) -> np.ndarray:
-    """bool (stop - start, planes, H, W) for frames [start, stop)."""
+    """bool (stop - start, planes, H, W) for frames [start, stop).
+
+    Each chunk is decompressed into at most the bytes its frames' bits take, and (when
+    ``n_frames``, the cube's length, is given) must take exactly that: a chunk that
+    inflates further (a zstd bomb) or falls short is a CorruptStreamError naming the
+    stream, before more than that is allocated."""
     planes, h, w = shape
     per_frame = planes * h * w
     dctx = zstandard.ZstdDecompressor()
@@ -71,11 +77,17 @@ def decode_masks(
     for c in range(first, last + 1):
         if c >= len(offsets):
             raise CorruptStreamError(f"{name}: mask chunk {c} is missing (truncated stream)")
-        try:
-            raw = dctx.decompress(data[bounds[c] : bounds[c + 1]])
-        except zstandard.ZstdError as exc:
-            raise CorruptStreamError(f"{name}: mask chunk {c} does not decompress ({exc})") from exc
-        n = min(chunk_frames, (len(raw) * 8) // per_frame)
+        frames = chunk_frames
+        if n_frames is not None:
+            frames = max(0, min(chunk_frames, n_frames - c * chunk_frames))
+        most = -(-frames * per_frame // 8)  # packbits of the chunk's frames, rounded up
+        raw = _inflate(dctx, data[bounds[c] : bounds[c + 1]], most, name, c)
+        if n_frames is not None and len(raw) != most:
+            raise CorruptStreamError(
+                f"{name}: mask chunk {c} holds {len(raw)} bytes, {frames} frames of "
+                f"{planes} x {h} x {w} take {most} (corrupt stream or manifest from another cube)"
+            )
+        n = min(chunk_frames, (len(raw) * 8) // per_frame) if per_frame else 0
         bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=n * per_frame)
         out.append(bits.reshape(n, planes, h, w).astype(bool))
     arr = np.concatenate(out)
@@ -83,3 +95,20 @@ def decode_masks(
     if lo + (stop - start) > len(arr):
         raise CorruptStreamError(f"{name}: mask stream ends before frame {stop}")
     return arr[lo : lo + (stop - start)]
+
+
+def _inflate(
+    dctx: zstandard.ZstdDecompressor, blob: bytes, most: int, name: str, chunk: int
+) -> bytes:
+    """One chunk decompressed, reading at most ``most`` + 1 bytes whatever its frame
+    header claims; more than ``most`` is refused."""
+    try:
+        raw = dctx.stream_reader(blob).read(most + 1)
+    except zstandard.ZstdError as exc:
+        raise CorruptStreamError(f"{name}: mask chunk {chunk} does not decompress ({exc})") from exc
+    if len(raw) > most:
+        raise CorruptStreamError(
+            f"{name}: mask chunk {chunk} inflates past the {most} bytes its frames take "
+            "(corrupt or crafted stream)"
+        )
+    return raw

@@ -116,6 +116,30 @@ class PyAVWriter:
             self._container.close()
 
 
+@dataclass(frozen=True)
+class FrameBounds:
+    """The frames a manifest allows a stream: its pixel format, and a size from
+    ``least`` (the planes it must hold) to ``most`` (with the encoders' padding), (H, W)."""
+
+    pix_fmt: str
+    least: tuple[int, int]
+    most: tuple[int, int]
+
+    @property
+    def max_pixels(self) -> int:
+        return max(1, self.most[0] * self.most[1])
+
+    def check(self, name: str, width: int, height: int, pix_fmt: str | None) -> None:
+        (lh, lw), (mh, mw) = self.least, self.most
+        if not (lh <= height <= mh and lw <= width <= mw) or pix_fmt not in (None, self.pix_fmt):
+            shown = f" {pix_fmt}" if pix_fmt else ""
+            raise CorruptStreamError(
+                f"{name}: frames are {width}x{height}{shown}, the manifest says {lw}x{lh} "
+                f"(up to {mw}x{mh} padded) {self.pix_fmt} (corrupt stream or manifest from "
+                "another cube)"
+            )
+
+
 @dataclass
 class DecodeStats:
     """How much work a decode did; tests use it to check that seeking skips frames."""
@@ -131,24 +155,36 @@ def decode_frames(
     stop: int | None = None,
     name: str = "stream",
     stats: DecodeStats | None = None,
+    expect: FrameBounds | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame index, planes) for frames in [start, stop).
 
     With start > 0 the demuxer seeks to the nearest keyframe at or before start, so a window
-    late in a long cube costs at most one GOP of extra decoding.
+    late in a long cube costs at most one GOP of extra decoding. With ``expect``, FFmpeg
+    refuses to allocate frames larger than its largest size, and every frame (and the
+    stream's header) must have its pixel format and a size within its bounds: a
+    CorruptStreamError naming the stream otherwise.
     """
     stats = stats if stats is not None else DecodeStats()
+    options = None if expect is None else {"max_pixels": str(expect.max_pixels)}
     try:
         source = io.BytesIO(data) if isinstance(data, bytes) else data
         if isinstance(source, (str, os.PathLike)):
             source = os.fspath(source)
-        container = av.open(source, "r", format=CONTAINER)
+        container = av.open(
+            source, "r", format=CONTAINER, stream_options=[options] if options else None
+        )
     except (av.FFmpegError, OSError) as exc:
         raise CorruptStreamError(f"{name}: not a readable video stream ({exc})") from exc
     with container:
         if not container.streams.video:
             raise CorruptStreamError(f"{name}: the file holds no video stream")
         vstream = container.streams.video[0]
+        if expect is not None:
+            cc = vstream.codec_context
+            if cc.width and cc.height:  # the container's own header, before any decoding
+                expect.check(name, cc.width, cc.height, None)
+            cc.options = dict(options or {})
         if vstream.codec_context.name == "vvc":
             # FFmpeg's VVC decoder (PyAV 18's and ffmpeg 9's) gives different frames from
             # run to run when threaded: up to 169 of 1023 codes off, measured. One thread
@@ -169,6 +205,8 @@ def decode_frames(
         try:
             for frame in container.decode(vstream):
                 stats.frames_decoded += 1
+                if expect is not None:
+                    expect.check(name, frame.width, frame.height, frame.format.name)
                 idx = index_of(frame)
                 if expected is not None and idx != expected:
                     raise CorruptStreamError(

@@ -3,6 +3,7 @@ back into staging (to re-pack them without encoding them again)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import zipfile
@@ -12,7 +13,7 @@ from typing import Any
 
 from pipeline.codec.encoded import MANIFEST_FILE
 from pipeline.confine import confined, safe_name
-from pipeline.errors import CorruptStreamError
+from pipeline.errors import CorruptStreamError, CubecastError
 
 
 def child_id(filename: str) -> str:
@@ -21,6 +22,7 @@ def child_id(filename: str) -> str:
 
 
 SAMPLE_META = "sample.json"
+MANIFEST_DIGEST = "manifest_sha256"  # the metadata column with the manifest's SHA-256
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,13 @@ def restage(shard: str | Path, sample_id: str, row: dict[str, Any], root: Path) 
     try:
         with zipfile.ZipFile(shard) as zf:
             raw = zf.read(prefix + child_id(MANIFEST_FILE))
+            digest = hashlib.sha256(raw).hexdigest()
+            if row.get(MANIFEST_DIGEST) not in (None, "", digest):
+                raise CorruptStreamError(
+                    f"{shard}:{sample_id}: manifest does not match the SHA-256 its metadata "
+                    "row records (corrupt shard)"
+                )
+            row = {**row, MANIFEST_DIGEST: digest}  # rows of older shards get one
             manifest = Manifest.from_json(raw, source=f"{shard}:{sample_id}")
             (tmp / MANIFEST_FILE).write_bytes(raw)
             names = [s.file for s in manifest.streams]
@@ -92,6 +101,9 @@ def restage(shard: str | Path, sample_id: str, row: dict[str, Any], root: Path) 
     except (KeyError, zipfile.BadZipFile, OSError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CorruptStreamError(f"{shard}: cannot carry sample {sample_id!r} ({exc})") from None
+    except CubecastError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     (tmp / SAMPLE_META).write_text(json.dumps(row, indent=1, default=str))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
