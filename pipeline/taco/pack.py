@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -97,6 +98,8 @@ class CubeSample:
             "ratio": self.raw_bytes / self.encoded.nbytes,
             "raw_bytes": int(self.raw_bytes),
             "encoded_bytes": int(self.encoded.nbytes),
+            # the stored manifest's SHA-256: readers check the manifest child against it
+            "manifest_sha256": hashlib.sha256(m.to_bytes()).hexdigest(),
             "split": self.split or "",
             **self.extra,
         }

@@ -7,6 +7,7 @@ fetches the directory and the RGB stream, nothing else.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import zipfile
@@ -18,12 +19,13 @@ import requests
 import xarray as xr
 
 from pipeline.codec.decode import decode_cube
-from pipeline.codec.encoded import MANIFEST_FILE, EncodedCube
+from pipeline.codec.encoded import MANIFEST_FILE, MAX_MANIFEST_FILE, EncodedCube
 from pipeline.codec.manifest import Manifest
 from pipeline.confine import check_manifest_names
 from pipeline.errors import CorruptStreamError, ManifestError, SourceError
 from pipeline.sources.download import auth_headers
 from pipeline.taco.pack import child_id
+from pipeline.taco.staged import MANIFEST_DIGEST
 
 
 class HttpRangeFile(io.RawIOBase):
@@ -85,23 +87,82 @@ class HttpRangeFile(io.RawIOBase):
 
 
 class ShardStore:
-    """Reads one sample's children out of an open shard ZIP."""
+    """Reads one sample's children out of an open shard ZIP.
+
+    Shards store their members uncompressed; a compressed member (which could inflate to
+    any size), one longer than its caller allows and a missing one are refused before any
+    of its bytes are read."""
 
     def __init__(self, archive: zipfile.ZipFile, sample_id: str, source: str) -> None:
         self.archive = archive
         self.prefix = f"DATA/{sample_id}/"
         self.source = source
 
-    def read(self, filename: str) -> bytes:
+    def _info(self, filename: str) -> zipfile.ZipInfo:
         try:
-            return self.archive.read(self.prefix + child_id(filename))
+            info = self.archive.getinfo(self.prefix + child_id(filename))
         except KeyError:
             raise CorruptStreamError(
                 f"{self.source}: sample {self.prefix[5:-1]!r} has no child "
                 f"{child_id(filename)!r} (missing stream)"
             ) from None
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CorruptStreamError(
+                f"{self.source}: child {info.filename!r} is compressed (shards store their "
+                "members uncompressed)"
+            )
+        return info
+
+    def size(self, filename: str) -> int:
+        """The child's length as the ZIP directory declares it (nothing read)."""
+        return self._info(filename).file_size
+
+    def read(self, filename: str, limit: int | None = None) -> bytes:
+        info = self._info(filename)
+        if limit is not None and info.file_size > limit:
+            raise CorruptStreamError(
+                f"{self.source}: child {info.filename!r} claims {info.file_size} bytes, "
+                f"more than the {limit} it may have"
+            )
+        try:
+            return self.archive.read(info)
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
             raise CorruptStreamError(f"{self.source}: cannot read {filename} ({exc})") from exc
+
+
+ROWS = "METADATA/level0.parquet"  # the shard's sample rows (TACO's level-0 table)
+MAX_ROWS = 256 << 20
+DIGEST_COLUMN = MANIFEST_DIGEST
+_digests: dict[int, tuple[zipfile.ZipFile, dict[str, str]]] = {}
+
+
+def manifest_digests(archive: zipfile.ZipFile, shard: str) -> dict[str, str]:
+    """Each sample's manifest SHA-256 as the shard's metadata rows record it (read once
+    per open archive); empty for shards written before manifests had one."""
+    held = _digests.get(id(archive))
+    if held is not None and held[0] is archive:
+        return held[1]
+    try:
+        info = archive.getinfo(ROWS)
+    except KeyError:
+        return {}
+    if info.compress_type != zipfile.ZIP_STORED or info.file_size > MAX_ROWS:
+        raise CorruptStreamError(f"{shard}: {ROWS} is compressed or over {MAX_ROWS >> 20} MiB")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(io.BytesIO(archive.read(info)))
+        if DIGEST_COLUMN not in table.schema_arrow.names:
+            digests: dict[str, str] = {}
+        else:
+            rows = table.read(columns=["id", DIGEST_COLUMN]).to_pylist()
+            digests = {str(r["id"]): str(r[DIGEST_COLUMN]) for r in rows if r[DIGEST_COLUMN]}
+    except (pa.ArrowException, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise CorruptStreamError(f"{shard}: the shard's metadata rows do not read ({exc})") from exc
+    _digests.clear()  # one open archive at a time is the readers' pattern
+    _digests[id(archive)] = (archive, digests)
+    return digests
 
 
 def _open_archive(shard: str | os.PathLike[str]) -> tuple[zipfile.ZipFile, Any]:
@@ -179,11 +240,18 @@ def open_sample(
 def sample_encoded(archive: zipfile.ZipFile, sid: str, shard: str) -> EncodedCube:
     """One sample of an open shard as an encoded cube; its streams are read on demand."""
     store = ShardStore(archive, sid, shard)
-    manifest = Manifest.from_json(store.read(MANIFEST_FILE), source=f"{shard}:{sid}")
+    raw = store.read(MANIFEST_FILE, limit=MAX_MANIFEST_FILE)
+    manifest = Manifest.from_json(raw, source=f"{shard}:{sid}")
     check_manifest_names(manifest, f"{shard}:{sid}")
     if manifest.cube_id != sid:
         raise ManifestError(
             f"{shard}: sample {sid!r} carries the manifest of cube {manifest.cube_id!r}"
+        )
+    expected = manifest_digests(archive, shard).get(sid)
+    if expected is not None and hashlib.sha256(raw).hexdigest() != expected:
+        raise ManifestError(
+            f"{shard}:{sid}: manifest does not match the SHA-256 the shard's metadata row "
+            "records (corrupt shard)"
         )
     return EncodedCube(manifest, store, source=f"{shard}:{sid}")
 
