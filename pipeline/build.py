@@ -19,8 +19,10 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.confine import safe_name
+from pipeline.errors import VerificationError
 from pipeline.lock import holds_output_folder
 from pipeline.publish.card import write_card
+from pipeline.publish.catalog import check_tacocat
 from pipeline.publish.fingerprint import RecordingMirror, source_digest
 from pipeline.publish.panel import draw_sample_panel, panel_bands  # noqa: F401 (re-exported)
 from pipeline.publish.report import PLOTS, write_report
@@ -171,7 +173,8 @@ def verify_step(
     """Verify shards against their sources; write verification.json, the report and the card
     next to them (or into ``out``)."""
     paths = [str(p) for p in (shards if isinstance(shards, list | tuple) else [shards])]
-    if len(paths) == 1 and Path(paths[0]).is_dir():
+    whole = len(paths) == 1 and Path(paths[0]).is_dir()
+    if whole:
         folder = Path(paths[0])
         paths = [str(p) for p in shards_in(folder)]
     else:
@@ -179,6 +182,8 @@ def verify_step(
         paths = sorted(paths)  # a stable sample order: an unchanged dataset re-verifies equal
     folder = Path(out) if out else folder
     mirror = mirror or mirror_for(recipe.source, progress=progress)
+    if whole:  # a dataset folder: its catalogue and the recipe's selection must match it
+        check_tacocat(folder, [Path(p) for p in paths])
     verification = verify_shards(
         paths,
         lambda sid: load_cube(recipe, sid, mirror).dataset,
@@ -186,6 +191,8 @@ def verify_step(
         roles=recipe.roles(),
         progress=progress,
     )
+    if whole:
+        check_selection(recipe, mirror, verification, folder)
     verification.write(folder)
     panel = draw_sample_panel(recipe, paths, mirror, folder / PLOTS)
     write_report(verification, folder, title=f"{recipe.taco.title}: verification", panel=panel)
@@ -193,6 +200,29 @@ def verify_step(
     verification.record_files(folder)  # what publish will mirror, hashed after it is all written
     verification.write(folder)
     return verification
+
+
+def check_selection(
+    recipe: Recipe, mirror: Mirror, verification: Verification, folder: Path
+) -> None:
+    """The folder holds exactly the cubes the recipe selects: a cube whose shard went
+    missing, or one the recipe no longer selects, fails verification."""
+    ids, _ = select_cubes(recipe, mirror)
+    have = set(verification.samples)
+    missing = [c for c in ids if c not in have]
+    extra = sorted(have - set(ids))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} selected cube(s) in no shard ({', '.join(missing[:3])})")
+        if extra:
+            parts.append(
+                f"{len(extra)} cube(s) the recipe does not select ({', '.join(extra[:3])})"
+            )
+        raise VerificationError(
+            f"{folder}: holds {len(have)} cubes, the recipe {recipe.name!r} selects {len(ids)}: "
+            f"{'; '.join(parts)}; pack again"
+        )
 
 
 @dataclass

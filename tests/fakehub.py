@@ -1,9 +1,15 @@
 """A small HuggingFace Hub stand-in on 127.0.0.1 for the real ``huggingface_hub`` client.
 
 huggingface.co is unreachable from the test machines, so this implements just the endpoints
-the client calls on the LFS path (``HF_HUB_DISABLE_XET=1``): repo create, tree, paths-info,
-preupload, LFS batch + upload, validate-yaml, commit and resolve. It checks the bearer
-token, stores files in memory and counts uploaded bytes and commits.
+the client calls on the LFS path (``HF_HUB_DISABLE_XET=1``): repo create, repo info, tree,
+paths-info, preupload, LFS batch + upload, validate-yaml, commit and resolve. It checks the
+bearer token, stores files in memory, counts uploaded bytes and commits, and keeps every
+revision (tree and resolve at a commit id work as on the hub).
+
+Like the hub, a new repo starts with one commit (``.gitattributes``), and a commit that
+names a ``parentCommit`` which is not the branch head is refused with HTTP 412 ("A commit
+has happened since"): the hub's promise behind ``create_commit(parent_commit=...)``. Commits
+are applied under a lock, one at a time, as the hub serialises them.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlparse
 
+GITATTRIBUTES = b"*.tacozip filter=lfs diff=lfs merge=lfs -text\n"
+
 
 @dataclass
 class Repo:
@@ -24,6 +32,22 @@ class Repo:
     files: dict[str, bytes] = field(default_factory=dict)
     lfs: set[str] = field(default_factory=set)  # paths stored as LFS
     commits: list[str] = field(default_factory=list)
+    history: dict[str, tuple[dict[str, bytes], set[str]]] = field(default_factory=dict)
+
+    @property
+    def head(self) -> str | None:
+        return self.commits[-1] if self.commits else None
+
+    def record(self, oid: str) -> None:
+        self.commits.append(oid)
+        self.history[oid] = (dict(self.files), set(self.lfs))
+
+    def at(self, revision: str) -> tuple[dict[str, bytes], set[str]] | None:
+        """Files and LFS paths at a branch name or a commit id (or its 7+ char prefix)."""
+        if revision == "main" or (self.head and self.head.startswith(revision)):
+            return self.files, self.lfs  # tests may edit the head's files in place
+        hits = [oid for oid in self.history if oid.startswith(revision) and len(revision) >= 7]
+        return self.history[hits[0]] if len(hits) == 1 else None
 
 
 class FakeHub:
@@ -36,6 +60,8 @@ class FakeHub:
         self.objects: dict[str, bytes] = {}  # LFS store by sha256
         self.uploaded_bytes = 0
         self.requests: list[str] = []
+        self.refused_commits = 0  # commits refused for a stale parent
+        self.lock = threading.Lock()
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -95,16 +121,42 @@ class FakeHub:
                     if repo is None:
                         return
                     prefix = unquote(m[3] or "").strip("/")
+                    with hub.lock:
+                        snap = repo.at(unquote(m[2]))
+                    if snap is None:
+                        return self._send(
+                            404, {"error": "Invalid rev id"}, {"X-Error-Code": "RevisionNotFound"}
+                        )
+                    files, lfs = snap
                     items = [
-                        self._entry(p, d, p in repo.lfs)
-                        for p, d in sorted(repo.files.items())
+                        self._entry(p, d, p in lfs)
+                        for p, d in sorted(files.items())
                         if not prefix or p.startswith(prefix + "/")
                     ]
                     return self._send(200, items)
+                m = re.match(r"^/api/datasets/([^/]+/[^/]+?)(?:/revision/([^/]+))?$", url.path)
+                if m:
+                    if not self._auth(write=False):
+                        return
+                    repo = self._repo(unquote(m[1]))
+                    if repo is None:
+                        return
+                    with hub.lock:
+                        sha = repo.head if not m[2] or m[2] == "main" else m[2]
+                        snap = repo.at(sha) if sha else None
+                    if snap is None:
+                        return self._send(
+                            404, {"error": "Invalid rev id"}, {"X-Error-Code": "RevisionNotFound"}
+                        )
+                    siblings = [{"rfilename": p} for p in sorted(snap[0])]
+                    payload = {"id": unquote(m[1]), "sha": sha, "private": repo.private}
+                    return self._send(200, {**payload, "siblings": siblings})
                 m = re.match(r"^/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", url.path)
                 if m:
                     repo = hub.repos.get(unquote(m[1]))
-                    data = repo.files.get(unquote(m[3])) if repo else None
+                    with hub.lock:
+                        snap = repo.at(unquote(m[2])) if repo else None
+                    data = snap[0].get(unquote(m[3])) if snap else None
                     if data is None:
                         return self._send(
                             404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"}
@@ -152,9 +204,17 @@ class FakeHub:
                         f"{p['organization']}/{p['name']}" if p.get("organization") else p["name"]
                     )
                     if repo_id in hub.repos:
-                        return self._send(409, {"error": "You already created this repo"})
+                        return self._send(  # the hub names the repo: create_repo reads it
+                            409,
+                            {
+                                "error": "You already created this repo",
+                                "url": f"{hub.url}/datasets/{repo_id}",
+                            },
+                        )
                     private = p.get("private") or p.get("visibility") == "private"
-                    hub.repos[repo_id] = Repo(private=bool(private))
+                    repo = Repo(private=bool(private), files={".gitattributes": GITATTRIBUTES})
+                    repo.record(hashlib.sha1(f"init {repo_id}".encode()).hexdigest())
+                    hub.repos[repo_id] = repo
                     return self._send(200, {"url": f"{hub.url}/datasets/{repo_id}"})
                 if url.path == "/api/validate-yaml":
                     return self._send(200, {"errors": [], "warnings": []})
@@ -209,21 +269,37 @@ class FakeHub:
                 self._send(200, out)
 
             def _commit(self, repo: Repo, repo_id: str, body: bytes):
-                for line in body.splitlines():
-                    item = json.loads(line)
+                with hub.lock:  # the hub applies one commit at a time
+                    return self._commit_locked(repo, repo_id, body)
+
+            def _commit_locked(self, repo: Repo, repo_id: str, body: bytes):
+                lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+                header = next((i["value"] for i in lines if i["key"] == "header"), {})
+                parent = header.get("parentCommit")
+                if parent and not (repo.head or "").startswith(parent):
+                    hub.refused_commits += 1
+                    return self._send(
+                        412, {"error": "A commit has happened since. Please refresh and try again."}
+                    )
+                for line in lines:
+                    if line["key"] != "lfsFile":
+                        continue
+                    if line["value"]["oid"] not in hub.objects:
+                        return self._send(
+                            400, {"error": f"LFS object {line['value']['oid']} missing"}
+                        )
+                for item in lines:
                     v = item["value"]
                     if item["key"] == "file":
                         repo.files[v["path"]] = base64.b64decode(v["content"])
                         repo.lfs.discard(v["path"])
                     elif item["key"] == "lfsFile":
-                        if v["oid"] not in hub.objects:
-                            return self._send(400, {"error": f"LFS object {v['oid']} missing"})
                         repo.files[v["path"]] = hub.objects[v["oid"]]
                         repo.lfs.add(v["path"])
                     elif item["key"] == "deletedFile":
                         repo.files.pop(v["path"], None)
                 oid = hashlib.sha1(body + str(len(repo.commits)).encode()).hexdigest()
-                repo.commits.append(oid)
+                repo.record(oid)
                 self._send(
                     200,
                     {

@@ -126,7 +126,7 @@ def test_publish_to_hub(built, twin, tmp_path, hub, caplog):
 
     first = publish(folder, target, private=True)
     repo = hub.repos["cubecast-test/den"]
-    assert repo.private and len(repo.commits) == 1
+    assert repo.private and len(repo.commits) == 2  # the hub's first + ours
     assert {s.name for s in shards} <= set(first.uploaded) and set(repo.lfs) >= {
         s.name for s in shards
     }
@@ -136,7 +136,7 @@ def test_publish_to_hub(built, twin, tmp_path, hub, caplog):
 
     again = publish(folder, target)
     assert again.uploaded == [] and again.commit is None
-    assert len(repo.commits) == 1 and hub.uploaded_bytes == lfs_bytes
+    assert len(repo.commits) == 2 and hub.uploaded_bytes == lfs_bytes
 
     # change one shard (a new ZIP comment: same samples, other bytes), verify again, publish
     changed = shards[1]
@@ -147,7 +147,7 @@ def test_publish_to_hub(built, twin, tmp_path, hub, caplog):
     third = publish(folder, target)
     assert [f for f in third.uploaded if f.endswith(".tacozip")] == [changed.name]
     assert hub.uploaded_bytes - before == changed.stat().st_size
-    assert len(repo.commits) == 2
+    assert len(repo.commits) == 3
 
     # downstream: tacoreader-free ranged read through the hub's resolve URL
     from pipeline.taco.read import open_sample

@@ -324,7 +324,7 @@ def test_publish_deletes_an_earlier_layout_on_the_hub(folder, hub):
     assert again.uploaded == [] and again.commit is not None
     assert "old-dataset_part0003.tacozip" not in repo.files
     assert ".tacocat/old.parquet" not in repo.files
-    assert len(repo.commits) == 2  # the deletions are one commit
+    assert len(repo.commits) == 3  # the hub's first, the publish, the deletions
 
 
 def test_killed_local_publish_resumes(folder, tmp_path):

@@ -20,6 +20,7 @@ from pathlib import Path
 from pipeline.build import read_mark
 from pipeline.codec.encoded import file_sha256
 from pipeline.codec.metrics import compare_encoded
+from pipeline.confine import confined, safe_name
 from pipeline.errors import PublishError, VerificationError
 from pipeline.publish.catalog import stub_from_remote, stub_from_shard, stub_ok
 from pipeline.publish.fingerprint import DigestCache, SourceRecord, source_fingerprint
@@ -30,7 +31,7 @@ from pipeline.publish.index import (
     settings_hash,
     settings_of,
 )
-from pipeline.publish.remote import Remote
+from pipeline.publish.remote import Remote, RemoteFile
 from pipeline.publish.verify import Verification, check_bands
 from pipeline.recipe import Recipe
 from pipeline.sources import Mirror, load_cube
@@ -54,7 +55,7 @@ class Context:
     remote: Remote
     index: PublishedIndex
     index_bytes: bytes | None  # the index as read or last committed: nobody else wrote since
-    listing: dict[str, str]  # the target's files
+    listing: dict[str, RemoteFile]  # the target's files
     mirror: Mirror
     digests: DigestCache
     work: Path  # OUT/.work
@@ -110,7 +111,7 @@ def pack_batch(ctx: Context, batch: Batch) -> dict[str, list[str]]:
         base = f"{info.id}_{split}" if split else info.id
         for k, members in enumerate(parts):
             more = f"-{k}" if len(parts) > 1 else ""
-            name = f"{base}_b{batch.number:05d}{more}.tacozip"
+            name = safe_name(f"{base}_b{batch.number:05d}{more}.tacozip", "shard name")
             write_shard(members, batch.folder / name, info, rows)
             out[name] = [s.id for s in members]
             ctx.fault("pack", name)
@@ -212,7 +213,7 @@ def ensure_stubs(ctx: Context, index: PublishedIndex, batch: Batch) -> list[Path
     shards, kept from earlier batches, or read from the target."""
     out = []
     for name in index.shard_order():
-        stub, local = ctx.stubs / name, batch.folder / name
+        stub, local = confined(ctx.stubs, name, "shard"), batch.folder / name
         if local.is_file():
             stub_from_shard(local, stub)
         elif not stub_ok(stub, index.shards[name].size):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 from pipeline.errors import PublishError
@@ -94,3 +95,55 @@ def write_tacocat(stubs: list[Path], folder: Path) -> Path:
         return dest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_tacocat(folder: Path, shards: list[Path]) -> None:
+    """``folder/.tacocat`` describes exactly ``shards``: every shard it lists is there and
+    holds the samples it lists, within its length, and every shard is listed. A catalogue
+    naming a deleted shard would send readers to a file that is not published."""
+    import pyarrow.parquet as pq
+
+    from pipeline.errors import VerificationError
+    from pipeline.taco.read import sample_ids
+
+    level0 = folder / ".tacocat" / "level0.parquet"
+    if not (folder / ".tacocat").exists():
+        return
+    where = f"{folder / '.tacocat'}"
+    try:
+        rows = pq.read_table(
+            level0, columns=["id", "internal:source_file", "internal:offset", "internal:size"]
+        ).to_pylist()
+    except Exception as exc:  # pyarrow raises its own types for a bad file
+        raise VerificationError(f"{where}: not a readable catalogue ({exc})") from None
+    listed: dict[str, list[dict]] = {}
+    for row in rows:
+        listed.setdefault(str(row["internal:source_file"]), []).append(row)
+    present = {p.name: p for p in shards}
+    missing = sorted(set(listed) - set(present))
+    if missing:
+        raise VerificationError(
+            f"{where}: lists {len(missing)} shard(s) that are not in {folder}: "
+            f"{', '.join(missing[:3])}; pack again"
+        )
+    unlisted = sorted(set(present) - set(listed))
+    if unlisted:
+        raise VerificationError(f"{where}: does not list {', '.join(unlisted[:3])}; pack again")
+    for name, entries in listed.items():
+        path = present[name]
+        size = path.stat().st_size
+        try:
+            with zipfile.ZipFile(path) as archive:
+                held = sample_ids(archive)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise VerificationError(f"{path}: not a readable shard ({exc})") from None
+        if sorted(held) != sorted(str(r["id"]) for r in entries):
+            raise VerificationError(
+                f"{where}: lists other samples for {name} than the shard holds; pack again"
+            )
+        for r in entries:
+            if int(r["internal:offset"]) + int(r["internal:size"]) > size:
+                raise VerificationError(
+                    f"{where}: sample {r['id']!r} lies past the end of {name} "
+                    f"({size:,} bytes): the shard is truncated"
+                )

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.build import read_mark
-from pipeline.errors import PublishError, VerificationError
+from pipeline.confine import confined
+from pipeline.errors import VerificationError
 from pipeline.publish.batch import (
     SAMPLE_PNG,
     VERIFY_DIR,
@@ -22,8 +23,9 @@ from pipeline.publish.batch import (
 )
 from pipeline.publish.card import CARD, render_card
 from pipeline.publish.catalog import write_tacocat
-from pipeline.publish.index import INDEX_FILE, PublishedIndex
+from pipeline.publish.index import INDEX_FILE, FileEntry, PublishedIndex
 from pipeline.publish.panel import draw_sample_panel
+from pipeline.publish.remote import RemoteFile
 from pipeline.publish.report import PLOTS, write_report
 from pipeline.publish.targets import publishable_files
 from pipeline.publish.verify import Verification
@@ -61,7 +63,23 @@ def write_metadata(
     title = f"{ctx.recipe.taco.title}: verification"
     write_report(merged, folder, title=title, panel=panel)
     write_tacocat(ensure_stubs(ctx, index, batch), folder)
+    index.files = committed_files(ctx, index, folder)
     (folder / INDEX_FILE).write_bytes(index.to_bytes())
+
+
+def committed_files(ctx: Context, index: PublishedIndex, folder: Path) -> dict[str, FileEntry]:
+    """The metadata files the dataset holds once this commit lands: those it writes, and
+    the verification records of earlier batches that still verify a published cube."""
+    files = {
+        rel: FileEntry.of((folder / rel).read_bytes())
+        for rel in publishable_files(folder)
+        if not rel.endswith(".tacozip") and rel != INDEX_FILE
+    }
+    records = {batch_file(e.batch) for e in index.cubes.values()}
+    for rel, entry in ctx.index.files.items():
+        if rel in records and rel not in files:
+            files[rel] = entry
+    return files
 
 
 def commit_files(ctx: Context, batch: Batch, index: PublishedIndex) -> tuple[list[str], list[str]]:
@@ -81,20 +99,6 @@ def commit_files(ctx: Context, batch: Batch, index: PublishedIndex) -> tuple[lis
     }
     deletes = sorted(((batch.drop_shards & set(ctx.listing)) | stale) - added)
     return adds, deletes
-
-
-def check_not_moved(ctx: Context, number: int) -> None:
-    """Nobody else committed to the target since this run read its index. After this run's
-    first commit on the hub, each commit names the previous one as its parent, which the
-    hub checks itself (and a read right after a commit could be served from a cache)."""
-    if getattr(ctx.remote, "parent", None):
-        return
-    now = ctx.remote.read(INDEX_FILE)
-    if now != ctx.index_bytes:
-        raise PublishError(
-            f"{ctx.remote.target}: {INDEX_FILE} changed since this run read it (another run "
-            f"is publishing there); batch {number} was not committed, run again"
-        )
 
 
 def raw_files(ctx: Context, staged: Path, shared: set[Path]) -> list[Path]:
@@ -119,7 +123,7 @@ def cleanup(ctx: Context, batch: Batch, shared: set[Path]) -> None:
     for s in batch.carried:
         shutil.rmtree(s.folder, ignore_errors=True)
     for name in batch.drop_shards:
-        (ctx.stubs / name).unlink(missing_ok=True)
+        confined(ctx.stubs, name, "shard").unlink(missing_ok=True)
     shutil.rmtree(batch.folder, ignore_errors=True)
     ctx.digests.save()
 
@@ -133,7 +137,6 @@ def close_batch(ctx: Context, batch: Batch, shared: set[Path]) -> Committed:
     index = next_index(ctx, batch, shards)
     write_metadata(ctx, batch, index, v, list(shards))
     adds, deletes = commit_files(ctx, batch, index)
-    check_not_moved(ctx, batch.number)
 
     def on_upload(rel: str) -> None:
         ctx.fault("upload", rel) if rel else ctx.fault("commit", str(batch.number))
@@ -142,7 +145,9 @@ def close_batch(ctx: Context, batch: Batch, shared: set[Path]) -> Committed:
         f"cubecast batch {batch.number}: {len(batch.new)} cubes encoded, "
         f"{len(batch.carried)} carried, {len(shards)} shard(s)"
     )
-    commit = ctx.remote.commit(batch.folder, adds, deletes, message, on_upload)
+    # the target checks nobody committed since ctx.index_bytes was read (the hub through
+    # parent_commit, a folder under its lease), so a run that lost a race commits nothing
+    commit = ctx.remote.commit(batch.folder, adds, deletes, message, on_upload, ctx.index_bytes)
     ctx.fault("committed", commit or "")
     nbytes = sum((batch.folder / rel).stat().st_size for rel in adds)
     kept = ctx.state / f"batch-{batch.number:05d}"
@@ -150,6 +155,6 @@ def close_batch(ctx: Context, batch: Batch, shared: set[Path]) -> Committed:
     shutil.copyfile(batch.folder / batch_file(batch.number), kept / "verification.json")
     ctx.index, ctx.index_bytes = index, index.to_bytes()
     ctx.listing = {p: v for p, v in ctx.listing.items() if p not in set(deletes)}
-    ctx.listing.update({rel: "" for rel in adds})
+    ctx.listing.update({rel: RemoteFile((batch.folder / rel).stat().st_size) for rel in adds})
     cleanup(ctx, batch, shared)
     return Committed(batch.number, commit, list(shards), len(batch.new), len(batch.carried), nbytes)

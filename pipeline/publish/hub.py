@@ -54,6 +54,11 @@ def hub_errors(target: str, token: str, endpoint: str) -> Iterator[None]:
         status = exc.response.status_code if exc.response is not None else None
         if status in (401, 403):
             raise PublishError(f"{target}: the token has no write access (HTTP {status})") from None
+        if status in (409, 412):  # parent_commit is no longer the head
+            raise PublishError(
+                f"{target}: the repo moved since this run read it (another run committed, "
+                f"HTTP {status}); nothing was committed by this one, run again"
+            ) from None
         raise PublishError(f"{target}: {_scrub(str(exc), token)}") from None
     except (OSError, *network_errors()) as exc:
         if isinstance(exc, network_errors()):
@@ -64,12 +69,12 @@ def hub_errors(target: str, token: str, endpoint: str) -> Iterator[None]:
         raise PublishError(f"{target}: {_scrub(str(exc), token)}") from None
 
 
-def hub_tree(api: Any, repo_id: str) -> dict[str, Any] | None:
+def hub_tree(api: Any, repo_id: str, revision: str | None = None) -> dict[str, Any] | None:
     """The repo's files (path -> the client's file entry), or None if there is no repo."""
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
-        tree = api.list_repo_tree(repo_id, repo_type="dataset", recursive=True)
+        tree = api.list_repo_tree(repo_id, repo_type="dataset", recursive=True, revision=revision)
         return {f.path: f for f in tree if hasattr(f, "blob_id")}
     except RepositoryNotFoundError:
         return None

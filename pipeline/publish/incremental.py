@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.build import WORK, shared_files, staging_dir
+from pipeline.confine import confined
 from pipeline.errors import CubecastError, PublishError
 from pipeline.lock import clean_stale, folder_lock
 from pipeline.publish.batch import Batch, Context, Fault
@@ -32,6 +33,7 @@ from pipeline.publish.commit import Committed, close_batch, raw_files
 from pipeline.publish.disk import DiskSampler, parse_size, used_bytes
 from pipeline.publish.fingerprint import DigestCache, base_mirror
 from pipeline.publish.index import INDEX_FILE, PublishedIndex
+from pipeline.publish.reconcile import reconcile
 from pipeline.publish.remote import open_remote
 from pipeline.publish.runplan import (
     Budget,
@@ -49,6 +51,12 @@ from pipeline.taco.pack import split_bytes
 from pipeline.taco.staged import StagedSample, restage, shard_rows
 
 log_ = logging.getLogger(__name__)
+
+
+def index_batches(index: PublishedIndex) -> set[int]:
+    return {e.batch for e in index.cubes.values()}
+
+
 __all__ = ["IncrementalResult", "publish_incremental"]
 
 
@@ -68,7 +76,7 @@ class Run:
         self.recipe, self.out, self.opts, self.log = recipe, out, opts, log
         self.result = IncrementalResult(target)
         remote = open_remote(target, opts.private)
-        raw = remote.read(INDEX_FILE)
+        listing, raw = remote.snapshot()
         where = f"{remote.target}/{INDEX_FILE}"
         index = PublishedIndex.parse(raw, where) if raw else PublishedIndex(recipe.taco.id)
         if index.dataset != recipe.taco.id:
@@ -76,10 +84,15 @@ class Run:
                 f"{where}: holds dataset {index.dataset!r}, the recipe publishes "
                 f"{recipe.taco.id!r}; publish to another repo or change taco.id"
             )
+        state = out / WORK / "state"
+        kept = {b for b in index_batches(index) if (state / f"batch-{b:05d}").is_dir()}
+        self.repair = reconcile(remote, index, listing, state, kept)
+        for line in self.repair.lines():
+            log(f"{remote.target}: {line}")
         mirror = mirror_for(recipe.source, progress=False)
         digests = DigestCache(out / WORK / "digests.json")
         self.ctx = Context(
-            recipe, remote, index, raw, remote.listing(), mirror, digests, out / WORK
+            recipe, remote, self.repair.index, raw, listing, mirror, digests, out / WORK
         )
         if fault is not None:
             self.ctx.fault = fault
@@ -91,11 +104,13 @@ class Run:
         self.shared = {(Path(cache) / rel).resolve() for rel in shared} if cache else set()
 
     def go(self) -> IncrementalResult:
-        plan = plan_run(self.recipe, self.ctx.mirror, self.ctx.index, self.ctx.digests)
+        suspect = {c for c, e in self.ctx.index.cubes.items() if e.batch in self.repair.records}
+        plan = plan_run(self.recipe, self.ctx.mirror, self.ctx.index, self.ctx.digests, suspect)
         self.ctx.digests.save()
         r = self.result
         r.selected = len(plan.todo) + len(plan.unchanged)
         r.unchanged = len(plan.unchanged)
+        r.repaired = self.repair.lines()
         (r.removed if self.opts.prune else r.kept).extend(plan.gone)
         self.log(
             f"{r.target}: {len(self.ctx.index.cubes)} cubes published; of {r.selected} "
@@ -149,8 +164,8 @@ class Run:
                 self.add(batch, staged, encoded)
             if len(batch) >= self.opts.batch_cubes or batch.encoded_bytes >= limit:
                 batch = self.close(batch)
-        if len(batch) or batch.drop_shards:
-            self.close(batch)
+        if len(batch) or batch.drop_shards or (self.repair.needed and not self.result.commits):
+            self.close(batch)  # a repair commits even when no cube changed
 
     def add(self, batch: Batch, staged: StagedSample, encoded: bool) -> None:
         batch.new.append(staged)
@@ -176,7 +191,7 @@ class Run:
             batch = self.close(batch)
         leaving = plan.changed | (set(plan.gone) if self.opts.prune else set())
         folder = self.ctx.work / "carry"
-        local = self.ctx.remote.download(shard, folder / "shards" / shard)
+        local = self.ctx.remote.download(shard, confined(folder / "shards", shard, "shard"))
         rows = shard_rows(local)
         for cid in entry.cubes:
             if cid in leaving:

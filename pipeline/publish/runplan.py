@@ -30,6 +30,7 @@ class IncrementalResult:
     encoded: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)  # staged by a stopped run: not re-encoded
     carried: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # what the target lacked, put right
     removed: list[str] = field(default_factory=list)  # pruned: no longer selected
     kept: list[str] = field(default_factory=list)  # no longer selected, kept (no prune)
     commits: list[Committed] = field(default_factory=list)
@@ -41,11 +42,12 @@ class IncrementalResult:
         return sum(c.bytes for c in self.commits)
 
     def summary(self) -> str:
+        repaired = f"; repaired: {'; '.join(self.repaired)}" if self.repaired else ""
         return (
             f"{self.target}: {len(self.encoded)} cubes encoded, {len(self.reused)} reused "
             f"from a stopped run, {len(self.carried)} carried, {self.unchanged} unchanged; "
             f"{len(self.commits)} commit(s), {self.bytes_uploaded:,} bytes uploaded; peak "
-            f"disk {self.peak_disk / 1e6:.1f} MB; {self.seconds:.0f} s"
+            f"disk {self.peak_disk / 1e6:.1f} MB; {self.seconds:.0f} s{repaired}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,8 +71,15 @@ class Plan:
     gone: list[str]  # published, no longer selected
 
 
-def plan_run(recipe: Recipe, mirror: Mirror, index: PublishedIndex, digests: DigestCache) -> Plan:
-    """Which selected cubes need encoding, from the index and the source's fingerprints."""
+def plan_run(
+    recipe: Recipe,
+    mirror: Mirror,
+    index: PublishedIndex,
+    digests: DigestCache,
+    force: set[str] | None = None,
+) -> Plan:
+    """Which selected cubes need encoding, from the index and the source's fingerprints;
+    published cubes in ``force`` are encoded again whatever their fingerprint says."""
     ids, _ = select_cubes(recipe, mirror)
     splits = read_splits(mirror, recipe.source)
     h = settings_hash(recipe)
@@ -80,7 +89,8 @@ def plan_run(recipe: Recipe, mirror: Mirror, index: PublishedIndex, digests: Dig
         if e is None:
             new.append(cid)
         elif (
-            e.settings == h
+            cid not in (force or set())
+            and e.settings == h
             and e.split == (splits.get(cid) or "")
             and source_fingerprint(mirror, e.record, digests) == e.source
         ):

@@ -29,6 +29,7 @@ from pipeline.codec.encoded import file_sha256
 from pipeline.errors import PublishError
 from pipeline.publish.hub import HF_TARGET as _HF
 from pipeline.publish.hub import HUB_KEEP, Digest, hub_errors, hub_has, hub_token, hub_tree
+from pipeline.publish.lease import target_lease
 from pipeline.publish.verify import REPORT_JSON, Verification, dataset_files
 from pipeline.sources.download import hub_endpoint
 
@@ -133,7 +134,8 @@ def _stale_on_target(fs: Any, root: str, remote: dict, wanted: set[str]) -> list
     """Files to delete: what an earlier publish recorded, plus any shard or ``.tacocat``
     file on the target (readers would see their samples twice), that is not published now."""
     found = set(remote)
-    for pattern in (f"{root}/*.tacozip", f"{root}/.tacocat/**"):
+    patterns = (f"{root}/*.tacozip", f"{root}/.tacocat/**", f"{root}/cubecast-index.json")
+    for pattern in patterns:
         try:
             hits = fs.glob(pattern)
         except Exception:  # nothing there, or a backend that cannot glob
@@ -189,6 +191,22 @@ def _publish_fsspec(
 
     fs, root = fsspec.core.url_to_fs(target)
     root = root.rstrip("/")
+    if dry_run:
+        return _mirror_fsspec(fs, root, folder, files, target, dry_run, progress, digest)
+    with target_lease(fs, root, target):  # one publisher at a time; the index read inside
+        return _mirror_fsspec(fs, root, folder, files, target, dry_run, progress, digest)
+
+
+def _mirror_fsspec(
+    fs: Any,
+    root: str,
+    folder: Path,
+    files: list[str],
+    target: str,
+    dry_run: bool,
+    progress: Callable[[str], None],
+    digest: Digest,
+) -> PublishResult:
     result = PublishResult(target, dry_run=dry_run)
     index_path = f"{root}/{INDEX_FILE}"
     remote = _read_target_index(fs, index_path, target)
@@ -254,11 +272,11 @@ def _publish_hub(
     target = f"hf://datasets/{repo_id}"
     result = PublishResult(target, dry_run=dry_run)
     with hub_errors(target, token, endpoint):
-        remote = hub_tree(api, repo_id)
-        if remote is None:
-            remote = {}
-            if not dry_run:
-                api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        head = _hub_head(api, repo_id)
+        if head is None and not dry_run:
+            api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+            head = _hub_head(api, repo_id)
+        remote = (hub_tree(api, repo_id, revision=head) or {}) if head else {}
         ops: list[Any] = []
         for rel in files:
             path = folder / rel
@@ -278,11 +296,27 @@ def _publish_hub(
         if not dry_run:
             ops += [CommitOperationDelete(path_in_repo=p) for p in result.deleted]
         if ops:
+            # the revision the comparison was made against: a publish that ran meanwhile
+            # makes the hub refuse this commit (HTTP 412) instead of mixing two datasets
             info = api.create_commit(
-                repo_id, operations=ops, commit_message=message, repo_type="dataset"
+                repo_id,
+                operations=ops,
+                commit_message=message,
+                repo_type="dataset",
+                parent_commit=head,
             )
             result.commit = info.oid
     return result
+
+
+def _hub_head(api: Any, repo_id: str) -> str | None:
+    """The repo's head commit, or None if there is no repo."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        return str(api.dataset_info(repo_id).sha)
+    except RepositoryNotFoundError:
+        return None
 
 
 def publish(
