@@ -14,6 +14,7 @@ in ``shared/data``; ``demo`` picks the cubes ``cubecast demo-codec`` encodes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -52,9 +53,22 @@ def adapter_for(spec: SourceSpec) -> Adapter:
     return _adapters()[spec.adapter]()
 
 
-def mirror_for(spec: SourceSpec, progress: bool = True) -> Mirror:
+def mirror_for(
+    spec: SourceSpec,
+    progress: bool = True,
+    max_disk: int | None = None,
+    disk_root: str | os.PathLike[str] | None = None,
+) -> Mirror:
+    """The recipe's mirror; ``max_disk`` bytes bound the disk use of ``disk_root`` (default
+    the cache) while an HTTP mirror downloads (see :func:`~pipeline.sources.mirror.open_mirror`)."""
     return open_mirror(
-        spec.location, spec.cache, index=spec.index, revision=spec.revision, progress=progress
+        spec.location,
+        spec.cache,
+        index=spec.index,
+        revision=spec.revision,
+        progress=progress,
+        max_disk=max_disk,
+        disk_root=disk_root,
     )
 
 

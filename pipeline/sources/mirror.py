@@ -11,13 +11,20 @@ import os
 import re
 import shutil
 import time
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
 from pipeline.confine import confined, safe_relpath
 from pipeline.errors import SourceError, UnsafePathError
-from pipeline.sources.download import RetryPolicy, download
+from pipeline.sources.download import (
+    DiskBudget,
+    Limits,
+    RetryPolicy,
+    cache_budget,
+    download,
+)
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
@@ -72,11 +79,54 @@ class LocalMirror:
     fetch_tree = fetch
 
 
+INDEX_CAP = 256 << 20  # bytes: an index larger than this is not a file list
+_INDEX_LINE = re.compile(r"([0-9a-fA-F]{64})(?:[ \t]+([0-9]+))?[ \t]+\*?(.*)")
+
+
+def parse_index(text: str, source: str) -> dict[str, tuple[str, int | None]]:
+    """``sha256sum`` output, ``<hex>  <path>`` per line, with an optional size column:
+    ``<hex>  <size>  <path>`` (bytes). Blank lines and ``#`` comments are skipped.
+
+    Paths go through :func:`~pipeline.confine.safe_relpath`; the index is refused (one line
+    naming ``source`` and the line) if one is absolute or climbs out, if a name is both a
+    file and a folder, if a name ends in ``.part`` (the downloads' work files) or if a path
+    is listed twice with different content. (An old index whose path starts with digits and
+    a space reads them as a size: give such a line its size column.)
+    """
+    entries: dict[str, tuple[str, int | None]] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _INDEX_LINE.fullmatch(line.strip())
+        if m is None or not m[3].strip():
+            raise SourceError(f"{source}: line {n} is not '<sha256> [<size>] <path>'")
+        sha, size = m[1].lower(), int(m[2]) if m[2] is not None else None
+        try:  # a hostile index must not name files outside the cache
+            rel = safe_relpath(m[3].strip(), f"{source}: line {n}: path")
+        except UnsafePathError as exc:
+            raise SourceError(str(exc)) from None
+        if any(part.endswith(".part") for part in rel.split("/")):
+            raise SourceError(
+                f"{source}: line {n}: path {rel!r} ends in '.part', the name of a download "
+                "in progress"
+            )
+        if rel in entries and entries[rel] != (sha, size):
+            raise SourceError(f"{source}: line {n}: {rel!r} is listed twice, differently")
+        entries[rel] = (sha, size)
+    folders = {"/".join(r.split("/")[:k]) for r in entries for k in range(1, r.count("/") + 1)}
+    clash = sorted(folders & entries.keys())
+    if clash:
+        raise SourceError(f"{source}: {clash[0]!r} is listed as a file and as a folder")
+    return entries
+
+
 class HttpMirror:
     """A static HTTP(S) mirror; it cannot list folders, so an index file names its files.
 
-    The index is ``sha256sum`` output (``<hex>  <relative path>`` per line), so every file
-    is checked after download.
+    The index is ``sha256sum`` output (``<hex>  <relative path>`` per line, optionally
+    ``<hex>  <size>  <relative path>``, see :func:`parse_index`), so every file is checked
+    after download and, where a size is given, no download may grow past it. ``limits`` and
+    ``budget`` bound every download (:mod:`pipeline.sources.download`).
     """
 
     def __init__(
@@ -86,44 +136,58 @@ class HttpMirror:
         index: str = "SHA256SUMS",
         policy: RetryPolicy = RetryPolicy(),
         progress: bool = True,
+        limits: Limits | None = None,
+        budget: DiskBudget | None = None,
     ) -> None:
         self.location = base_url.rstrip("/")
         self.cache = cache
-        self.index_name = index
+        self.index_name = safe_relpath(index, f"{self.location}: index")
         self.policy = policy
         self.progress = progress
+        self.limits = limits or Limits.from_env()
+        self.budget = budget if budget is not None else cache_budget(cache)
 
     def url(self, rel: str) -> str:
         return f"{self.location}/{rel}"
 
     @cached_property
+    def entries(self) -> dict[str, tuple[str, int | None]]:
+        """Each listed path's SHA-256 and size (None where the index gives none)."""
+        source = self.url(self.index_name)
+        work = confined(self.cache, f".index-{os.getpid()}", f"{self.location}: index")
+        try:
+            path = download(
+                source,
+                work,
+                policy=self.policy,
+                progress=False,
+                limits=replace(self.limits, cap=min(self.limits.cap, INDEX_CAP)),
+                budget=self.budget,
+            )
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SourceError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+            except OSError as exc:
+                raise SourceError(f"{source}: cannot read ({exc})") from exc
+        finally:
+            work.unlink(missing_ok=True)
+        return parse_index(text, source)
+
+    @cached_property
     def index(self) -> dict[str, str]:
-        path = download(
-            self.url(self.index_name),
-            self.cache / f".{self.index_name}.{os.getpid()}",
-            policy=self.policy,
-            progress=False,
-        )
-        entries: dict[str, str] = {}
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            parts = line.split(maxsplit=1)
-            if len(parts) != 2 or not re.fullmatch(r"[0-9a-f]{64}", parts[0]):
-                raise SourceError(f"{self.url(self.index_name)}: line {n} is not '<sha256>  path'")
-            rel = parts[1].lstrip("*").strip()
-            try:  # a hostile index must not name files outside the cache
-                rel = safe_relpath(rel, f"{self.url(self.index_name)}: line {n}: path")
-            except UnsafePathError as exc:
-                raise SourceError(str(exc)) from None
-            entries[rel] = parts[0]
-        path.unlink()
-        return entries
+        """Each listed path's SHA-256."""
+        return {rel: sha for rel, (sha, _) in self.entries.items()}
+
+    @cached_property
+    def sizes(self) -> dict[str, int]:
+        """The sizes the index declares."""
+        return {rel: n for rel, (_, n) in self.entries.items() if n is not None}
 
     def list(self, pattern: str) -> list[str]:
         rx = glob_regex(pattern)
         found: set[str] = set()
-        for rel in self.index:
+        for rel in self.entries:
             parts = rel.split("/")
             for k in range(1, len(parts) + 1):
                 prefix = "/".join(parts[:k])
@@ -132,18 +196,22 @@ class HttpMirror:
         return sorted(found)
 
     def fetch(self, rel: str) -> Path:
-        if rel not in self.index:
+        if rel not in self.entries:
             raise SourceError(f"{self.url(rel)}: not listed in {self.url(self.index_name)}")
+        sha, size = self.entries[rel]
         return download(
             self.url(rel),
             confined(self.cache, rel, f"{self.url(self.index_name)}: path"),
-            sha256=self.index[rel],
+            sha256=sha,
+            size=size,
             policy=self.policy,
             progress=self.progress,
+            limits=self.limits,
+            budget=self.budget,
         )
 
     def fetch_tree(self, rel: str) -> Path:
-        members = [r for r in self.index if r.startswith(rel.rstrip("/") + "/")]
+        members = [r for r in self.entries if r.startswith(rel.rstrip("/") + "/")]
         if not members:
             raise SourceError(f"{self.url(rel)}: no files under it in the index")
         for r in members:
@@ -212,11 +280,21 @@ def open_mirror(
     index: str = "SHA256SUMS",
     revision: str | None = None,
     progress: bool = True,
+    max_disk: int | None = None,
+    disk_root: str | os.PathLike[str] | None = None,
 ) -> Mirror:
+    """The mirror at ``location``. ``max_disk`` (bytes) bounds the disk use of ``disk_root``
+    (default: the cache folder) while an HTTP mirror downloads; without it,
+    ``CUBECAST_MAX_CACHE`` bounds the cache folder."""
     cache_dir = Path(cache) if cache else default_cache()
     if location.startswith(("http://", "https://")):
         key = re.sub(r"[^A-Za-z0-9._-]+", "_", location.split("://", 1)[1]).strip("_")
-        return HttpMirror(location, cache_dir / key, index=index, progress=progress)
+        budget = (
+            DiskBudget(Path(disk_root or cache_dir), max_disk)
+            if max_disk is not None
+            else cache_budget(cache_dir)
+        )
+        return HttpMirror(location, cache_dir / key, index=index, progress=progress, budget=budget)
     if "://" in location and not location.startswith("file://"):
         key = re.sub(r"[^A-Za-z0-9._-]+", "_", location).strip("_")
         return FsspecMirror(location, cache_dir / key, revision=revision)

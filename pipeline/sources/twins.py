@@ -44,12 +44,15 @@ def _utm(lon: float, lat: float) -> tuple[str, float, float]:
     return f"EPSG:{epsg}", float(x), float(y)
 
 
-def write_index(root: Path) -> Path:
-    """``SHA256SUMS`` over every file below ``root`` (what an HTTP mirror serves)."""
+def write_index(root: Path, sizes: bool = True) -> Path:
+    """``SHA256SUMS`` over every file below ``root`` (what an HTTP mirror serves), with each
+    file's size in bytes (``<sha256>  <size>  <path>``, which bounds its download) unless
+    ``sizes`` is false (plain ``sha256sum`` output)."""
     lines = []
     for p in sorted(root.rglob("*")):
         if p.is_file() and p.name != "SHA256SUMS":
-            lines.append(f"{file_sha256(p)}  {p.relative_to(root).as_posix()}")
+            size = f"{p.stat().st_size}  " if sizes else ""
+            lines.append(f"{file_sha256(p)}  {size}{p.relative_to(root).as_posix()}")
     index = root / "SHA256SUMS"
     index.write_text("\n".join(lines) + "\n")
     return index
