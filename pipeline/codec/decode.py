@@ -49,8 +49,13 @@ def _time_window(m: Manifest, time: slice | None) -> tuple[int, int]:
     return start, stop
 
 
-PAD = 64  # encoders pad frames to even sizes, their minimum side, or whole 64-px CTUs
-PAD_MIN = 128  # x265 widths it mishandles are padded to 56, 66 or 128 (two CTUs) px
+def _most(n: int, pyav: bool) -> int:
+    """The largest padded side an encoder writes for a side of ``n`` px: PyAV's x265 pads
+    to whole 64-px CTUs (at least two), the others to even sizes, their minimum side (64 px
+    for VVC) and x265's safe widths (up to 66 px), allowed here to a multiple of 8."""
+    if pyav:
+        return max(128, n + (-n % 64))
+    return max(66, n + (-n % 8))
 
 
 def frame_bounds(m: Manifest, stream: StreamInfo) -> FrameBounds:
@@ -58,8 +63,8 @@ def frame_bounds(m: Manifest, stream: StreamInfo) -> FrameBounds:
     planes stacked, each rounded up to even rows), at most that padded by an encoder."""
     h, w = m.frame_shape
     least_h = stream.tiles * (h + h % 2) if stream.tiles > 1 else h
-    most = tuple(max(PAD_MIN, n + (-n % PAD)) for n in (least_h, w))
-    return FrameBounds(stream.pix_fmt, (least_h, w), (most[0], most[1]))
+    pyav = stream.backend == "pyav"
+    return FrameBounds(stream.pix_fmt, (least_h, w), (_most(least_h, pyav), _most(w, pyav)))
 
 
 def window_nbytes(m: Manifest, wanted: Sequence[str], n: int) -> int:

@@ -129,6 +129,14 @@ class FrameBounds:
     def max_pixels(self) -> int:
         return max(1, self.most[0] * self.most[1])
 
+    def too_large(self, name: str) -> str:
+        (lh, lw), (mh, mw) = self.least, self.most
+        return (
+            f"{name}: frames are larger than the manifest's {lw}x{lh} allows (up to {mw}x{mh} "
+            "padded; FFmpeg refused to allocate them: corrupt stream or manifest from another "
+            "cube)"
+        )
+
     def check(self, name: str, width: int, height: int, pix_fmt: str | None) -> None:
         (lh, lw), (mh, mw) = self.least, self.most
         if not (lh <= height <= mh and lw <= width <= mw) or pix_fmt not in (None, self.pix_fmt):
@@ -219,4 +227,6 @@ def decode_frames(
                     break
                 yield idx, _from_frame(frame, n_planes_)
         except av.FFmpegError as exc:
+            if expect is not None and "max_pixels" in str(exc):
+                raise CorruptStreamError(expect.too_large(name)) from exc
             raise CorruptStreamError(f"{name}: stream does not decode ({exc})") from exc
