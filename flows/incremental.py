@@ -73,8 +73,10 @@ def publish_incremental_flow(
     workers: int = 2,
     prune: bool = False,
     hf_token_secret: str | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Publish the recipe's cubes that the target does not hold yet, batch by batch."""
+    """Publish the recipe's cubes that the target does not hold yet, batch by batch
+    (``dry_run``: say what would be encoded and repaired, and stop)."""
     use_secret_token(hf_token_secret)
     log = get_run_logger()
     result = publish_incremental(
@@ -87,6 +89,7 @@ def publish_incremental_flow(
         prune=prune,
         encode_many=task_encoder(),
         log=log.info,
+        dry_run=dry_run,
     )
     log.info(result.summary())
     create_markdown_artifact(
@@ -94,7 +97,14 @@ def publish_incremental_flow(
         key=f"{recipe.name}-incremental",
         description="what this run encoded and committed",
     )
-    return {"recipe": recipe.name, "out": out, "summary": result.summary(), **result.to_dict()}
+    return {
+        "recipe": recipe.name,
+        "out": out,
+        "summary": result.summary(),
+        "incremental": True,
+        "verified": all(row["passed"] for row in result.cubes),
+        **result.to_dict(),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -5,9 +5,12 @@ in separate processes (the default), on threads, or on a Dask cluster. Encoded c
 cached on what determines them (the recipe's source, variables and codec settings and the
 cube id), so a re-run skips them.
 
-With ``incremental=True`` the flow hands over to ``publish-incremental``
-(:mod:`flows.incremental`): the target's own index decides what to encode, cubes go in
-batches of one commit each under ``max_disk``, and a stopped run is continued by the next.
+By default (``incremental=True``) the flow hands over to ``publish-incremental``
+(:mod:`flows.incremental`): the target's own index, reconciled with what the target holds,
+decides what to encode; cubes go in batches of one commit each under ``max_disk`` (a small
+dataset is one batch), and a stopped run is continued by the next. ``incremental=False``
+is the single-shot mode: every cube encoded into ``out``, verified there, then mirrored to
+the target.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from prefect.tasks import exponential_backoff
 
 from flows.incremental import publish_incremental_flow
 from pipeline.build import encode_step, fingerprint, pack_step, select_cubes, verify_step
-from pipeline.errors import CubecastError
 from pipeline.lock import folder_lock
 from pipeline.publish.targets import PublishResult, publish
 from pipeline.publish.verify import Verification
@@ -99,22 +101,7 @@ def verify(recipe: Recipe, shards: list[str], out: str) -> Verification:
 
 
 def quality_rows(verification: Verification) -> list[dict[str, Any]]:
-    """One row per cube: split, min PSNR, bpppb, ratio, verdict (artifact and summary)."""
-    rows = []
-    for sid, meta in verification.samples.items():
-        checks = [c for c in verification.checks if c.sample == sid]
-        lossy = [c.psnr for c in checks if c.role == "continuous"]
-        rows.append(
-            {
-                "cube": sid,
-                "split": meta.get("split") or "",
-                "min_psnr_db": round(min(lossy), 2) if lossy else None,
-                "bpppb": round(float(meta.get("bpppb") or 0), 4),
-                "ratio": round(float(meta.get("ratio") or 0), 1),
-                "passed": all(c.passed for c in checks),
-            }
-        )
-    return rows
+    return verification.quality_rows()
 
 
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=10))
@@ -198,7 +185,7 @@ def publish_dataset(
     dask_address: str | None = None,
     synthesize: bool = False,
     dry_run: bool = False,
-    incremental: bool = False,
+    incremental: bool = True,
     max_disk: str | None = None,
     batch_cubes: int = 100,
     prune: bool = False,
@@ -211,9 +198,10 @@ def publish_dataset(
     ``source`` overrides the recipe's mirror; with ``synthesize`` a synthetic twin is written
     there first when it does not exist (the embedded default). ``target`` defaults to
     ``out/published/<recipe>``; give ``hf://datasets/ORG/NAME`` to push to the hub.
-    ``incremental`` publishes in batches (``max_disk``, ``batch_cubes``, ``prune``; the
-    hub token from the Prefect Secret block ``hf_token_secret`` when the worker has no
-    ``HF_TOKEN``); ``dry_run`` applies to the single-shot mode only.
+    ``incremental`` (the default) publishes in batches (``max_disk``, ``batch_cubes``,
+    ``prune``; the hub token from the Prefect Secret block ``hf_token_secret`` when the
+    worker has no ``HF_TOKEN``); with ``dry_run`` it reports its plan (what is new,
+    changed, unchanged or to repair) and encodes nothing. ``incremental=False``: single shot.
     """
     log = get_run_logger()
     if synthesize and source and not Path(source).exists():
@@ -230,10 +218,8 @@ def publish_dataset(
     target = target or f"out/published/{spec.name}"
     runner_ = task_runner(runner, workers, dask_address, dask_cluster_class, dask_cluster_kwargs)
     if incremental:
-        if dry_run:
-            raise CubecastError("dry_run applies to the single-shot mode, not to incremental")
         return publish_incremental_flow.with_options(task_runner=runner_)(
-            spec, target, out, max_disk, batch_cubes, workers, prune, hf_token_secret
+            spec, target, out, max_disk, batch_cubes, workers, prune, hf_token_secret, dry_run
         )
     return single_shot(spec, out, target, runner_, dry_run)
 

@@ -25,10 +25,15 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
     cubes: Annotated[int | None, typer.Option(help="number of cubes (overrides count)")] = None,
     incremental: Annotated[
-        bool, typer.Option(help="batches, one commit each; the target's index says what to skip")
-    ] = False,
+        bool,
+        typer.Option(
+            "--incremental/--single-shot",
+            help="batches, one commit each, the target's index (checked against what the "
+            "target holds) says what to skip; --single-shot: encode all into --out, then mirror",
+        ),
+    ] = True,
     max_disk: Annotated[
-        str | None, typer.Option(help="cap on the work folder with --incremental, e.g. 10GB")
+        str | None, typer.Option(help="cap on the work folder (incremental), e.g. 10GB")
     ] = None,
     batch_cubes: Annotated[int, typer.Option(min=1, help="cubes per commit (--incremental)")] = 100,
     prune: Annotated[
@@ -36,7 +41,7 @@ def run(
     ] = False,
 ) -> None:
     """Run the publish-dataset flow once, in this process (Prefect records it)."""
-    batches = {"incremental": True, "max_disk": max_disk, "batch_cubes": batch_cubes}
+    batches = {"max_disk": max_disk, "batch_cubes": batch_cubes, "prune": prune}
     _run_flow(
         recipe=recipe,
         source=source,
@@ -48,7 +53,8 @@ def run(
         dask_address=dask_address,
         synthesize=synthesize,
         dry_run=dry_run,
-        **({**batches, "prune": prune} if incremental else {}),
+        incremental=incremental,
+        **(batches if incremental else {}),
     )
 
 
@@ -61,9 +67,10 @@ def demo(
     _run_flow(
         recipe=dataset,
         source=str(out / "twins" / dataset),
-        out=str(out / "shards" / dataset),
+        out=str(out / "work" / dataset),
         target=str(out / "published" / dataset),
         synthesize=True,
+        incremental=True,
     )
 
 
@@ -94,11 +101,44 @@ def _run_flow(**params: object) -> dict:
 
         err_console.print(f"Prefect API: {api}", highlight=False)
         result = publish_dataset(**params)
-    if params.get("incremental"):  # batches report what they did, not a table of cubes
-        console.print(f"{result.get('summary', '')} in {time.monotonic() - t0:.0f} s")
+    if params.get("incremental"):
+        print_incremental(result, time.monotonic() - t0)
         return result
     print_summary(result, time.monotonic() - t0)
     return result
+
+
+def cube_table(rows: list[dict]) -> Table:
+    table = Table("cube", "split", "min PSNR dB", "bpppb", "ratio", "verdict")
+    for row in rows:
+        psnr = row.get("min_psnr_db")
+        table.add_row(
+            row["cube"],
+            row.get("split") or "-",
+            "lossless" if psnr is None or psnr == float("inf") else f"{psnr:.2f}",
+            f"{row['bpppb']:.3f}",
+            f"{row['ratio']:.1f}x",
+            "pass" if row["passed"] else "FAIL",
+        )
+    return table
+
+
+def print_incremental(result: dict, seconds: float) -> None:
+    """What a batch run encoded, verified and committed: a table of its new cubes (verified
+    from the shards before each commit), then where the dataset is."""
+    rows = result.get("cubes", [])
+    if rows:
+        console.print(cube_table(rows))
+        verdict = "PASS" if all(r["passed"] for r in rows) else "FAIL"
+        console.print(f"verified:  {verdict}, {len(rows)} cubes", highlight=False)
+    console.print(f"{result.get('summary', '')} in {seconds:.0f} s", highlight=False)
+    target = str(result.get("target", ""))
+    if not result.get("dry_run"):
+        console.print(
+            f"published: {target}: {len(result.get('uploaded', []))} files uploaded "
+            f"(shards, .tacocat/, README.md card, REPORT.md)",
+            highlight=False,
+        )
 
 
 def check_flow_args(
@@ -108,7 +148,7 @@ def check_flow_args(
     target: str | None = None,
     synthesize: bool = False,
     dry_run: bool = False,
-    incremental: bool = False,
+    incremental: bool = True,
     max_disk: str | None = None,
     **_: object,
 ) -> None:
@@ -134,8 +174,6 @@ def check_flow_args(
             f"{location}: source folder of recipe {spec.name} does not exist (give --source, "
             "or --synthesize to write a twin there)"
         )
-    if incremental and dry_run:
-        raise CubecastError("--dry-run applies to the single-shot mode, not to --incremental")
     if max_disk:
         from pipeline.publish.disk import parse_size
 
@@ -151,18 +189,7 @@ def check_flow_args(
 
 def print_summary(result: dict, seconds: float) -> None:
     """The flow's result as a table of cubes and a few lines, not a raw dict."""
-    table = Table("cube", "split", "min PSNR dB", "bpppb", "ratio", "verdict")
-    for row in result.get("cubes", []):
-        psnr = row.get("min_psnr_db")
-        table.add_row(
-            row["cube"],
-            row.get("split") or "-",
-            "lossless" if psnr is None or psnr == float("inf") else f"{psnr:.2f}",
-            f"{row['bpppb']:.3f}",
-            f"{row['ratio']:.1f}x",
-            "pass" if row["passed"] else "FAIL",
-        )
-    console.print(table)
+    console.print(cube_table(result.get("cubes", [])))
     out = Path(str(result.get("out", ".")))
     console.print(f"{result.get('summary', '')} in {seconds:.0f} s", highlight=False)
     shards = [Path(str(s)).name for s in result.get("shards", [])]

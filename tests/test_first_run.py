@@ -68,9 +68,10 @@ def test_demo_runs_cold_outside_the_repo(tmp_path):
     assert "Starting temporary server" not in log, log[-3000:]
     assert "{'shards'" not in r.stdout  # a summary, not a raw dict
     assert "PASS" in r.stdout and "min PSNR dB" in r.stdout and "published:" in r.stdout
-    shards = work / "out" / "shards" / "dynamicearthnet"
-    assert (shards / ".tacocat").is_dir() and (shards / "report" / "sample.png").is_file()
-    assert (work / "out" / "published" / "dynamicearthnet" / "README.md").is_file()
+    published = work / "out" / "published" / "dynamicearthnet"
+    assert (published / ".tacocat").is_dir() and (published / "report" / "sample.png").is_file()
+    assert (published / "README.md").is_file() and list(published.glob("*.tacozip"))
+    assert (published / "cubecast-index.json").is_file()  # the demo publishes incrementally
     assert (tmp_path / "prefect-home").is_dir()  # the run's database went there, not ~/.prefect
 
 

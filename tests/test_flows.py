@@ -48,7 +48,9 @@ def _encode_states() -> list[str]:
 @pytest.mark.parametrize("name", ["dynamicearthnet", "deepextremecubes"])
 def test_flow_publishes_twins_and_rerun_hits_cache(name, twins, tmp_path, harness):
     out, target = tmp_path / "out", tmp_path / "published"
-    kwargs = dict(recipe=name, source=str(twins[name]), out=str(out), target=str(target))
+    kwargs = dict(
+        recipe=name, source=str(twins[name]), out=str(out), target=str(target), incremental=False
+    )
     result = publish_dataset(**kwargs)
     assert result["verified"] and result["uploaded"]
     assert (target / "README.md").is_file() and (target / "verification.json").is_file()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.build import read_mark
 from pipeline.confine import confined
@@ -42,6 +43,8 @@ class Committed:
     cubes: int
     carried: int
     bytes: int  # sizes of the files the commit added
+    files: list[str] = field(default_factory=list)  # what it added
+    rows: list[dict[str, Any]] = field(default_factory=list)  # its new cubes' quality
 
 
 def write_metadata(
@@ -157,4 +160,13 @@ def close_batch(ctx: Context, batch: Batch, shared: set[Path]) -> Committed:
     ctx.listing = {p: v for p, v in ctx.listing.items() if p not in set(deletes)}
     ctx.listing.update({rel: RemoteFile((batch.folder / rel).stat().st_size) for rel in adds})
     cleanup(ctx, batch, shared)
-    return Committed(batch.number, commit, list(shards), len(batch.new), len(batch.carried), nbytes)
+    return Committed(
+        batch.number,
+        commit,
+        list(shards),
+        len(batch.new),
+        len(batch.carried),
+        nbytes,
+        adds,
+        v.quality_rows(),
+    )

@@ -118,6 +118,10 @@ class Run:
             f" {r.unchanged} unchanged"
             + (f"; {len(plan.gone)} no longer selected, kept" if r.kept else "")
         )
+        if self.opts.dry_run:
+            r.dry_run = True
+            r.encoded = list(plan.todo)
+            return r
         self.tidy(plan)
         self.loop(plan)
         shutil.rmtree(self.ctx.raw, ignore_errors=True)  # every selected cube is published
@@ -245,6 +249,7 @@ def publish_incremental(
     encode_many: EncodeMany | None = None,
     fault: Fault | None = None,
     log: Callable[[str], None] | None = None,
+    dry_run: bool = False,
 ) -> IncrementalResult:
     """Publish ``recipe``'s selected cubes to ``target`` incrementally (see the module).
 
@@ -253,6 +258,7 @@ def publish_incremental(
     split of the recipe's split size; ``workers`` cubes are handed to ``encode_many`` at a
     time (default: one after the other here; the flow passes its task runner's).
     ``prune`` deletes published cubes that are no longer selected (kept otherwise).
+    ``dry_run`` reads the target, reconciles and plans, and stops: nothing is encoded.
     ``fault(step, detail)`` is called at each step (download, encode, pack, verify, upload,
     commit, committed): tests stop a run there.
     """
@@ -260,6 +266,7 @@ def publish_incremental(
         raise CubecastError("batch_cubes and workers must be at least 1")
     opts = Options(parse_size(max_disk, "max_disk"), batch_cubes, workers, prune)
     opts.private = recipe.publish.private
+    opts.dry_run = dry_run
     out = Path(out).resolve()
     t0 = time.monotonic()
     with folder_lock(out, "cubecast incremental publish"), DiskSampler(out, 0.25) as disk:

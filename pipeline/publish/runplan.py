@@ -34,6 +34,7 @@ class IncrementalResult:
     removed: list[str] = field(default_factory=list)  # pruned: no longer selected
     kept: list[str] = field(default_factory=list)  # no longer selected, kept (no prune)
     commits: list[Committed] = field(default_factory=list)
+    dry_run: bool = False
     peak_disk: int = 0
     seconds: float = 0.0
 
@@ -41,7 +42,22 @@ class IncrementalResult:
     def bytes_uploaded(self) -> int:
         return sum(c.bytes for c in self.commits)
 
+    @property
+    def uploaded(self) -> list[str]:
+        return [f for c in self.commits for f in c.files]
+
+    @property
+    def cubes(self) -> list[dict[str, Any]]:
+        """The quality row of every cube this run verified and committed."""
+        return [row for c in self.commits for row in c.rows]
+
     def summary(self) -> str:
+        if self.dry_run:
+            return (
+                f"{self.target}: would encode {len(self.encoded)} cubes "
+                f"({self.unchanged} unchanged of {self.selected} selected)"
+                + (f"; would repair: {'; '.join(self.repaired)}" if self.repaired else "")
+            )
         repaired = f"; repaired: {'; '.join(self.repaired)}" if self.repaired else ""
         return (
             f"{self.target}: {len(self.encoded)} cubes encoded, {len(self.reused)} reused "
@@ -51,7 +67,12 @@ class IncrementalResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "bytes_uploaded": self.bytes_uploaded}
+        return {
+            **asdict(self),
+            "bytes_uploaded": self.bytes_uploaded,
+            "uploaded": self.uploaded,
+            "cubes": self.cubes,
+        }
 
 
 @dataclass
@@ -61,6 +82,7 @@ class Options:
     workers: int = 1
     prune: bool = False
     private: bool = False
+    dry_run: bool = False
 
 
 @dataclass

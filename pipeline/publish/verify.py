@@ -110,6 +110,24 @@ class Verification:
         if not self.passed:
             raise VerificationError(self.summary())
 
+    def quality_rows(self) -> list[dict[str, Any]]:
+        """One row per cube: split, min PSNR, bpppb, ratio, verdict (artifacts, summaries)."""
+        rows = []
+        for sid, meta in self.samples.items():
+            checks = [c for c in self.checks if c.sample == sid]
+            lossy = [c.psnr for c in checks if c.role == "continuous"]
+            rows.append(
+                {
+                    "cube": sid,
+                    "split": meta.get("split") or "",
+                    "min_psnr_db": round(min(lossy), 2) if lossy else None,
+                    "bpppb": round(float(meta.get("bpppb") or 0), 4),
+                    "ratio": round(float(meta.get("ratio") or 0), 1),
+                    "passed": all(c.passed for c in checks),
+                }
+            )
+        return rows
+
     def to_json(self) -> str:
         def clean(v: float) -> float | str:
             return v if math.isfinite(v) else str(v)
