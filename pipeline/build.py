@@ -26,7 +26,7 @@ from pipeline.publish.catalog import check_tacocat
 from pipeline.publish.fingerprint import RecordingMirror, source_digest
 from pipeline.publish.panel import draw_sample_panel, panel_bands  # noqa: F401 (re-exported)
 from pipeline.publish.report import PLOTS, write_report
-from pipeline.publish.verify import Verification, verify_shards
+from pipeline.publish.verify import REPORT_JSON, Verification, verify_shards
 from pipeline.recipe import Recipe
 from pipeline.sources import Mirror, load_cube, mirror_for
 from pipeline.taco.pack import StagedSample, encode_sample, pack_shards, stage_sample
@@ -182,6 +182,8 @@ def verify_step(
         paths = sorted(paths)  # a stable sample order: an unchanged dataset re-verifies equal
     folder = Path(out) if out else folder
     mirror = mirror or mirror_for(recipe.source, progress=progress)
+    # a verification that fails, or stops, leaves no record a publish could take as passed
+    (folder / REPORT_JSON).unlink(missing_ok=True)
     if whole:  # a dataset folder: its catalogue and the recipe's selection must match it
         check_tacocat(folder, [Path(p) for p in paths])
     verification = verify_shards(
@@ -193,7 +195,6 @@ def verify_step(
     )
     if whole:
         check_selection(recipe, mirror, verification, folder)
-    verification.write(folder)
     panel = draw_sample_panel(recipe, paths, mirror, folder / PLOTS)
     write_report(verification, folder, title=f"{recipe.taco.title}: verification", panel=panel)
     write_card(recipe, verification, folder)
