@@ -4,24 +4,38 @@ Every mutation is decoded in a worker process with a time limit. Stream mutation
 flips, truncation, inserted bytes) get their manifest's ``nbytes``/``sha256`` recomputed,
 so they reach the decoders instead of stopping at the checksum; manifest edits change one
 field; shard mutations do the same inside a ``.tacozip`` (rewritten with the changed
-members) or flip/cut/insert raw shard bytes. Outcomes:
+members) or flip/cut/insert raw shard bytes. Those are *re-signed*: the fuzzer rewrote
+the checksums, as a crafter would, so a changed decode is expected of them. Manifest bit
+flips (``manifest_bitflip`` in a folder, ``shard_manifest_bitflip`` in a shard, the ZIP's
+CRC recomputed but not the row's SHA-256) and raw shard mutations are not re-signed: a
+changed decode of those is silent corruption. ``crafted`` runs a fixed list of crafted
+files (huge declared sizes, a zstd mask bomb, sparse and oversized tar members, streams
+whose frames are not the manifest's; as shards, folders and tars, and ``cubecast info``
+on the tar), each of which must be refused; the worker's peak RSS is measured for every
+decode (its high-water mark reset before each). Outcomes:
 
 - ``refused``: a CubecastError (the CLI prints one line)
 - ``traceback``: any other exception (the CLI would print a traceback)
 - ``crash``: the worker process died (a signal, an abort)
 - ``hang``: no answer within the time limit
 - ``same``: decoded, equal to the unmutated decode (the mutation did not matter)
-- ``silent_wrong``: decoded without error but different from the unmutated decode
+- ``changed``: a re-signed mutation decoded differently (undetectable by design)
+- ``silent_wrong``: a mutation that was not re-signed (or a crafted file) decoded
+  without error but differently from the unmutated decode
 
-Usage: ``python bench/fuzz.py --mutations 1000 --seed 0 --out bench/results``
+The worker decodes under ``CUBECAST_DECODE_BUDGET`` = ``--budget`` (512M by default: the
+fuzzed cubes need about 1 MB); a crafted decode peaking over ``--max-rss`` (1 GiB) is
+reported. Usage: ``python bench/fuzz.py --mutations 1000 --seed 0 --out bench/results``
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import multiprocessing as mp
+import os
 import random
 import shutil
 import sys
@@ -41,17 +55,23 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-OUTCOMES = ("refused", "traceback", "crash", "hang", "same", "silent_wrong")
+OUTCOMES = ("refused", "traceback", "crash", "hang", "same", "changed", "silent_wrong")
 KINDS = (
     "stream_bitflip",
     "stream_truncate",
     "stream_insert",
     "manifest_edit",
+    "manifest_bitflip",
     "shard_member",
     "shard_manifest",
+    "shard_manifest_bitflip",
     "shard_raw",
 )
+RESIGNED = {"stream_bitflip", "stream_truncate", "stream_insert", "manifest_edit"}
+RESIGNED |= {"shard_member", "shard_manifest"}
 MANIFEST = "manifest.json"
+ROWS = "METADATA/level0.parquet"
+MiB = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------
@@ -112,40 +132,65 @@ def decode_target(kind: str, path: str) -> str:
 
     if kind == "folder":
         return digest(decode_cube(EncodedCube.from_folder(path)))
+    if kind == "tar":
+        return digest(decode_cube(EncodedCube.open(path)))
+    if kind == "tar_info":  # what `cubecast info` reads: the manifest and sizes
+        enc = EncodedCube.open(path)
+        return f"{enc!r}"
     parts = [f"{sid}:{digest(ds)}" for sid, ds in iter_samples(path)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _worker(conn: Any) -> None:
+def _reset_peak_rss() -> None:
+    """Linux: reset the process's RSS high-water mark, so ru_maxrss is this decode's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # then ru_maxrss is the worker's high-water mark: an upper bound
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _worker(conn: Any, budget: str) -> None:
     import warnings
 
     warnings.simplefilter("ignore")
+    os.environ["CUBECAST_DECODE_BUDGET"] = budget
     from pipeline.errors import CubecastError
 
     while True:
         task = conn.recv()
         if task is None:
             return
+        _reset_peak_rss()
         try:
-            conn.send(("ok", decode_target(*task)))
+            got = ("ok", decode_target(*task))
         except CubecastError as exc:
-            conn.send(("refused", f"{type(exc).__name__}: {exc}"))
+            got = ("refused", f"{type(exc).__name__}: {exc}")
         except BaseException as exc:  # noqa: BLE001  (what we are counting)
             tb = traceback.format_exc(limit=-3)
-            conn.send(("traceback", f"{type(exc).__name__}: {exc}\n{tb}"))
+            got = ("traceback", f"{type(exc).__name__}: {exc}\n{tb}")
+        conn.send((*got, _peak_rss()))
 
 
 class Decoder:
     """A worker process that decodes with a time limit, restarted after a hang or crash."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, budget: str = "512M") -> None:
         self.timeout = timeout
+        self.budget = budget
+        self.last_rss = 0
         self._ctx = mp.get_context("spawn")
         self._start()
 
     def _start(self) -> None:
         self._conn, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(target=_worker, args=(child,), daemon=True)
+        self._proc = self._ctx.Process(target=_worker, args=(child, self.budget), daemon=True)
         self._proc.start()
 
     def _restart(self) -> None:
@@ -155,12 +200,14 @@ class Decoder:
 
     def decode(self, kind: str, path: Path) -> tuple[str, str]:
         self._conn.send((kind, str(path)))
+        self.last_rss = 0
         # the first call also pays for the imports
         if not self._conn.poll(self.timeout):
             self._restart()
             return "hang", f"no answer in {self.timeout:g} s"
         try:
-            return self._conn.recv()
+            status, out, self.last_rss = self._conn.recv()
+            return status, out
         except EOFError:
             code = self._proc.exitcode
             self._restart()
@@ -285,8 +332,19 @@ class Case:
     path: Path
 
 
+def flip_bit(data: bytes, rng: random.Random) -> tuple[bytes, int]:
+    b = bytearray(data)
+    bit = rng.randrange(len(b) * 8)
+    b[bit // 8] ^= 1 << (bit % 8)
+    return bytes(b), bit
+
+
 def mutate_folder(src: Path, dst: Path, kind: str, rng: random.Random) -> Case:
     shutil.copytree(src, dst)
+    if kind == "manifest_bitflip":  # not re-signed: a flipped bit on disk
+        data, bit = flip_bit((dst / MANIFEST).read_bytes(), rng)
+        (dst / MANIFEST).write_bytes(data)
+        return Case(kind, f"bit {bit} of {MANIFEST}", "folder", dst)
     m = load_manifest((dst / MANIFEST).read_bytes())
     if kind == "manifest_edit":
         what = edit_manifest(m, rng)
@@ -302,17 +360,52 @@ def mutate_folder(src: Path, dst: Path, kind: str, rng: random.Random) -> Case:
     return Case(kind, what, "folder", dst)
 
 
+def set_row_digest(members: dict[str, bytes], sid: str) -> None:
+    """Re-sign a sample's row: its ``manifest_sha256`` made to agree with its manifest."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if ROWS not in members:
+        return
+    table = pq.read_table(io.BytesIO(members[ROWS]))
+    if "manifest_sha256" not in table.column_names:
+        return
+    sha = hashlib.sha256(members[f"DATA/{sid}/manifest_json"]).hexdigest()
+    col = table.column("manifest_sha256").to_pylist()
+    ids = table.column("id").to_pylist()
+    col = [sha if i == sid else c for i, c in zip(ids, col, strict=True)]
+    idx = table.column_names.index("manifest_sha256")
+    table = table.set_column(idx, "manifest_sha256", pa.array(col, pa.string()))
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    members[ROWS] = out.getvalue()
+
+
+def write_zip(dst: Path, members: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def read_zip(src: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(src) as zf:
+        return {i.filename: zf.read(i) for i in zf.infolist()}
+
+
 def mutate_shard(src: Path, dst: Path, kind: str, rng: random.Random) -> Case:
     if kind == "shard_raw":
         op = rng.choice(("bitflip", "truncate", "insert"))
         dst.write_bytes(mutate_bytes(src.read_bytes(), op, rng))
         return Case(kind, f"raw {op}", "shard", dst)
-    with zipfile.ZipFile(src) as zf:
-        members = {i.filename: zf.read(i) for i in zf.infolist()}
+    members = read_zip(src)
     samples = sorted({n.split("/")[1] for n in members if n.startswith("DATA/")})
     sid = rng.choice(samples)
     prefix = f"DATA/{sid}/"
     mkey = prefix + "manifest_json"
+    if kind == "shard_manifest_bitflip":  # CRC right (flipped before zipping), row not
+        members[mkey], bit = flip_bit(members[mkey], rng)
+        write_zip(dst, members)
+        return Case(kind, f"bit {bit} of {mkey}", "shard", dst)
     m = load_manifest(members[mkey])
     if kind == "shard_manifest":
         what = edit_manifest(m, rng)
@@ -336,10 +429,185 @@ def mutate_shard(src: Path, dst: Path, kind: str, rng: random.Random) -> Case:
             recompute(m, file, data)
         what = f"{op} {child}"
     members[mkey] = dump_manifest(m)
-    with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
+    set_row_digest(members, sid)
+    write_zip(dst, members)
     return Case(kind, what, "shard", dst)
+
+
+# ---------------------------------------------------------------------------------------
+# crafted files: small files declaring huge allocations (each must be refused)
+# ---------------------------------------------------------------------------------------
+def zstd_bomb(n: int) -> bytes:
+    """A zstd frame of ``n`` zero bytes with its content size declared, made 16 MiB at a
+    time (2.2 GB become about 70 kB)."""
+    import zstandard
+
+    cobj = zstandard.ZstdCompressor(level=3).compressobj(size=n)
+    block = bytes(16 * MiB)
+    parts = [cobj.compress(block[: min(len(block), n - i)]) for i in range(0, n, len(block))]
+    return b"".join(parts) + cobj.flush()
+
+
+def video(h: int, w: int, frames: int, pix_fmt: str) -> bytes:
+    """An FFV1 stream of zero frames (cheap at any size)."""
+    from pipeline.codec.pyav_engine import PyAVWriter
+    from pipeline.codec.settings import VideoSettings, n_planes, sample_dtype
+
+    buf = io.BytesIO()
+    w_ = PyAVWriter(buf, h, w, VideoSettings(codec="ffv1", pix_fmt=pix_fmt, lossless=True))
+    for _ in range(frames):
+        w_.write(np.zeros((n_planes(pix_fmt), h, w), sample_dtype(pix_fmt)))
+    w_.close()
+    return buf.getvalue()
+
+
+def sparse_member(name: str, size: int) -> tuple[Any, bytes]:
+    """A PAX (GNU 0.1) sparse tar member: no data, one hole of ``size`` bytes."""
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.pax_headers = {
+        "GNU.sparse.map": f"{size},0",
+        "GNU.sparse.size": str(size),
+        "GNU.sparse.name": name,
+    }
+    return info, b""
+
+
+def write_tar(dst: Path, files: dict[str, bytes], extra: list[tuple[Any, bytes]]) -> Path:
+    import tarfile
+
+    with tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info, data in extra:
+            tar.addfile(info, io.BytesIO(data))
+    return dst
+
+
+def _sizes(**kw: int) -> Callable[[dict[str, Any]], None]:
+    def edit(m: dict[str, Any]) -> None:
+        for dim, n in kw.items():
+            m["sizes"][m[f"{dim}_dim"]] = n
+
+    return edit
+
+
+def _nothing_stored(m: dict[str, Any]) -> None:
+    m["sizes"][m["y_dim"]] = m["sizes"][m["x_dim"]] = 4096
+    for s in m["streams"]:
+        if s["kind"] != "mask":
+            s["frames"] = []
+
+
+def _ranges(m: dict[str, Any]) -> None:
+    for i in range(8):
+        m["attrs"][f"crafted{i}"] = {"__range__": [0, 1, 1 << 25], "dtype": "int64"}
+
+
+MANIFEST_EDITS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
+    ("3 x 32768 x 32768 frames", _sizes(y=32768, x=32768)),
+    ("64 x 32768 x 32768 frames", _sizes(time=64, y=32768, x=32768)),
+    ("a million frames", _sizes(time=1 << 20)),
+    ("4096 px, no frame stored", _nothing_stored),
+    ("8 x 256 MiB ranges in attrs", _ranges),
+]
+
+
+def crafted_cases(folder: Path, shard: Path, work: Path) -> list[tuple[Case, str]]:
+    """Crafted files made from one cube (as a shard, a folder and a tar), each with the
+    baseline key its decode is compared with."""
+    cases: list[tuple[Case, str]] = []
+    members = read_zip(shard)
+    sid = sorted({n.split("/")[1] for n in members if n.startswith("DATA/")})[0]
+    prefix, mkey = f"DATA/{sid}/", f"DATA/{sid}/manifest_json"
+    m0 = load_manifest(members[mkey])
+    video_stream = next(s for s in m0["streams"] if s["kind"] != "mask")
+    mask = next((s for s in m0["streams"] if s["kind"] == "mask"), None)
+    h, w = m0["sizes"][m0["y_dim"]], m0["sizes"][m0["x_dim"]]
+    n = m0["sizes"][m0["time_dim"]]
+
+    def shard_case(
+        what: str, edit: Callable[[dict[str, Any]], None] | None, files: dict[str, bytes]
+    ) -> None:
+        got, m = dict(members), json.loads(json.dumps(m0))
+        for file, data in files.items():
+            got[prefix + file.replace(".", "_")] = data
+            recompute(m, file, data)
+        if edit:
+            edit(m)
+        got[mkey] = dump_manifest(m)
+        set_row_digest(got, sid)
+        dst = work / f"crafted{len(cases)}.tacozip"
+        write_zip(dst, got)
+        cases.append((Case("crafted", f"shard: {what}", "shard", dst), str(shard)))
+
+    for what, edit in MANIFEST_EDITS:
+        shard_case(what, edit, {})
+    if mask is not None:
+        shard_case("zstd mask bomb (2.2 GB)", None, {mask["file"]: zstd_bomb(2_200_000_000)})
+    pix = "gray16le" if video_stream["pix_fmt"] not in ("gray", "gray16le") else "gbrp16le"
+    larger = {
+        "frames 2x larger": video(
+            2 * h,
+            2 * w,
+            n,
+            video_stream["pix_fmt"]
+            if video_stream["pix_fmt"] in ("gray", "gray16le", "gbrp")
+            else "gray16le",
+        ),
+        "8192 x 8192 frames (about 1 GB)": video(8192, 8192, 1, "gray16le"),
+        "another pixel format": video(h, w, n, pix),
+    }
+    for what, data in larger.items():
+        shard_case(f"{video_stream['file']}: {what}", None, {video_stream["file"]: data})
+
+    # a folder: the same manifest edit and bomb
+    for what, edit, files in (
+        ("3 x 32768 x 32768 frames", _sizes(y=32768, x=32768), {}),
+        ("zstd mask bomb (2.2 GB)", None, {mask["file"]: zstd_bomb(2_200_000_000)} if mask else {}),
+    ):
+        dst = work / f"crafted{len(cases)}"
+        shutil.copytree(folder, dst)
+        m = load_manifest((dst / MANIFEST).read_bytes())
+        for file, data in files.items():
+            (dst / file).write_bytes(data)
+            recompute(m, file, data)
+        if edit:
+            edit(m)
+        (dst / MANIFEST).write_bytes(dump_manifest(m))
+        cases.append((Case("crafted", f"folder: {what}", "folder", dst), str(folder)))
+
+    # tars: a sparse member that no one names, a sparse stream, an oversized member
+    files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != MANIFEST}
+    files = {MANIFEST: (folder / MANIFEST).read_bytes(), **files}
+    junk = sparse_member("junk", 6_400_000_000)
+    some = next(iter(n for n in files if n != MANIFEST))
+    stream_sparse = sparse_member(some, 6_400_000_000)
+    over_info, over = _oversized(some, 64 * MiB)
+    for what, kind, keep, extra in (
+        ("sparse 6.4 GB member (cubecast info)", "tar_info", files, [junk]),
+        ("sparse 6.4 GB member (decode)", "tar", files, [junk]),
+        (f"{some} as a sparse 6.4 GB member", "tar", _without(files, some), [stream_sparse]),
+        (f"{some} claims 64 MiB", "tar", _without(files, some), [(over_info, over)]),
+    ):
+        dst = write_tar(work / f"crafted{len(cases)}.tar", keep, extra)
+        cases.append((Case("crafted", f"tar: {what}", kind, dst), f"{kind}:{folder}"))
+    return cases
+
+
+def _without(files: dict[str, bytes], name: str) -> dict[str, bytes]:
+    return {k: v for k, v in files.items() if k != name}
+
+
+def _oversized(name: str, size: int) -> tuple[Any, bytes]:
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info, bytes(size)
 
 
 # ---------------------------------------------------------------------------------------
@@ -349,19 +617,43 @@ def mutate_shard(src: Path, dst: Path, kind: str, rng: random.Random) -> Case:
 class Result:
     counts: dict[str, Counter] = field(default_factory=dict)
     examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    crafted: list[dict[str, Any]] = field(default_factory=list)
+    max_rss: int = 0  # bytes, the largest peak of any single decode
     seconds: float = 0.0
 
-    def add(self, case: Case, outcome: str, detail: str) -> None:
+    def add(self, case: Case, outcome: str, detail: str, rss: int = 0) -> None:
         self.counts.setdefault(case.kind, Counter())[outcome] += 1
+        self.max_rss = max(self.max_rss, rss)
         ex = self.examples.setdefault(outcome, [])
-        if outcome not in ("same", "refused") and len(ex) < 50:
+        if outcome not in ("same", "refused", "changed") and len(ex) < 50:
             ex.append({"kind": case.kind, "mutation": case.what, "detail": detail[-1500:]})
+        if case.kind == "crafted":
+            self.crafted.append(
+                {
+                    "case": case.what,
+                    "outcome": outcome,
+                    "peak_rss_mib": round(rss / MiB, 1),
+                    "detail": detail.splitlines()[0][:300] if detail else "",
+                }
+            )
 
     def total(self) -> Counter:
         out: Counter = Counter()
         for c in self.counts.values():
             out.update(c)
         return out
+
+    @property
+    def crafted_max_rss(self) -> int:
+        return int(max((c["peak_rss_mib"] for c in self.crafted), default=0) * MiB)
+
+
+def classify(kind: str, status: str, out: str, baseline: str) -> str:
+    if status != "ok":
+        return status
+    if out == baseline:
+        return "same"
+    return "changed" if kind in RESIGNED else "silent_wrong"
 
 
 def run(
@@ -370,23 +662,51 @@ def run(
     timeout: float = 30.0,
     work: Path | None = None,
     log: Callable[[str], None] | None = None,
+    budget: str = "512M",
+    crafted: bool = True,
 ) -> Result:
-    """Fuzz ``mutations`` mutated cubes/shards; the same seed gives the same mutations."""
+    """Fuzz ``mutations`` mutated cubes/shards (and, with ``crafted``, the crafted files);
+    the same seed gives the same mutations."""
     rng = random.Random(seed)
     own = work is None
     work = Path(tempfile.mkdtemp(prefix="cubecast-fuzz-")) if work is None else work
     result = Result()
     start = time.perf_counter()
-    decoder = Decoder(timeout)
+    decoder = Decoder(timeout, budget)
     try:
         folders, shards = base_cubes(work / "base")
         baseline = {}
-        for target, paths in (("folder", folders), ("shard", shards)):
+        tar = work / "base" / "a.tar"
+        write_tar(
+            tar,
+            {MANIFEST: (folders[0] / MANIFEST).read_bytes()}
+            | {p.name: p.read_bytes() for p in sorted(folders[0].iterdir()) if p.name != MANIFEST},
+            [],
+        )
+        for target, paths in (
+            ("folder", folders),
+            ("shard", shards),
+            ("tar", [tar]),
+            ("tar_info", [tar]),
+        ):
             for p in paths:
                 status, out = decoder.decode(target, p)
                 if status != "ok":
                     raise RuntimeError(f"unmutated {p} does not decode: {out}")
-                baseline[str(p)] = out
+                baseline[str(p) if target in ("folder", "shard") else f"{target}:{folders[0]}"] = (
+                    out
+                )
+        if crafted:
+            for case, key in crafted_cases(folders[0], shards[0], work):
+                status, out = decoder.decode(case.target, case.path)
+                outcome = classify("crafted", status, out, baseline[key])
+                result.add(case, outcome, out, decoder.last_rss)
+                if case.path.is_dir():
+                    shutil.rmtree(case.path)
+                else:
+                    case.path.unlink(missing_ok=True)
+            if log:
+                log(f"crafted: {dict(result.counts.get('crafted', {}))}")
         for i in range(mutations):
             kind = KINDS[i % len(KINDS)] if i < len(KINDS) else rng.choice(KINDS)
             dst = work / f"m{i}"
@@ -397,9 +717,7 @@ def run(
                 src = rng.choice(folders)
                 case = mutate_folder(src, dst, kind, rng)
             status, out = decoder.decode(case.target, case.path)
-            if status == "ok":
-                status = "same" if out == baseline[str(src)] else "silent_wrong"
-            result.add(case, status, out)
+            result.add(case, classify(kind, status, out, baseline[str(src)]), out, decoder.last_rss)
             if case.path.is_dir():
                 shutil.rmtree(case.path)
             else:
@@ -416,12 +734,17 @@ def run(
 
 def table(result: Result) -> str:
     cols = OUTCOMES
-    lines = [f"{'mutation':16}" + "".join(f"{c:>14}" for c in cols) + f"{'total':>8}"]
-    for kind in KINDS:
+    w = max(len(k) for k in (*KINDS, "crafted")) + 2
+    lines = [f"{'mutation':{w}}" + "".join(f"{c:>13}" for c in cols) + f"{'total':>8}"]
+    for kind in (*KINDS, "crafted"):
         c = result.counts.get(kind, Counter())
-        lines.append(f"{kind:16}" + "".join(f"{c[o]:>14}" for o in cols) + f"{sum(c.values()):>8}")
+        lines.append(f"{kind:{w}}" + "".join(f"{c[o]:>13}" for o in cols) + f"{sum(c.values()):>8}")
     t = result.total()
-    lines.append(f"{'all':16}" + "".join(f"{t[o]:>14}" for o in cols) + f"{sum(t.values()):>8}")
+    lines.append(f"{'all':{w}}" + "".join(f"{t[o]:>13}" for o in cols) + f"{sum(t.values()):>8}")
+    if result.crafted:
+        lines += ["", f"{'crafted file':58}{'outcome':>14}{'peak RSS MiB':>14}"]
+        for c in result.crafted:
+            lines.append(f"{c['case'][:58]:58}{c['outcome']:>14}{c['peak_rss_mib']:>14.0f}")
     return "\n".join(lines)
 
 
@@ -430,14 +753,25 @@ def main() -> None:
     ap.add_argument("--mutations", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per decode")
+    ap.add_argument("--budget", default="512M", help="CUBECAST_DECODE_BUDGET of the worker")
+    ap.add_argument("--max-rss", type=float, default=1024, help="MiB a crafted decode may peak at")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
-    result = run(args.mutations, args.seed, args.timeout, log=lambda s: print(s, flush=True))
+    result = run(
+        args.mutations,
+        args.seed,
+        args.timeout,
+        log=lambda s: print(s, flush=True),
+        budget=args.budget,
+    )
     print(table(result))
     t = result.total()
+    over = [c for c in result.crafted if c["peak_rss_mib"] > args.max_rss]
     print(
-        f"{sum(t.values())} mutations in {result.seconds:.0f} s: {t['crash']} crashes, "
-        f"{t['hang']} hangs, {t['traceback']} tracebacks, {t['silent_wrong']} silent-wrong"
+        f"{sum(t.values())} cases in {result.seconds:.0f} s: {t['crash']} crashes, "
+        f"{t['hang']} hangs, {t['traceback']} tracebacks, {t['silent_wrong']} silent-wrong; "
+        f"crafted decodes peaked at {result.crafted_max_rss / MiB:.0f} MiB RSS at most "
+        f"({len(over)} over {args.max_rss:g} MiB), any decode at {result.max_rss / MiB:.0f} MiB"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"fuzz_seed{args.seed}_n{args.mutations}.json"
@@ -447,15 +781,21 @@ def main() -> None:
                 "command": " ".join(["python", "bench/fuzz.py", *sys.argv[1:]]),
                 "mutations": args.mutations,
                 "seed": args.seed,
+                "budget": args.budget,
                 "seconds": round(result.seconds, 1),
                 "totals": dict(t),
                 "by_kind": {k: dict(v) for k, v in result.counts.items()},
+                "crafted": result.crafted,
+                "crafted_max_rss_mib": round(result.crafted_max_rss / MiB, 1),
+                "max_rss_mib": round(result.max_rss / MiB, 1),
                 "examples": result.examples,
             },
             indent=1,
         )
     )
     print(f"wrote {path}")
+    if t["crash"] or t["hang"] or t["traceback"] or t["silent_wrong"] or over:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

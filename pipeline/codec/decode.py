@@ -16,9 +16,7 @@ import xarray as xr
 from pipeline.codec import budget, jsonvalues
 from pipeline.codec.codemap import CodeMap
 from pipeline.codec.encoded import EncodedCube
-from pipeline.codec.groupcoder import (
-    untile,
-)
+from pipeline.codec.groupcoder import stream_size, untile
 from pipeline.codec.manifest import (
     Manifest,
     StreamInfo,
@@ -27,7 +25,7 @@ from pipeline.codec.manifest import (
 from pipeline.codec.masks import decode_masks
 from pipeline.codec.netcdf import dataset_from_bytes
 from pipeline.codec.pyav_engine import DecodeStats, FrameBounds, decode_frames
-from pipeline.codec.settings import n_planes
+from pipeline.codec.settings import VideoSettings, n_planes
 from pipeline.errors import CorruptStreamError, CubecastError, InvalidCubeError, ManifestError
 
 
@@ -50,9 +48,8 @@ def _time_window(m: Manifest, time: slice | None) -> tuple[int, int]:
 
 
 def _most(n: int, pyav: bool) -> int:
-    """The largest padded side an encoder writes for a side of ``n`` px: PyAV's x265 pads
-    to whole 64-px CTUs (at least two), the others to even sizes, their minimum side (64 px
-    for VVC) and x265's safe widths (up to 66 px), allowed here to a multiple of 8."""
+    """A loose bound for streams of codecs this version does not know: PyAV's x265 pads to
+    whole 64-px CTUs (at least two), the others to their minimum side (up to 66 px)."""
     if pyav:
         return max(128, n + (-n % 64))
     return max(66, n + (-n % 8))
@@ -60,11 +57,19 @@ def _most(n: int, pyav: bool) -> int:
 
 def frame_bounds(m: Manifest, stream: StreamInfo) -> FrameBounds:
     """The frame sizes a stream of this manifest may have: at least its planes (tiled
-    planes stacked, each rounded up to even rows), at most that padded by an encoder."""
+    planes stacked, each rounded up to even rows), at most the frame its encoder writes
+    (even sizes, the codec's minimum side and safe widths, PyAV x265's whole CTUs: the
+    padding only grew between versions, so older streams fit too)."""
     h, w = m.frame_shape
     least_h = stream.tiles * (h + h % 2) if stream.tiles > 1 else h
-    pyav = stream.backend == "pyav"
-    return FrameBounds(stream.pix_fmt, (least_h, w), (_most(least_h, pyav), _most(w, pyav)))
+    try:
+        settings = VideoSettings(stream.codec, stream.pix_fmt, engine=stream.backend)
+        most = stream_size((h + h % 2, w + w % 2), stream.tiles, settings)
+    except (CubecastError, KeyError, ValueError):
+        pyav = stream.backend == "pyav"
+        most = (_most(least_h, pyav), _most(w, pyav))
+    most = (max(most[0], least_h), max(most[1], w))
+    return FrameBounds(stream.pix_fmt, (least_h, w), most)
 
 
 def window_nbytes(m: Manifest, wanted: Sequence[str], n: int) -> int:

@@ -127,7 +127,10 @@ class FrameBounds:
 
     @property
     def max_pixels(self) -> int:
-        return max(1, self.most[0] * self.most[1])
+        """FFmpeg's ``max_pixels`` for these frames: decoders check their buffers with the
+        width aligned to the stride (up to 64 px) and some with aligned rows, so 128 px of
+        slack a side; the exact size is checked on every frame."""
+        return (self.most[0] + 128) * (self.most[1] + 128)
 
     def too_large(self, name: str) -> str:
         (lh, lw), (mh, mw) = self.least, self.most
