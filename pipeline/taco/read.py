@@ -38,9 +38,9 @@ from pipeline.sources.download import (
     watched_session,
 )
 from pipeline.taco.pack import child_id
+from pipeline.taco.staged import MANIFEST_DIGEST
 
 log = logging.getLogger(__name__)
-from pipeline.taco.staged import MANIFEST_DIGEST
 
 
 class HttpRangeFile(io.RawIOBase):
