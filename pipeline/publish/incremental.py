@@ -89,7 +89,9 @@ class Run:
         self.repair = reconcile(remote, index, listing, state, kept)
         for line in self.repair.lines():
             log(f"{remote.target}: {line}")
-        mirror = mirror_for(recipe.source, progress=False)
+        mirror = mirror_for(
+            recipe.source, progress=False, max_disk=opts.max_disk, disk_root=out
+        )
         digests = DigestCache(out / WORK / "digests.json")
         self.ctx = Context(
             recipe, remote, self.repair.index, raw, listing, mirror, digests, out / WORK
