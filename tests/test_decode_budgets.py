@@ -435,12 +435,12 @@ def _rss_of(cmd: list[str]) -> tuple[int, str, int]:
 
 
 def test_cli_info_on_a_tar_with_a_sparse_member_reads_only_the_manifest(base, tmp_path):
-    size = 1 << 30
+    size = 3 << 30  # the process's imports alone take a few hundred MiB
     tar = tar_with(base["folder"], tmp_path / "s.tar", [sparse_member("junk", size)])
     code, out, rss = _rss_of([sys.executable, "-m", "pipeline.cli", "info", str(tar)])
     assert code == 0, out
     assert "scl" in out
-    assert rss < size // 2, f"cubecast info peaked at {rss / MiB:.0f} MiB"
+    assert rss < size // 3, f"cubecast info peaked at {rss / MiB:.0f} MiB"
 
 
 # ---------------------------------------------------------------------------------------
