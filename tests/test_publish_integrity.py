@@ -21,7 +21,6 @@ import pytest
 from pipeline.errors import BusyError, PublishError, VerificationError
 from pipeline.publish.incremental import publish_incremental
 from pipeline.publish.index import INDEX_FILE, PublishedIndex
-from pipeline.publish.lease import LEASE_FILE, target_lease
 from pipeline.recipe import Recipe, load_recipe, parse_recipe
 from pipeline.sources.twins import write_dynamicearthnet
 from tests.fakehub import FakeHub
@@ -353,6 +352,8 @@ def test_the_hub_stand_in_enforces_parent_commit(hub, tmp_path):
 def test_a_held_lease_makes_the_other_committer_fail_in_one_line(tmp_path, monkeypatch):
     import fsspec
 
+    from pipeline.publish.lease import LEASE_FILE, target_lease
+
     fs = fsspec.filesystem("file")
     with target_lease(fs, str(tmp_path), "T"):
         with pytest.raises(BusyError, match="another cubecast run is committing"):
@@ -363,6 +364,8 @@ def test_a_held_lease_makes_the_other_committer_fail_in_one_line(tmp_path, monke
 
 def test_a_dead_holders_lease_is_broken(tmp_path):
     import fsspec
+
+    from pipeline.publish.lease import LEASE_FILE, target_lease
 
     proc = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
@@ -377,6 +380,8 @@ def test_a_dead_holders_lease_is_broken(tmp_path):
 
 def test_an_expired_lease_is_broken_and_a_garbled_one_waits(tmp_path, monkeypatch):
     import fsspec
+
+    from pipeline.publish.lease import LEASE_FILE, target_lease
 
     fs = fsspec.filesystem("file")
     record = {"token": "x", "host": "elsewhere", "pid": 1, "expires": 1.0}
