@@ -114,8 +114,8 @@ def mutate(raw: bytes, rng: random.Random) -> tuple[str, bytes]:
 
 
 def run_case(raw: bytes, tmp: Path) -> tuple[str, str]:
+    from pipeline.publish.folder_remote import FolderRemote
     from pipeline.publish.reconcile import reconcile
-    from pipeline.publish.remote import FolderRemote
 
     target, state = tmp / "target", tmp / "work" / "state"
     target.mkdir(parents=True, exist_ok=True)

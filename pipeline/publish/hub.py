@@ -87,3 +87,13 @@ def hub_has(have: Any, path: Path, digest: Digest) -> bool:
     if have.lfs is not None:
         return bool(have.lfs.sha256 == digest(path))
     return bool(have.blob_id == _git_blob_sha1(path))
+
+
+def hub_head(api: Any, repo_id: str) -> str | None:
+    """The repo's head commit, or None if there is no repo."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        return str(api.dataset_info(repo_id).sha)
+    except RepositoryNotFoundError:
+        return None

@@ -30,11 +30,11 @@ from pipeline.errors import CubecastError, PublishError
 from pipeline.lock import clean_stale, folder_lock
 from pipeline.publish.batch import Batch, Context, Fault
 from pipeline.publish.commit import Committed, close_batch, raw_files
+from pipeline.publish.connect import open_remote
 from pipeline.publish.disk import DiskSampler, parse_size, used_bytes
 from pipeline.publish.fingerprint import DigestCache, base_mirror
 from pipeline.publish.index import INDEX_FILE, PublishedIndex
 from pipeline.publish.reconcile import reconcile
-from pipeline.publish.remote import open_remote
 from pipeline.publish.runplan import (
     Budget,
     EncodeMany,
@@ -89,9 +89,7 @@ class Run:
         self.repair = reconcile(remote, index, listing, state, kept)
         for line in self.repair.lines():
             log(f"{remote.target}: {line}")
-        mirror = mirror_for(
-            recipe.source, progress=False, max_disk=opts.max_disk, disk_root=out
-        )
+        mirror = mirror_for(recipe.source, progress=False, max_disk=opts.max_disk, disk_root=out)
         digests = DigestCache(out / WORK / "digests.json")
         self.ctx = Context(
             recipe, remote, self.repair.index, raw, listing, mirror, digests, out / WORK

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import CubecastError, PublishError
-from pipeline.publish.index import INDEX_FILE, FileEntry, PublishedIndex
+from pipeline.publish.index import INDEX_FILE, FileEntry, PublishedIndex, ShardEntry
 from pipeline.publish.remote import Remote, RemoteFile
 
 VERIFY_DIR = "verification"
@@ -136,6 +136,36 @@ def _file_problem(remote: Remote, rel: str, want: FileEntry, have: RemoteFile | 
     return "" if digest == want.sha256 else "changed on the target"
 
 
+def _shard_problem(
+    remote: Remote,
+    name: str,
+    entry: ShardEntry,
+    have: RemoteFile | None,
+    shas: _Cache,
+    ids_cache: _Cache,
+) -> str:
+    """What is wrong with a shard the index names ('' if nothing)."""
+    if have is None:
+        return "missing on the target"
+    if have.size is not None and have.size != entry.size:
+        return f"{have.size:,} bytes on the target, {entry.size:,} in the index"
+    try:
+        digest = _sha256(remote, name, have, shas)
+        if digest is None:
+            return "missing on the target"
+        if digest != entry.sha256:
+            return "its bytes differ from the index's SHA-256"
+        ids = ids_cache.data.get(digest)
+        if not isinstance(ids, list):
+            ids = shard_sample_ids(remote, name, entry.size)
+            ids_cache.data[digest] = ids
+        if sorted(ids) != sorted(entry.cubes):
+            return "it does not hold the cubes the index lists"
+    except CubecastError as exc:
+        return str(exc).split(": ", 1)[-1][:160]
+    return ""
+
+
 def reconcile(
     remote: Remote,
     index: PublishedIndex,
@@ -150,28 +180,7 @@ def reconcile(
     repaired = PublishedIndex.parse(index.to_bytes(), "index")  # a copy
     repair = Repair(repaired)
     for name, entry in sorted(index.shards.items()):
-        have = listing.get(name)
-        problem = ""
-        if have is None:
-            problem = "missing on the target"
-        elif have.size is not None and have.size != entry.size:
-            problem = f"{have.size:,} bytes on the target, {entry.size:,} in the index"
-        else:
-            try:
-                digest = _sha256(remote, name, have, shas)
-                if digest is None:
-                    problem = "missing on the target"
-                elif digest != entry.sha256:
-                    problem = "its bytes differ from the index's SHA-256"
-                else:
-                    ids = ids_cache.data.get(digest)
-                    if not isinstance(ids, list):
-                        ids = shard_sample_ids(remote, name, entry.size)
-                        ids_cache.data[digest] = ids
-                    if sorted(ids) != sorted(entry.cubes):
-                        problem = "it does not hold the cubes the index lists"
-            except CubecastError as exc:
-                problem = str(exc).split(": ", 1)[-1][:160]
+        problem = _shard_problem(remote, name, entry, listing.get(name), shas, ids_cache)
         if problem:
             repair.broken[name] = problem
             repaired.shards.pop(name, None)

@@ -28,7 +28,15 @@ from typing import Any
 from pipeline.codec.encoded import file_sha256
 from pipeline.errors import PublishError
 from pipeline.publish.hub import HF_TARGET as _HF
-from pipeline.publish.hub import HUB_KEEP, Digest, hub_errors, hub_has, hub_token, hub_tree
+from pipeline.publish.hub import (
+    HUB_KEEP,
+    Digest,
+    hub_errors,
+    hub_has,
+    hub_head,
+    hub_token,
+    hub_tree,
+)
 from pipeline.publish.lease import target_lease
 from pipeline.publish.verify import REPORT_JSON, Verification, dataset_files
 from pipeline.sources.download import hub_endpoint
@@ -272,10 +280,10 @@ def _publish_hub(
     target = f"hf://datasets/{repo_id}"
     result = PublishResult(target, dry_run=dry_run)
     with hub_errors(target, token, endpoint):
-        head = _hub_head(api, repo_id)
+        head = hub_head(api, repo_id)
         if head is None and not dry_run:
             api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-            head = _hub_head(api, repo_id)
+            head = hub_head(api, repo_id)
         remote = (hub_tree(api, repo_id, revision=head) or {}) if head else {}
         ops: list[Any] = []
         for rel in files:
@@ -307,16 +315,6 @@ def _publish_hub(
             )
             result.commit = info.oid
     return result
-
-
-def _hub_head(api: Any, repo_id: str) -> str | None:
-    """The repo's head commit, or None if there is no repo."""
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    try:
-        return str(api.dataset_info(repo_id).sha)
-    except RepositoryNotFoundError:
-        return None
 
 
 def publish(
