@@ -6,7 +6,7 @@ from the seed (sizes, positions, rates): endless bodies (chunked or close-delimi
 wrong range, corrupted bytes with a matching or a stale SHA-256, dropped connections, and
 indexes with bad lines or names that climb out of the cache. The client side is what users
 run: :class:`~pipeline.sources.mirror.HttpMirror` and
-:class:`~pipeline.taco.read.HttpRangeFile`, with short limits so a case takes seconds.
+:class:`~pipeline.taco.http.HttpRangeFile`, with short limits so a case takes seconds.
 Outcomes:
 
 - ``ok``: the expected bytes came back (a case that should succeed)
@@ -255,7 +255,7 @@ class Case:
 
 
 def _limits(**k: Any) -> Any:
-    from pipeline.sources.download import Limits
+    from pipeline.sources.limits import Limits
 
     base = {"floor": 2.0, "min_rate": 2e6, "cap": 4 << 20, "disk_reserve": 0}
     return Limits(**{**base, **k})
@@ -281,7 +281,7 @@ def _mirror_fetch(rel: str = "f.bin", index: str = "SHA256SUMS", **limits: Any) 
 
 def _range_read(spans: list[tuple[int, int]], **kw: Any) -> Callable:
     def run(srv: HostileServer, cache: Path) -> bytes:
-        from pipeline.taco.read import HttpRangeFile
+        from pipeline.taco.http import HttpRangeFile
 
         opts = {k: v for k, v in kw.items() if k != "limits"}
         f = HttpRangeFile(f"{srv.url}/f.bin", limits=_limits(**kw.get("limits", {})), **opts)
@@ -298,7 +298,7 @@ def _range_read(spans: list[tuple[int, int]], **kw: Any) -> Callable:
 
 
 def _zip_read(srv: HostileServer, cache: Path) -> bytes:
-    from pipeline.taco.read import HttpRangeFile
+    from pipeline.taco.http import HttpRangeFile
 
     with HttpRangeFile(f"{srv.url}/f.bin", limits=_limits()) as f, zipfile.ZipFile(f) as z:
         return b"".join(z.read(n) for n in sorted(z.namelist()))

@@ -57,7 +57,7 @@ MACHINE_ERRNOS = frozenset(
 
 
 def main() -> None:
-    from pipeline.sources.download import network_errors
+    from pipeline.sources.body import network_errors
 
     try:
         app()

@@ -132,7 +132,7 @@ def test_trickled_headers_fail_at_the_deadline(tmp_path, monkeypatch):
 
 
 def test_the_deadline_follows_the_pace_when_no_size_is_declared(tmp_path):
-    from pipeline.sources.download import Limits
+    from pipeline.sources.limits import Limits
 
     data = blob(300_000)
     b = Behaviour(body=data, trickle=0.02, trickle_after=50_000)
@@ -178,7 +178,7 @@ MEMBERS = {f"DATA/s/{i}.bin": blob(20_000 + 1000 * i, i) for i in range(8)}
 
 
 def test_a_server_ignoring_range_serves_the_shard_once(tmp_path):
-    from pipeline.taco.read import HttpRangeFile
+    from pipeline.taco.http import HttpRangeFile
 
     shard = zip_bytes(MEMBERS)
     with HostileServer({"f.bin": Behaviour(body=shard, ranges=False)}) as srv:
@@ -189,7 +189,7 @@ def test_a_server_ignoring_range_serves_the_shard_once(tmp_path):
 
 
 def test_a_shard_over_the_cap_on_a_server_ignoring_range_is_refused(monkeypatch):
-    from pipeline.taco.read import HttpRangeFile
+    from pipeline.taco.http import HttpRangeFile
 
     monkeypatch.setenv("CUBECAST_RANGE_FALLBACK_MAX", "10KB")
     shard = zip_bytes(MEMBERS)
@@ -203,7 +203,7 @@ def test_a_shard_over_the_cap_on_a_server_ignoring_range_is_refused(monkeypatch)
 @pytest.mark.parametrize("ranges", [True, False], ids=["honoured", "ignored"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_range_reads_at_random_positions(ranges, seed):
-    from pipeline.taco.read import HttpRangeFile
+    from pipeline.taco.http import HttpRangeFile
 
     rng = random.Random(seed)
     data = blob(rng.randint(1, 200_000), seed)
@@ -217,7 +217,7 @@ def test_range_reads_at_random_positions(ranges, seed):
 
 
 def test_a_range_answer_longer_than_asked_is_refused():
-    from pipeline.taco.read import HttpRangeFile
+    from pipeline.taco.http import HttpRangeFile
 
     data = blob(100_000)
     b = Behaviour(body=data, content_range=f"bytes 0-{len(data) - 1}/{len(data)}")

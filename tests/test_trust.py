@@ -28,7 +28,8 @@ from pipeline.codec.options import EncodeOptions
 from pipeline.errors import CubecastError, PublishError, RecipeError
 from pipeline.publish.targets import publish
 from pipeline.recipe import load_recipe, parse_recipe
-from pipeline.sources.download import auth_headers, download
+from pipeline.sources.download import download
+from pipeline.sources.hub_auth import auth_headers
 from pipeline.sources.mirror import FsspecMirror, HttpMirror, LocalMirror
 from pipeline.sources.twins import write_dynamicearthnet
 from pipeline.taco.pack import DatasetInfo, encode_sample, pack_shards, stage_sample

@@ -18,13 +18,9 @@ from typing import Protocol
 
 from pipeline.confine import confined, safe_relpath
 from pipeline.errors import SourceError, UnsafePathError
-from pipeline.sources.download import (
-    DiskBudget,
-    Limits,
-    RetryPolicy,
-    cache_budget,
-    download,
-)
+from pipeline.sources.disk_budget import DiskBudget, cache_budget
+from pipeline.sources.download import RetryPolicy, download
+from pipeline.sources.limits import Limits
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
