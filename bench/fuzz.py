@@ -161,8 +161,12 @@ def _worker(conn: Any, budget: str) -> None:
 
     warnings.simplefilter("ignore")
     os.environ["CUBECAST_DECODE_BUDGET"] = budget
+    # the imports a decode needs, before the first case's clock starts
+    import pipeline.codec.decode  # noqa: F401
+    import pipeline.taco.read  # noqa: F401
     from pipeline.errors import CubecastError
 
+    conn.send("ready")
     while True:
         task = conn.recv()
         if task is None:
@@ -178,8 +182,26 @@ def _worker(conn: Any, budget: str) -> None:
         conn.send((*got, _peak_rss()))
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) process ``pid`` has used; None off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Decoder:
-    """A worker process that decodes with a time limit, restarted after a hang or crash."""
+    """A worker process that decodes with a time limit, restarted after a hang or crash.
+
+    A decode hangs when it has used ``timeout`` seconds of CPU (a loop), or
+    ``WALL_SLACK`` x ``timeout`` seconds of wall time (a deadlock): on a loaded machine a
+    decode's wall time stretches, its CPU time does not. The worker's imports are done
+    before its first decode's clock starts (``STARTUP`` seconds at most)."""
+
+    WALL_SLACK = 4
+    STARTUP = 300.0
 
     def __init__(self, timeout: float, budget: str = "512M") -> None:
         self.timeout = timeout
@@ -192,19 +214,40 @@ class Decoder:
         self._conn, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(target=_worker, args=(child, self.budget), daemon=True)
         self._proc.start()
+        try:
+            ready = self._conn.poll(self.STARTUP) and self._conn.recv() == "ready"
+        except EOFError:
+            ready = False
+        if not ready:
+            self._proc.kill()
+            raise RuntimeError(f"the decode worker did not start in {self.STARTUP:g} s")
 
     def _restart(self) -> None:
         self._proc.kill()
         self._proc.join()
         self._start()
 
+    def _wait(self) -> str | None:
+        """None once the worker has answered (or died); why it hangs otherwise."""
+        cpu0 = _cpu_seconds(self._proc.pid)
+        start = time.monotonic()
+        while not self._conn.poll(min(1.0, self.timeout)):
+            wall = time.monotonic() - start
+            cpu = _cpu_seconds(self._proc.pid)
+            used = wall if cpu is None or cpu0 is None else cpu - cpu0
+            if used >= self.timeout:
+                return f"no answer after {used:.0f} s of CPU ({wall:.0f} s)"
+            if wall >= self.WALL_SLACK * self.timeout:
+                return f"no answer in {wall:.0f} s ({used:.0f} s of CPU)"
+        return None
+
     def decode(self, kind: str, path: Path) -> tuple[str, str]:
         self._conn.send((kind, str(path)))
         self.last_rss = 0
-        # the first call also pays for the imports
-        if not self._conn.poll(self.timeout):
+        hang = self._wait()
+        if hang is not None:
             self._restart()
-            return "hang", f"no answer in {self.timeout:g} s"
+            return "hang", hang
         try:
             status, out, self.last_rss = self._conn.recv()
             return status, out
@@ -752,7 +795,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mutations", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--timeout", type=float, default=30.0, help="seconds per decode")
+    ap.add_argument(
+        "--timeout", type=float, default=30.0, help="CPU seconds per decode (4x as wall)"
+    )
     ap.add_argument("--budget", default="512M", help="CUBECAST_DECODE_BUDGET of the worker")
     ap.add_argument("--max-rss", type=float, default=1024, help="MiB a crafted decode may peak at")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")

@@ -5,28 +5,21 @@ window is decoded once; only the streams of the wanted variables are opened."""
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from pipeline.codec import budget, jsonvalues
+from pipeline.codec import jsonvalues
 from pipeline.codec.codemap import CodeMap
 from pipeline.codec.encoded import EncodedCube
-from pipeline.codec.groupcoder import stream_size, untile
-from pipeline.codec.manifest import (
-    Manifest,
-    StreamInfo,
-    VariableInfo,
-)
-from pipeline.codec.masks import decode_masks
+from pipeline.codec.manifest import Manifest, VariableInfo
 from pipeline.codec.netcdf import dataset_from_bytes
-from pipeline.codec.pyav_engine import DecodeStats, FrameBounds, decode_frames
-from pipeline.codec.settings import VideoSettings, n_planes
-from pipeline.errors import CorruptStreamError, CubecastError, InvalidCubeError, ManifestError
+from pipeline.codec.pyav_engine import DecodeStats
+from pipeline.codec.sizes import check_budget, needed_streams
+from pipeline.codec.streamframes import StreamFrames
+from pipeline.errors import CubecastError, InvalidCubeError, ManifestError
 
 
 def _restore(da: xr.DataArray, attrs: dict, encoding: dict) -> xr.DataArray:
@@ -47,163 +40,6 @@ def _time_window(m: Manifest, time: slice | None) -> tuple[int, int]:
     return start, stop
 
 
-def _most(n: int, pyav: bool) -> int:
-    """A loose bound for streams of codecs this version does not know: PyAV's x265 pads to
-    whole 64-px CTUs (at least two), the others to their minimum side (up to 66 px)."""
-    if pyav:
-        return max(128, n + (-n % 64))
-    return max(66, n + (-n % 8))
-
-
-def frame_bounds(m: Manifest, stream: StreamInfo) -> FrameBounds:
-    """The frame sizes a stream of this manifest may have: at least its planes (tiled
-    planes stacked, each rounded up to even rows), at most the frame its encoder writes
-    (even sizes, the codec's minimum side and safe widths, PyAV x265's whole CTUs: the
-    padding only grew between versions, so older streams fit too)."""
-    h, w = m.frame_shape
-    least_h = stream.tiles * (h + h % 2) if stream.tiles > 1 else h
-    try:
-        settings = VideoSettings(stream.codec, stream.pix_fmt, engine=stream.backend)
-        most = stream_size((h + h % 2, w + w % 2), stream.tiles, settings)
-    except (CubecastError, KeyError, ValueError):
-        pyav = stream.backend == "pyav"
-        most = (_most(least_h, pyav), _most(w, pyav))
-    most = (max(most[0], least_h), max(most[1], w))
-    return FrameBounds(stream.pix_fmt, (least_h, w), most)
-
-
-def window_nbytes(m: Manifest, wanted: Sequence[str], n: int) -> int:
-    """Bytes a window of ``n`` frames of the ``wanted`` variables allocates, as the
-    manifest declares it: the streams' codes and masks, each output band (and the stacked
-    variable), the KLT groups' work arrays, and every array the manifest's JSON holds
-    (coordinates, attributes). Computed without allocating anything."""
-    px = m.frame_shape[0] * m.frame_shape[1]
-    total = 0
-    for s in _needed_streams(m, wanted):
-        planes = len(s.planes)
-        if s.kind == "mask":  # bits of whole chunks, unpacked, and the window's booleans
-            chunk_frames = min(m.n_frames, n + 2 * s.keyint)
-            total += planes * px * (2 * chunk_frames + n)
-        else:  # the window's codes and one decoded frame (padded, in the stream's format)
-            bounds = frame_bounds(m, s)
-            total += 2 * planes * px * n + 2 * n_planes(s.pix_fmt) * bounds.max_pixels
-    for v in m.variables:
-        if v.name in wanted:
-            bands = len(v.channels)
-            total += n * px * np.dtype(v.dtype).itemsize * (bands + (bands if v.band_dim else 0))
-            if any(m.channel(c).words for c in v.channels):
-                total += 2 * n * px * 8
-    for t in m.transforms:
-        if any(c in t.channels for v in m.variables if v.name in wanted for c in v.channels):
-            total += 2 * n * px * 8 * max(len(t.channels), len(t.components))
-    return total + manifest_arrays_nbytes(m)
-
-
-def manifest_arrays_nbytes(m: Manifest) -> int:
-    """Bytes of the arrays the manifest's JSON declares (coordinates, attributes)."""
-    parts: list[object] = [m.attrs]
-    parts += [(c.values, c.attrs, c.encoding) for c in m.coords.values()]
-    parts += [(v.attrs, v.encoding, v.nodata) for v in m.variables]
-    if m.aux:
-        parts += [m.aux.attrs, m.aux.encodings]
-    return jsonvalues.declared_nbytes(parts)
-
-
-def check_budget(enc: EncodedCube, wanted: Sequence[str], n: int) -> None:
-    m = enc.manifest
-    h, w = m.frame_shape
-    need = window_nbytes(m, wanted, n)
-    budget.check(need, enc.source, f"decoding {n} frames of {h} x {w} px ({', '.join(wanted)})")
-
-
-class _StreamFrames:
-    """Consecutive frames of one stream from ``start`` on, decoded as they are asked for.
-
-    Video streams keep their decoder open between windows (so a cube read window after
-    window is decoded once), and read the stream from its file where the cube is on disk.
-    Frames the stream does not store (nothing valid in them) come back as zeros: the mask
-    marks every pixel of them invalid.
-    """
-
-    def __init__(
-        self, enc: EncodedCube, stream: StreamInfo, start: int, stop: int, stats: DecodeStats
-    ) -> None:
-        m = enc.manifest
-        self.stream, self.start, self.pos, self.stop = stream, start, start, stop
-        self.shape = (len(stream.planes), *m.frame_shape)
-        self.name = f"{enc.source}:{stream.file}"
-        self.n_frames = m.n_frames
-        if stream.kind == "mask":
-            self._data = enc.read_file(stream.file)
-            return
-        self._stored = stream.stored_frames(m.n_frames)
-        self._stored_set = set(self._stored)
-        first = bisect.bisect_left(self._stored, start)
-        last = bisect.bisect_left(self._stored, stop)
-        source: bytes | Path | None = enc.file_path(stream.file)
-        if source is None:
-            source = enc.read_file(stream.file)
-        self._frames: Iterator[tuple[int, np.ndarray]] = iter(())
-        self._first: tuple[int, np.ndarray] | None = None
-        if last > first:
-            self._frames = decode_frames(
-                source,
-                n_planes(stream.pix_fmt),
-                first,
-                last,
-                name=self.name,
-                stats=stats,
-                expect=frame_bounds(m, stream),
-            )
-            # the first frame now: a stream whose frames are not the manifest's size or
-            # pixel format is refused before any window is allocated
-            self._first = next(self._frames, None)
-
-    def _next(self) -> tuple[int, np.ndarray] | None:
-        if self._first is not None:
-            got, self._first = self._first, None
-            return got
-        return next(self._frames, None)
-
-    def take(self, n: int) -> np.ndarray:
-        """The next n frames as (n, planes, H, W): bool for masks, uint16 codes otherwise."""
-        lo, hi = self.pos, self.pos + n
-        self.pos = hi
-        if self.stream.kind == "mask":
-            s = self.stream
-            return decode_masks(
-                self._data,
-                s.chunk_offsets or [0],
-                s.keyint,
-                self.shape,
-                lo,
-                hi,
-                name=self.name,
-                n_frames=self.n_frames,
-            )
-        h, w = self.shape[1:]
-        out = np.empty((n, *self.shape), dtype=np.uint16)
-        for i in range(n):
-            if lo + i not in self._stored_set:
-                out[i] = 0
-                continue
-            got = self._next()
-            if got is None:
-                raise CorruptStreamError(
-                    f"{self.name}: decoded {lo - self.start + i} frames of "
-                    f"{self.stop - self.start} expected (truncated stream or manifest from "
-                    "another cube)"
-                )
-            frame = untile(got[1], self.stream.tiles, h)
-            out[i] = frame[: self.shape[0], :h, :w]
-        return out
-
-    def close(self) -> None:
-        close = getattr(self._frames, "close", None) if self.stream.kind != "mask" else None
-        if close is not None:
-            close()
-
-
 def _wanted(m: Manifest, variables: Sequence[str] | None) -> list[str]:
     image_names = [v.name for v in m.variables]
     aux_names = m.aux.variables if m.aux else []
@@ -215,13 +51,6 @@ def _wanted(m: Manifest, variables: Sequence[str] | None) -> list[str]:
             f"{', '.join(m.data_vars_order)})"
         )
     return wanted
-
-
-def _needed_streams(m: Manifest, wanted: Sequence[str]) -> list[StreamInfo]:
-    names = [c for v in m.variables if v.name in wanted for c in v.channels]
-    needed = {s for c in names for s in m.channel_streams(c)}
-    needed |= {m.channel(c).mask_stream for c in names if m.channel(c).mask_stream}
-    return [s for s in m.streams if s.name in needed]
 
 
 def _assemble(
@@ -336,13 +165,13 @@ def iter_decode(
     start, stop = _time_window(m, time)
     wanted = _wanted(m, variables)
     stats = stats if stats is not None else DecodeStats()
-    readers: list[_StreamFrames] = []
+    readers: list[StreamFrames] = []
     with _manifest_faults(enc):
         check_budget(enc, wanted, min(window, stop - start))
     try:
         with _manifest_faults(enc):
-            for s in _needed_streams(m, wanted):
-                readers.append(_StreamFrames(enc, s, start, stop, stats))
+            for s in needed_streams(m, wanted):
+                readers.append(StreamFrames(enc, s, start, stop, stats))
             aux = _aux_dataset(enc, wanted)
         for lo in range(start, stop, window):
             hi = min(lo + window, stop)

@@ -17,6 +17,7 @@ from typing import BinaryIO, Protocol
 import av
 import numpy as np
 
+from pipeline.codec.framebounds import FrameBounds
 from pipeline.codec.settings import VideoSettings, sample_dtype
 from pipeline.codec.videocodecs import get_codec
 from pipeline.errors import CorruptStreamError
@@ -116,47 +117,49 @@ class PyAVWriter:
             self._container.close()
 
 
-@dataclass(frozen=True)
-class FrameBounds:
-    """The frames a manifest allows a stream: its pixel format, and a size from
-    ``least`` (the planes it must hold) to ``most`` (with the encoders' padding), (H, W)."""
-
-    pix_fmt: str
-    least: tuple[int, int]
-    most: tuple[int, int]
-
-    @property
-    def max_pixels(self) -> int:
-        """FFmpeg's ``max_pixels`` for these frames: decoders check their buffers with the
-        width aligned to the stride (up to 64 px) and some with aligned rows, so 128 px of
-        slack a side; the exact size is checked on every frame."""
-        return (self.most[0] + 128) * (self.most[1] + 128)
-
-    def too_large(self, name: str) -> str:
-        (lh, lw), (mh, mw) = self.least, self.most
-        return (
-            f"{name}: frames are larger than the manifest's {lw}x{lh} allows (up to {mw}x{mh} "
-            "padded; FFmpeg refused to allocate them: corrupt stream or manifest from another "
-            "cube)"
-        )
-
-    def check(self, name: str, width: int, height: int, pix_fmt: str | None) -> None:
-        (lh, lw), (mh, mw) = self.least, self.most
-        if not (lh <= height <= mh and lw <= width <= mw) or pix_fmt not in (None, self.pix_fmt):
-            shown = f" {pix_fmt}" if pix_fmt else ""
-            raise CorruptStreamError(
-                f"{name}: frames are {width}x{height}{shown}, the manifest says {lw}x{lh} "
-                f"(up to {mw}x{mh} padded) {self.pix_fmt} (corrupt stream or manifest from "
-                "another cube)"
-            )
-
-
 @dataclass
 class DecodeStats:
     """How much work a decode did; tests use it to check that seeking skips frames."""
 
     frames_decoded: int = 0
     seeks: list[int] = field(default_factory=list)
+
+
+def _open_video(
+    data: bytes | StreamTarget, name: str, expect: FrameBounds | None
+) -> av.container.InputContainer:
+    """The stream's container, opened with FFmpeg's ``max_pixels`` from ``expect``: its
+    header's frame size checked, its decoder's threads set."""
+    options = None if expect is None else {"max_pixels": str(expect.max_pixels)}
+    try:
+        source = io.BytesIO(data) if isinstance(data, bytes) else data
+        if isinstance(source, (str, os.PathLike)):
+            source = os.fspath(source)
+        container = av.open(
+            source, "r", format=CONTAINER, stream_options=[options] if options else None
+        )
+    except (av.FFmpegError, OSError) as exc:
+        raise CorruptStreamError(f"{name}: not a readable video stream ({exc})") from exc
+    try:
+        if not container.streams.video:
+            raise CorruptStreamError(f"{name}: the file holds no video stream")
+        vstream = container.streams.video[0]
+        if expect is not None:
+            cc = vstream.codec_context
+            if cc.width and cc.height:  # the container's own header, before any decoding
+                expect.check(name, cc.width, cc.height, None)
+            cc.options = dict(options or {})
+        if vstream.codec_context.name == "vvc":
+            # FFmpeg's VVC decoder (PyAV 18's and ffmpeg 9's) gives different frames from
+            # run to run when threaded: up to 169 of 1023 codes off, measured. One thread
+            # is deterministic and matches the reference decode.
+            vstream.thread_count = 1
+        else:
+            vstream.thread_type = "AUTO"
+    except BaseException:
+        container.close()
+        raise
+    return container
 
 
 def decode_frames(
@@ -177,38 +180,10 @@ def decode_frames(
     CorruptStreamError naming the stream otherwise.
     """
     stats = stats if stats is not None else DecodeStats()
-    options = None if expect is None else {"max_pixels": str(expect.max_pixels)}
-    try:
-        source = io.BytesIO(data) if isinstance(data, bytes) else data
-        if isinstance(source, (str, os.PathLike)):
-            source = os.fspath(source)
-        container = av.open(
-            source, "r", format=CONTAINER, stream_options=[options] if options else None
-        )
-    except (av.FFmpegError, OSError) as exc:
-        raise CorruptStreamError(f"{name}: not a readable video stream ({exc})") from exc
-    with container:
-        if not container.streams.video:
-            raise CorruptStreamError(f"{name}: the file holds no video stream")
+    with _open_video(data, name, expect) as container:
         vstream = container.streams.video[0]
-        if expect is not None:
-            cc = vstream.codec_context
-            if cc.width and cc.height:  # the container's own header, before any decoding
-                expect.check(name, cc.width, cc.height, None)
-            cc.options = dict(options or {})
-        if vstream.codec_context.name == "vvc":
-            # FFmpeg's VVC decoder (PyAV 18's and ffmpeg 9's) gives different frames from
-            # run to run when threaded: up to 169 of 1023 codes off, measured. One thread
-            # is deterministic and matches the reference decode.
-            vstream.thread_count = 1
-        else:
-            vstream.thread_type = "AUTO"
         tb = vstream.time_base or Fraction(1, 1000)
         frame_ticks = Fraction(1, 1) / tb  # rate=1 frame per second of stream time
-
-        def index_of(frame: av.VideoFrame) -> int:
-            return round(frame.pts / frame_ticks)
-
         if start > 0:
             container.seek(int(start * frame_ticks), stream=vstream, backward=True)
             stats.seeks.append(start)
@@ -218,7 +193,7 @@ def decode_frames(
                 stats.frames_decoded += 1
                 if expect is not None:
                     expect.check(name, frame.width, frame.height, frame.format.name)
-                idx = index_of(frame)
+                idx = round(frame.pts / frame_ticks)
                 if expected is not None and idx != expected:
                     raise CorruptStreamError(
                         f"{name}: frame {expected} is missing (next decoded frame is {idx})"

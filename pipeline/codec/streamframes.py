@@ -1,0 +1,106 @@
+"""Consecutive frames of one stream, decoded as a decode's windows ask for them."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.codec.encoded import EncodedCube
+from pipeline.codec.groupcoder import untile
+from pipeline.codec.manifest import StreamInfo
+from pipeline.codec.masks import decode_masks
+from pipeline.codec.pyav_engine import DecodeStats, decode_frames
+from pipeline.codec.settings import n_planes
+from pipeline.codec.sizes import frame_bounds
+from pipeline.errors import CorruptStreamError
+
+
+class StreamFrames:
+    """Consecutive frames of one stream from ``start`` on, decoded as they are asked for.
+
+    Video streams keep their decoder open between windows (so a cube read window after
+    window is decoded once), and read the stream from its file where the cube is on disk.
+    Frames the stream does not store (nothing valid in them) come back as zeros: the mask
+    marks every pixel of them invalid.
+    """
+
+    def __init__(
+        self, enc: EncodedCube, stream: StreamInfo, start: int, stop: int, stats: DecodeStats
+    ) -> None:
+        m = enc.manifest
+        self.stream, self.start, self.pos, self.stop = stream, start, start, stop
+        self.shape = (len(stream.planes), *m.frame_shape)
+        self.name = f"{enc.source}:{stream.file}"
+        self.n_frames = m.n_frames
+        if stream.kind == "mask":
+            self._data = enc.read_file(stream.file)
+            return
+        self._stored = stream.stored_frames(m.n_frames)
+        self._stored_set = set(self._stored)
+        first = bisect.bisect_left(self._stored, start)
+        last = bisect.bisect_left(self._stored, stop)
+        source: bytes | Path | None = enc.file_path(stream.file)
+        if source is None:
+            source = enc.read_file(stream.file)
+        self._frames: Iterator[tuple[int, np.ndarray]] = iter(())
+        self._first: tuple[int, np.ndarray] | None = None
+        if last > first:
+            self._frames = decode_frames(
+                source,
+                n_planes(stream.pix_fmt),
+                first,
+                last,
+                name=self.name,
+                stats=stats,
+                expect=frame_bounds(m, stream),
+            )
+            # the first frame now: a stream whose frames are not the manifest's size or
+            # pixel format is refused before any window is allocated
+            self._first = next(self._frames, None)
+
+    def _next(self) -> tuple[int, np.ndarray] | None:
+        if self._first is not None:
+            got, self._first = self._first, None
+            return got
+        return next(self._frames, None)
+
+    def take(self, n: int) -> np.ndarray:
+        """The next n frames as (n, planes, H, W): bool for masks, uint16 codes otherwise."""
+        lo, hi = self.pos, self.pos + n
+        self.pos = hi
+        if self.stream.kind == "mask":
+            s = self.stream
+            return decode_masks(
+                self._data,
+                s.chunk_offsets or [0],
+                s.keyint,
+                self.shape,
+                lo,
+                hi,
+                name=self.name,
+                n_frames=self.n_frames,
+            )
+        h, w = self.shape[1:]
+        out = np.empty((n, *self.shape), dtype=np.uint16)
+        for i in range(n):
+            if lo + i not in self._stored_set:
+                out[i] = 0
+                continue
+            got = self._next()
+            if got is None:
+                raise CorruptStreamError(
+                    f"{self.name}: decoded {lo - self.start + i} frames of "
+                    f"{self.stop - self.start} expected (truncated stream or manifest from "
+                    "another cube)"
+                )
+            frame = untile(got[1], self.stream.tiles, h)
+            out[i] = frame[: self.shape[0], :h, :w]
+        return out
+
+    def close(self) -> None:
+        close = getattr(self._frames, "close", None) if self.stream.kind != "mask" else None
+        if close is not None:
+            close()
