@@ -210,6 +210,17 @@ def test_verify_refuses_a_catalogue_naming_a_missing_shard(packed, twin, tmp_pat
         verify_step(recipe_for(str(twin)), folder, progress=False)
 
 
+def test_verify_refuses_a_folder_without_its_catalogue(packed, twin, tmp_path):
+    from pipeline.build import verify_step
+
+    folder = tmp_path / "shards"
+    shutil.copytree(packed, folder)
+    shutil.rmtree(folder / ".tacocat")
+    with pytest.raises(VerificationError, match="no .tacocat"):
+        verify_step(recipe_for(str(twin)), folder, progress=False)
+    assert not (folder / "verification.json").exists()
+
+
 def test_verify_refuses_a_truncated_shard_the_catalogue_names(packed, twin, tmp_path):
     from pipeline.build import verify_step
 

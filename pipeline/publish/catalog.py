@@ -107,8 +107,11 @@ def check_tacocat(folder: Path, shards: list[Path]) -> None:
     from pipeline.taco.read import sample_ids
 
     level0 = folder / ".tacocat" / "level0.parquet"
-    if not (folder / ".tacocat").exists():
-        return
+    if not level0.is_file():
+        raise VerificationError(
+            f"{folder}: no .tacocat/level0.parquet beside its shards (readers load the dataset "
+            "through it); pack again"
+        )
     where = f"{folder / '.tacocat'}"
     try:
         rows = pq.read_table(

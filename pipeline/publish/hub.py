@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PublishError
-from pipeline.sources.download import network_errors
+from pipeline.sources.body import network_errors
 
 Digest = Callable[[Path], str]
 

@@ -13,7 +13,7 @@ from pipeline.errors import PublishError
 from pipeline.publish.hub import hub_errors, hub_head, hub_token, hub_tree
 from pipeline.publish.index import INDEX_FILE, MAX_INDEX_BYTES
 from pipeline.publish.remote import OnUpload, RemoteFile, moved, name_of
-from pipeline.sources.download import auth_headers, hub_endpoint
+from pipeline.sources.hub_auth import auth_headers, hub_endpoint
 
 
 class HubRemote:

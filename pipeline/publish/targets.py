@@ -39,7 +39,7 @@ from pipeline.publish.hub import (
 )
 from pipeline.publish.lease import target_lease
 from pipeline.publish.verify import REPORT_JSON, Verification, dataset_files
-from pipeline.sources.download import hub_endpoint
+from pipeline.sources.hub_auth import hub_endpoint
 
 log = logging.getLogger(__name__)
 INDEX_FILE = ".cubecast-index.json"

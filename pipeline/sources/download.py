@@ -43,15 +43,11 @@ from tqdm.auto import tqdm
 from pipeline.codec.encoded import file_sha256
 from pipeline.errors import SourceError
 from pipeline.sources.body import TRANSPORT, content_range, read_body, total_size
-from pipeline.sources.body import network_errors as network_errors
 from pipeline.sources.disk_budget import DiskBudget, DiskGuard
 from pipeline.sources.hub_auth import auth_headers
-from pipeline.sources.hub_auth import hub_endpoint as hub_endpoint
 from pipeline.sources.limits import ENV_CAP, Deadline, DeadlineError, Limits
 from pipeline.sources.watchdog import watchdog, watched_session
 
-# modules of pipeline/publish/ import network_errors, hub_endpoint and auth_headers
-# from here
 log = logging.getLogger(__name__)
 _FATAL = {400, 401, 403, 404, 405, 410, 451}
 
