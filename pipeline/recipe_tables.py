@@ -109,7 +109,7 @@ class GroupRecipe(StrictModel):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, v: str) -> str:
-        from pipeline.codec.planning import group_name_problem
+        from pipeline.codec.groupnames import group_name_problem
 
         problem = group_name_problem(v)
         if problem:
@@ -153,7 +153,7 @@ class CodecSpec(StrictModel):
     def _distinct_group_names(self) -> CodecSpec:
         """Group names become stream files and TACO child ids (dots read as '_', one
         file on a case-insensitive disk): two groups must not name the same files."""
-        from pipeline.codec.planning import check_group_names
+        from pipeline.codec.groupnames import check_group_names
         from pipeline.errors import InvalidCubeError
 
         try:

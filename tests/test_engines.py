@@ -77,7 +77,7 @@ def test_av1_through_ffmpeg_decodes_in_pyav():
 
 
 def test_auto_engine_is_the_command_line_when_ffmpeg_exists():
-    from pipeline.codec.planning import resolve_engine
+    from pipeline.codec.codecchoice import resolve_engine
 
     assert resolve_engine("auto") == "ffmpeg"
     assert resolve_engine("pyav") == "pyav"

@@ -279,21 +279,7 @@ def cube_stats(
                     valid = v if valid is None else valid & v
             mom.add([values[n] for n in names], valid)
         for ch in layout.channels:
-            vals = values[ch.name]
-            valid = valid_mask(vals, layout.nodata[ch.variable])
-            nv = int(np.count_nonzero(valid))
-            a = acc[ch.name]
-            a[2] += nv
-            a[3] += valid.size - nv
-            if nv == valid.size:
-                a[0], a[1] = min(a[0], vals.min().item()), max(a[1], vals.max().item())
-                continue
-            if nv:
-                v = vals[valid]
-                a[0], a[1] = min(a[0], v.min().item()), max(a[1], v.max().item())
-            if vals.dtype.kind == "f":
-                a[4] += int(np.count_nonzero(np.isposinf(vals)))
-                a[5] += int(np.count_nonzero(np.isneginf(vals)))
+            _accumulate(acc[ch.name], values[ch.name], layout.nodata[ch.variable])
     out = {}
     for ch in layout.channels:
         vmin, vmax, n_valid, n_invalid, n_posinf, n_neginf = acc[ch.name]
@@ -315,6 +301,23 @@ def cube_stats(
             exact(vmin), exact(vmax), n_valid, n_invalid, str(dtype), n_posinf, n_neginf
         )
     return out
+
+
+def _accumulate(a: list, vals: np.ndarray, nodata: float | int | None) -> None:
+    """Add one block of a channel to its running [min, max, valid, invalid, +inf, -inf]."""
+    valid = valid_mask(vals, nodata)
+    nv = int(np.count_nonzero(valid))
+    a[2] += nv
+    a[3] += valid.size - nv
+    if nv == valid.size:
+        a[0], a[1] = min(a[0], vals.min().item()), max(a[1], vals.max().item())
+        return
+    if nv:
+        v = vals[valid]
+        a[0], a[1] = min(a[0], v.min().item()), max(a[1], v.max().item())
+    if vals.dtype.kind == "f":
+        a[4] += int(np.count_nonzero(np.isposinf(vals)))
+        a[5] += int(np.count_nonzero(np.isneginf(vals)))
 
 
 def _check_declared_range(da: xr.DataArray, ch: Channel, vmin: float, vmax: float) -> None:

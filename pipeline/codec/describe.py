@@ -23,7 +23,8 @@ from pipeline.codec.manifest import (
     VariableInfo,
 )
 from pipeline.codec.netcdf import dataset_to_bytes, packing_encoding
-from pipeline.codec.passes import EncodedGroup, stream_file
+from pipeline.codec.passes import EncodedGroup
+from pipeline.codec.planning import stream_file
 from pipeline.codec.videocodecs import X265_CODEC, get_codec
 from pipeline.errors import InvalidCubeError
 

@@ -28,6 +28,7 @@ from pipeline.codec.planning import (
     EncodeOptions,
     GroupPlan,
     StreamPlan,
+    stream_file,
 )
 from pipeline.codec.settings import VideoSettings
 from pipeline.codec.videocodecs import X265_CODEC, get_codec
@@ -49,10 +50,6 @@ def bounded_lookahead(settings: VideoSettings, frame_pixels: int) -> VideoSettin
     if frame_pixels < LARGE_FRAME or settings.lookahead is not None:
         return settings
     return replace(settings, lookahead=LARGE_FRAME_LOOKAHEAD)
-
-
-def stream_file(stream: StreamPlan, kind: str, tag: str = "") -> str:
-    return f"{stream.name}{tag}.{'bits.zst' if kind == 'mask' else 'mkv'}"
 
 
 @dataclass

@@ -8,13 +8,14 @@ tiled top to bottom in one frame); an FFV1 group has one stream per plane.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from pipeline.codec.codecchoice import codec_candidates, resolve_engine
 from pipeline.codec.cube import Channel, ChannelStats, CubeLayout
+from pipeline.codec.groupnames import check_group_names, check_stream_files, group_name
 from pipeline.codec.manifest import StreamKind
 from pipeline.codec.masks import CODEC as MASK_CODEC
 from pipeline.codec.options import AUTO, EncodeOptions, GroupSpec
@@ -33,53 +34,8 @@ MAX_GROUP = 16  # channels in one decorrelated group (the KLT is B x B per pixel
 # variances over that of the eigenvalues; 1.0 means independent bands (klt.coding_gain)
 KLT_MIN_GAIN = 1.5
 MASK_CHUNK = 32
-# VVC padded from 33 x 49 to 64 x 64 px still took 0.95x x265's bits on an hourly field
-# (unpadded 34 x 50 took 1.11x); a frame that would grow more than this goes to x265
-MAX_PADDING = 4
 # pixels in one lossy stream's frame before a group is split into a stream per tile run
 MAX_STREAM_PIXELS = 1 << 20
-# a band group's name becomes its stream file names (``<name>.mkv``, ``<name>.0.mkv``) and,
-# dots mapped to '_', TACO child ids: a plain identifier, nothing a path could read as a folder
-GROUP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-GROUP_NAME_MAX = 48
-
-
-def group_name_problem(name: object) -> str | None:
-    """What is wrong with a band group's name given by a recipe or the API, or None."""
-    if not isinstance(name, str):
-        return f"{name!r} is not a string"
-    if len(name) > GROUP_NAME_MAX:
-        return f"{name[:20]!r}... is {len(name)} characters long (at most {GROUP_NAME_MAX})"
-    if not GROUP_NAME.fullmatch(name):
-        return (
-            f"{name!r} is not a plain identifier: a letter, then letters, digits, '_' or '-' "
-            "(the name becomes stream file names)"
-        )
-    return None
-
-
-def taco_key(filename: str) -> str:
-    """A file's TACO child id (taco.staged.child_id: dots -> '_'), case-folded: two files
-    with the same key would be one child of a sample (and one file on a case-insensitive
-    disk)."""
-    return filename.replace(".", "_").casefold()
-
-
-def check_group_names(names: Sequence[str | None], where: str = "band group") -> None:
-    """Every given name a plain identifier, none repeated once mapped to a TACO child id."""
-    seen: dict[str, str] = {}
-    for name in names:
-        if name is None:
-            continue
-        problem = group_name_problem(name)
-        if problem:
-            raise InvalidCubeError(f"{where} name {problem}")
-        key = taco_key(name)
-        if key in seen:
-            other = seen[key]
-            same = "is given twice" if other == name else f"and {other!r} name the same files"
-            raise InvalidCubeError(f"{where} name {name!r} {same} (names must differ)")
-        seen[key] = name
 
 
 @dataclass
@@ -153,16 +109,6 @@ def _with_planes(settings: VideoSettings, planes: int) -> VideoSettings:
     return replace(settings, pix_fmt=get_codec(settings.codec).pix_fmt(planes))
 
 
-def group_name(names: Sequence[str], taken: set[str]) -> str:
-    base = "_".join(re.sub(r"[^A-Za-z0-9]+", "", n) or "band" for n in names)[:48] or "stream"
-    name, i = base.lower(), 1
-    folded = {taco_key(t) for t in taken}  # a recipe's "RGB" takes "rgb" too
-    while taco_key(name) in folded:
-        name, i = f"{base.lower()}{i}", i + 1
-    taken.add(name)
-    return name
-
-
 def candidate_groups(
     layout: CubeLayout, groups: Sequence[GroupSpec]
 ) -> list[tuple[list[Channel], GroupSpec | None]]:
@@ -194,61 +140,6 @@ def candidate_groups(
     for i in range(0, len(rest), MAX_GROUP):
         out.append((rest[i : i + MAX_GROUP], None))
     return out
-
-
-ENGINES = ("auto", "ffmpeg", "pyav")
-
-
-def resolve_engine(engine: str) -> str:
-    """``auto`` means the ffmpeg command line whenever a binary exists.
-
-    Each ffmpeg process holds one x265 encoder. In one process, PyAV's libx265 lets
-    encoders disturb each other: the first encode of a noisy cube in a process matches
-    the command line's, later ones differ from run to run, and two encoders alive at once
-    have crashed (SIGSEGV in flush). The command line was also 7% faster on a 1024 px cube.
-    """
-    if engine not in ENGINES:
-        raise InvalidCubeError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
-    if engine != "auto":
-        return engine
-    from pipeline.codec.ffmpeg_engine import ffmpeg_exe
-
-    return "ffmpeg" if ffmpeg_exe() else "pyav"
-
-
-def codec_candidates(
-    options: EncodeOptions,
-    engine: str,
-    target: float | None,
-    shape: tuple[int, int] = (0, 0),
-) -> list[str]:
-    """Lossy codecs a group may use, best guess first.
-
-    An explicit codec is checked against the engine; ``auto`` keeps the candidates the
-    engine can run, within the encode-time budget, below their PSNR ceiling (VVC's 10 bits
-    cannot reach the highest targets; 12-bit x265 can) and whose minimum frame size does
-    not pad the cube's ``shape`` to more than ``MAX_PADDING`` times its pixels.
-    """
-    if options.codec != AUTO:
-        codec = get_codec(options.codec)
-        if engine not in codec.engines:
-            raise InvalidCubeError(
-                f"codec {codec.name!r} is not in PyAV's wheels: encode it with "
-                "engine='ffmpeg' (PyAV decodes it)"
-            )
-        return [codec.name]
-    out = []
-    for name in options.candidates:
-        codec = get_codec(name)
-        if engine not in codec.engines or codec.relative_cost > options.max_cost:
-            continue
-        if target is not None and target > codec.psnr_ceiling:
-            continue
-        padded = max(shape[0], codec.min_side) * max(shape[1], codec.min_side)
-        if padded > MAX_PADDING * max(shape[0] * shape[1], 1):
-            continue
-        out.append(name)
-    return out or [X265_CODEC.name]
 
 
 def plan_groups(
@@ -307,32 +198,12 @@ def plan_groups(
     plans += _categorical_plans(layout, stats, ffv1, taken)
     mask = _mask_plan(layout, stats, options, taken)
     plans += [mask] if mask else []
-    _check_stream_files(plans)
+    check_stream_files((g.name, stream_file(s, g.kind)) for g in plans for s in g.streams())
     return plans
 
 
-def _check_stream_files(plans: Sequence[GroupPlan]) -> None:
-    """Every stream file a plain file name (names from data go through confine.safe_name)
-    and no two the same TACO child: ``a.0.mkv`` and ``a_0.mkv`` would be one."""
-    from pipeline.codec.passes import stream_file
-    from pipeline.confine import safe_name
-    from pipeline.errors import UnsafePathError
-
-    seen: dict[str, str] = {}
-    for g in plans:
-        for s in g.streams():
-            file = stream_file(s, g.kind)
-            try:
-                safe_name(file, f"band group {g.name!r}: stream file")
-            except UnsafePathError as exc:
-                raise InvalidCubeError(str(exc)) from None
-            key = taco_key(file)
-            if key in seen:
-                raise InvalidCubeError(
-                    f"band group {g.name!r}: stream file {file!r} and {seen[key]!r} would be "
-                    "one TACO child (dots read as '_'); rename the group"
-                )
-            seen[key] = file
+def stream_file(stream: StreamPlan, kind: str, tag: str = "") -> str:
+    return f"{stream.name}{tag}.{'bits.zst' if kind == 'mask' else 'mkv'}"
 
 
 def _lossless_plans(

@@ -19,10 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
+from pipeline.codec.codecchoice import codec_candidates
 from pipeline.codec.groupcoder import CubeContext
 from pipeline.codec.hedge import one_core
 from pipeline.codec.passes import bounded_lookahead, encode_pass, encode_together
-from pipeline.codec.planning import AUTO, EncodeOptions, GroupPlan, codec_candidates
+from pipeline.codec.planning import AUTO, EncodeOptions, GroupPlan
 from pipeline.codec.quality import group_psnr
 from pipeline.codec.ratecontrol import (
     MARGIN_DB,

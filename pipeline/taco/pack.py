@@ -25,6 +25,7 @@ from pipeline.lock import holds_output_folder
 # are imported from here too
 from pipeline.taco.geo import _crs_of, crs_string, extent_of, footprint  # noqa: F401
 from pipeline.taco.staged import SAMPLE_META, StagedSample, child_id  # noqa: F401
+from pipeline.taco.ziptimes import fix_zip_times
 
 
 @dataclass(frozen=True)
@@ -305,40 +306,6 @@ def _cause(exc: BaseException, out: Path) -> str:
     free = shutil.disk_usage(out).free
     tiny = "; the disk is full" if free < (1 << 20) else ""
     return f"{type(exc).__name__}: {text}{tiny}; {free:,} bytes free; nothing in it was replaced"
-
-
-ZIP_EPOCH = (0, (1 << 5) | 1)  # DOS time 00:00:00, date 1980-01-01: the format's first day
-
-
-def fix_zip_times(path: str | Path) -> None:
-    """Set every entry's modification time to 1980-01-01 in place, in the local headers
-    and the central directory: tacotoolbox stamps the time of writing, which made every
-    re-pack of the same samples a different file (and a full re-upload). Sizes and
-    offsets are unchanged, so TACO's own offset index stays right."""
-    import struct
-    import zipfile
-
-    with zipfile.ZipFile(path) as zf:
-        infos = zf.infolist()
-        central = zf.start_dir
-    stamp = struct.pack("<HH", *ZIP_EPOCH)
-    with open(path, "r+b") as f:
-        for info in infos:
-            f.seek(info.header_offset)
-            if f.read(4) != b"PK\x03\x04":
-                raise CubecastError(f"{path}: unexpected ZIP layout at {info.filename}")
-            f.seek(info.header_offset + 10)
-            f.write(stamp)
-        pos = central
-        for _ in infos:
-            f.seek(pos)
-            head = f.read(46)
-            if head[:4] != b"PK\x01\x02":
-                raise CubecastError(f"{path}: unexpected ZIP central directory")
-            f.seek(pos + 12)
-            f.write(stamp)
-            n, m, k = struct.unpack("<HHH", head[28:34])
-            pos += 46 + n + m + k
 
 
 def encode_sample(
