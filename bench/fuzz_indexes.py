@@ -18,10 +18,12 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from fuzz import _paths  # noqa: E402  (the same walk over a JSON value)
 
 from pipeline.errors import CubecastError  # noqa: E402
 from pipeline.publish.index import PublishedIndex  # noqa: E402
@@ -68,17 +70,6 @@ def base_index() -> bytes:
         "files": {"README.md": {"size": 10, "sha256": "b" * 64, "blob": "c" * 40}},
     }
     return json.dumps(data).encode()
-
-
-def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
-    out = [prefix]
-    if isinstance(value, dict):
-        for k, v in value.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            out += _paths(v, (*prefix, i))
-    return out
 
 
 def mutate(raw: bytes, rng: random.Random) -> tuple[str, bytes]:

@@ -147,7 +147,6 @@ def check_flow_args(
     out: str | None = None,
     target: str | None = None,
     synthesize: bool = False,
-    dry_run: bool = False,
     incremental: bool = True,
     max_disk: str | None = None,
     **_: object,

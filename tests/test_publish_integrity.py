@@ -21,21 +21,17 @@ import pytest
 from pipeline.errors import BusyError, PublishError, VerificationError
 from pipeline.publish.incremental import publish_incremental
 from pipeline.publish.index import INDEX_FILE, PublishedIndex
-from pipeline.recipe import Recipe, load_recipe, parse_recipe
+from pipeline.recipe import Recipe
 from pipeline.sources.twins import write_dynamicearthnet
 from tests.fakehub import FakeHub
+from tests.test_incremental import recipe_for as fast_recipe
 
 TOKEN = "hf_test_secret_token_integrity"
 CUBES, FRAMES, SIZE = 5, 4, 16
 
 
 def recipe_for(location: str, cubes: int = CUBES) -> Recipe:
-    data = load_recipe("dynamicearthnet", location=location).model_dump(exclude_none=True)
-    data["source"]["cubes"] = {"count": cubes}
-    groups = [{"name": g["name"], "bands": g["bands"]} for g in data["codec"]["groups"]]
-    data["codec"] = {"codec": "libx265", "crf": 24, "preset": "ultrafast", "groups": groups}
-    data["verify"]["psnr_min"] = 25.0
-    return parse_recipe(data)
+    return fast_recipe(location, cubes, psnr_min=25.0)  # 16 px frames: a lower floor
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,8 @@ class HubRemote:
     def _errors(self) -> Any:
         return hub_errors(self.target, self.token, self.endpoint)
 
-    def _get(self, rel: str, headers: dict[str, str] | None = None, stream: bool = False) -> Any:
+    def _get(self, rel: str, headers: dict[str, str] | None = None) -> Any:
+        """A streamed GET of ``rel`` at the revision read (None if it is not there)."""
         import requests
 
         rel = name_of(self.target, rel)
@@ -60,7 +61,7 @@ class HubRemote:
         return r
 
     def read(self, rel: str, limit: int = MAX_INDEX_BYTES) -> bytes | None:
-        r = self._get(rel, stream=True)
+        r = self._get(rel)
         if r is None:
             return None
         with r:
@@ -70,7 +71,7 @@ class HubRemote:
         return bytes(data)
 
     def read_range(self, rel: str, start: int, end: int) -> bytes:
-        r = self._get(rel, {"Range": f"bytes={start}-{end - 1}"}, stream=True)
+        r = self._get(rel, {"Range": f"bytes={start}-{end - 1}"})
         if r is None:
             raise PublishError(f"{self.target}: {rel} is listed in the index but not in the repo")
         with r:
@@ -85,7 +86,7 @@ class HubRemote:
         return bytes(data)
 
     def download(self, rel: str, dest: Path) -> Path:
-        r = self._get(rel, stream=True)
+        r = self._get(rel)
         if r is None:
             raise PublishError(f"{self.target}: {rel} is listed in the index but not in the repo")
         part = dest.with_name(dest.name + ".part")
@@ -119,7 +120,7 @@ class HubRemote:
         """Stated by the hub for LFS files; small files (a blob id only) are read."""
         if entry.sha256 is not None:
             return entry.sha256
-        r = self._get(rel, stream=True)
+        r = self._get(rel)
         if r is None:
             return None
         h = hashlib.sha256()

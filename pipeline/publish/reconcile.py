@@ -23,6 +23,7 @@ from typing import Any
 from pipeline.errors import CubecastError, PublishError
 from pipeline.publish.index import INDEX_FILE, FileEntry, PublishedIndex, ShardEntry
 from pipeline.publish.remote import Remote, RemoteFile
+from pipeline.taco.rangefile import RangeFile
 
 VERIFY_DIR = "verification"
 REQUIRED = ("README.md", ".tacocat/COLLECTION.json")  # what every committed dataset has
@@ -67,41 +68,21 @@ class _Cache:
         part.replace(self.path)
 
 
-class RangeFile(io.RawIOBase):
-    """A remote file of known size as a seekable file (zip reads its directory through it)."""
+class RemoteRangeFile(RangeFile):
+    """A shard on a publish target, read through the target's ranged reads."""
 
     def __init__(self, remote: Remote, rel: str, size: int) -> None:
         self.remote, self.rel, self.size, self.pos = remote, rel, size, 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self.pos, 2: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def readinto(self, buf: Any) -> int:
-        end = min(self.size, self.pos + len(buf))
-        if end <= self.pos:
-            return 0
-        data = self.remote.read_range(self.rel, self.pos, end)
-        buf[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
+    def read_range(self, start: int, end: int) -> bytes:
+        return self.remote.read_range(self.rel, start, end)
 
 
 def shard_sample_ids(remote: Remote, rel: str, size: int) -> list[str]:
     """The sample ids a published shard's zip directory holds (a few range reads)."""
     from pipeline.taco.read import sample_ids
 
-    raw = io.BufferedReader(RangeFile(remote, rel, size), 1 << 16)
+    raw = io.BufferedReader(RemoteRangeFile(remote, rel, size), 1 << 16)
     try:
         with zipfile.ZipFile(raw) as archive:  # type: ignore[arg-type]
             return sample_ids(archive)

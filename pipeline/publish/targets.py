@@ -20,6 +20,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -199,9 +200,8 @@ def _publish_fsspec(
 
     fs, root = fsspec.core.url_to_fs(target)
     root = root.rstrip("/")
-    if dry_run:
-        return _mirror_fsspec(fs, root, folder, files, target, dry_run, progress, digest)
-    with target_lease(fs, root, target):  # one publisher at a time; the index read inside
+    lease = nullcontext() if dry_run else target_lease(fs, root, target)
+    with lease:  # one publisher at a time; the target's index is read inside
         return _mirror_fsspec(fs, root, folder, files, target, dry_run, progress, digest)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import tempfile
 from typing import Any
 
@@ -14,11 +13,12 @@ from pipeline.errors import SourceError
 from pipeline.sources.body import TRANSPORT, content_range, int_header, read_body
 from pipeline.sources.limits import Deadline, Limits, env_size
 from pipeline.sources.watchdog import watchdog, watched_session
+from pipeline.taco.rangefile import RangeFile
 
 log = logging.getLogger(__name__)
 
 
-class HttpRangeFile(io.RawIOBase):
+class HttpRangeFile(RangeFile):
     """Seekable read-only file over HTTP Range requests; ``ranges`` records what was fetched.
 
     Each read asks for its bytes only and reads at most that many (a longer answer is
@@ -77,40 +77,22 @@ class HttpRangeFile(io.RawIOBase):
             raise SourceError(f"{url}: the server gives no Content-Length for the shard")
         self.size = size
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
-        self.pos = max(base + offset, 0)
-        return self.pos
-
     def close(self) -> None:
         if self._whole is not None:
             self._whole.close()
             self._whole = None
         super().close()
 
-    def read(self, n: int | None = -1) -> bytes:
-        end = self.size if n is None or n < 0 else min(self.pos + n, self.size)
-        if end <= self.pos:
-            return b""
+    def read_range(self, start: int, end: int) -> bytes:
         if self._whole is None:
-            self._fetch(self.pos, end)
+            self._fetch(start, end)
         if self._whole is not None:  # the server ignored Range: served from the spooled copy
-            self._whole.seek(self.pos)
-            data = self._whole.read(end - self.pos)
+            self._whole.seek(start)
+            data = self._whole.read(end - start)
         else:
             data = self._last
             self._last = b""
-        self.ranges.append((self.pos, self.pos + len(data)))
-        self.pos += len(data)
+        self.ranges.append((start, start + len(data)))
         return data
 
     def _fetch(self, start: int, end: int) -> None:
