@@ -129,6 +129,9 @@ class HubRemote:
                 h.update(block)
         return h.hexdigest()
 
+    def stamp(self, rel: str) -> str | None:
+        return None  # a file's bytes are named by the listing itself (LFS id or blob id)
+
     def commit(
         self,
         folder: Path,

@@ -92,15 +92,13 @@ def shard_sample_ids(remote: Remote, rel: str, size: int) -> list[str]:
 
 def _sha256(remote: Remote, rel: str, entry: RemoteFile, shas: _Cache) -> str | None:
     """The file's SHA-256: stated by the listing, cached on its stamp, or read."""
-    stated = remote.file_sha256 if entry.sha256 is None else None
-    if stated is None:
+    if entry.sha256 is not None:
         return entry.sha256
-    stamp_of = getattr(remote, "stamp", None)
-    stamp = stamp_of(rel) if stamp_of else None
+    stamp = remote.stamp(rel)
     hit = shas.data.get(rel)
     if stamp is not None and isinstance(hit, list) and len(hit) == 2 and hit[0] == stamp:
         return str(hit[1])
-    digest = stated(rel, entry)
+    digest = remote.file_sha256(rel, entry)
     if digest is not None and stamp is not None:
         shas.data[rel] = [stamp, digest]
     return digest

@@ -52,6 +52,8 @@ class Remote(Protocol):
 
     def file_sha256(self, rel: str, entry: RemoteFile) -> str | None: ...
 
+    def stamp(self, rel: str) -> str | None: ...
+
     def commit(
         self,
         folder: Path,
