@@ -9,6 +9,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from pipeline.publish.plotscale import (
+    PSNR_SPAN,
+    RATE_SPAN,
+    axis_limits,
+    plain_ticks,
+    point_labels,
+)
 from pipeline.publish.verify import BandCheck, Verification
 
 if TYPE_CHECKING:
@@ -24,6 +31,10 @@ def _fmt(v: float | None, digits: int = 2) -> str:
     if isinstance(v, float) and math.isinf(v):
         return "lossless"
     return f"{v:.{digits}f}"
+
+
+def _db(v: float) -> str:
+    return f"{v:.1f} dB" if math.isfinite(v) else "lossless"
 
 
 def sample_table(v: Verification) -> str:
@@ -107,10 +118,14 @@ def _psnr_per_band(lossy: list[BandCheck], bands: list[str], req: list[float], p
     fig, ax = _pyplot().subplots(figsize=(max(5, 0.9 * len(bands) + 2), 4))
     if bands:
         ax.boxplot([[c.psnr for c in lossy if c.band == b] for b in bands], tick_labels=bands)
-        if req:
-            need = min(req)
-            ax.axhline(need, color="tab:red", ls="--", lw=1.2, label=f"required {need:g} dB")
+        need = [min(req)] if req else []
+        for y in need:
+            ax.axhline(y, color="tab:red", ls="--", lw=1.2, label=f"required {y:g} dB")
+        if need:
             ax.legend(loc="lower right", fontsize=9)
+        ax.set_ylim(*axis_limits([c.psnr for c in lossy], need, PSNR_SPAN))
+    plain_ticks(ax, "y")
+    ax.set_xlabel("band", fontsize=10)
     ax.set_ylabel("PSNR (dB)", fontsize=10)
     ax.set_title("PSNR per band over samples (bands in data order)", fontsize=11)
     ax.tick_params(labelsize=9)
@@ -124,36 +139,32 @@ def _psnr_vs_bpppb(v: Verification, lossy: list[BandCheck], req: list[float], pa
     colours = dict(
         zip(splits, _pyplot().rcParams["axes.prop_cycle"].by_key()["color"], strict=False)
     )
+    points = {
+        sid: (float(meta["bpppb"]), min(c.psnr for c in lossy if c.sample == sid))
+        for sid, meta in v.samples.items()
+        if meta.get("bpppb") is not None and any(c.sample == sid for c in lossy)
+    }
     shown: set[str] = set()
-    for sid, meta in v.samples.items():
-        ps = [c.psnr for c in lossy if c.sample == sid]
-        if not ps or meta.get("bpppb") is None:
-            continue
-        split = str(meta.get("split") or "-")
-        ax.scatter(
-            meta["bpppb"],
-            min(ps),
-            s=40,
-            color=colours.get(split),
-            label=f"split {split}" if split not in shown else None,
-        )
+    for sid, (rate, psnr) in points.items():
+        split = str(v.samples[sid].get("split") or "-")
+        label = f"split {split}" if split not in shown else None
+        ax.scatter(rate, psnr, s=40, color=colours.get(split), label=label)
         shown.add(split)
-        ax.annotate(
-            sid[:24],
-            (meta["bpppb"], min(ps)),
-            fontsize=8,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
-    if req:
-        ax.axhline(min(req), color="tab:red", ls="--", lw=1.2, label=f"required {min(req):g} dB")
-    if shown or req:
+    floor = [min(req)] if req else []
+    if floor:
+        ax.axhline(floor[0], color="tab:red", ls="--", lw=1.2, label=f"required {floor[0]:g} dB")
+    if shown or floor:
         ax.legend(fontsize=9, loc="best")
-    ax.set_xlabel("bits per pixel per band (lower = smaller)", fontsize=10)
+    rates, psnrs = [r for r, _ in points.values()], [q for _, q in points.values()]
+    ax.set_xlim(*axis_limits(rates, rel_span=RATE_SPAN, min_span=0.01, pad=0.15, floor=0.0))
+    ax.set_ylim(*axis_limits(psnrs, floor, PSNR_SPAN, pad=0.15))
+    plain_ticks(ax)
+    for (rate, psnr), text in point_labels(points, ax.get_xlim(), ax.get_ylim()):
+        ax.annotate(text, (rate, psnr), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("rate (bits per pixel per band, lower = smaller)", fontsize=10)
     ax.set_ylabel("worst band PSNR (dB)", fontsize=10)
     ax.set_title("Quality vs rate, one point per cube", fontsize=11)
     ax.tick_params(labelsize=9)
-    ax.margins(x=0.15, y=0.15)
     return _save(fig, path)
 
 
@@ -172,7 +183,8 @@ def _sizes(v: Verification, path: Path) -> Path:
         )
     ax.set_yticks(ys, [i[:24] for i in ids], fontsize=9)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(ratio or [1]) * 1.6)
+    ax.set_xlim(0, (max(ratio, default=0.0) or 1.0) * 1.6)  # room for the annotations
+    plain_ticks(ax, "x")
     ax.set_xlabel("compression ratio (raw size / encoded size, higher = smaller)", fontsize=10)
     ax.set_title("Compression per cube", fontsize=11)
     return _save(fig, path)
@@ -191,48 +203,78 @@ def _plane(values: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape[-2:])
 
 
+def _frame_psnr(orig: np.ndarray, dec: np.ndarray) -> float:
+    """PSNR over the valid pixels of one frame, each band (last axis) over its own range."""
+    valid = np.isfinite(orig) & np.isfinite(dec)
+    if not valid.any():
+        return math.inf
+    rng = np.nanmax(orig, axis=(0, 1)) - np.nanmin(orig, axis=(0, 1))
+    mse = float(np.mean(((dec - orig) / np.where(rng > 0, rng, 1))[valid] ** 2))
+    return -10 * math.log10(mse) if mse > 0 else math.inf
+
+
+def _error_image(orig: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    """Absolute error of one band in % of its range in this frame, NaN where either misses."""
+    valid = np.isfinite(orig) & np.isfinite(dec)
+    if not valid.any():
+        return np.zeros(orig.shape)
+    rng = float(np.nanmax(orig) - np.nanmin(orig)) or 1.0
+    return np.where(valid, np.abs(dec - orig), np.nan) / rng * 100
+
+
+def error_title(band: str, psnr: float, verified: bool) -> str:
+    """The error image's title: which band it shows and why that one."""
+    why = "worst band of the sample" if verified else "worst shown band in this frame"
+    return f"abs error of {band} (% of its range)\n{why}: PSNR {_db(psnr)}"
+
+
 def sample_panel(
     original: xr.Dataset,
     decoded: xr.Dataset,
     bands: list[str],
     out: Path,
     title: str,
+    worst: tuple[str, float] | None = None,
 ) -> Path:
     """Original | decoded | absolute error for one frame of one sample.
 
     ``original`` and ``decoded`` hold one time step of ``bands`` (three bands: shown as
-    RGB, else the first band in grey). Both images share the original's 2-98 % stretch, so
-    differences are not hidden by separate scaling; the error is in % of the band's range.
+    RGB, else the first band in grey). Both images share the 2-98 % stretch of this frame of
+    the original, per band: differences are not hidden by separate scaling, and the frame
+    fills the grey levels instead of being washed out by a stretch of other dates. The error
+    image is of ``worst`` (band, PSNR from verification; the datasets must hold it too), the
+    band whose errors are largest, else of the shown band with the lowest PSNR in this frame.
     """
     out.mkdir(parents=True, exist_ok=True)
     orig = np.stack([_plane(original[b].values) for b in bands], -1)
     dec = np.stack([_plane(decoded[b].values) for b in bands], -1)
-    valid = np.isfinite(orig) & np.isfinite(dec)
     lo = np.array([np.nanpercentile(orig[..., i], 2) for i in range(len(bands))])
     hi = np.array([np.nanpercentile(orig[..., i], 98) for i in range(len(bands))])
-    rng = np.array([np.nanmax(orig[..., i]) - np.nanmin(orig[..., i]) for i in range(len(bands))])
-    err = np.where(valid, np.abs(dec - orig), np.nan) / np.where(rng > 0, rng, 1) * 100
-    mse = np.nanmean(((dec - orig) / np.where(rng > 0, rng, 1))[valid] ** 2) if valid.any() else 0
-    psnr = -10 * math.log10(mse) if mse > 0 else math.inf
+    if worst is None:
+        psnrs = [_frame_psnr(orig[..., i : i + 1], dec[..., i : i + 1]) for i in range(len(bands))]
+        worst, verified = min(zip(bands, psnrs, strict=True), key=lambda bp: bp[1]), False
+    else:
+        verified = True
+    err = _error_image(_plane(original[worst[0]].values), _plane(decoded[worst[0]].values))
     rgb = len(bands) == 3
-    show_o = _stretch(orig, lo, hi)
-    show_d = _stretch(dec, lo, hi)
+    show_o, show_d = _stretch(orig, lo, hi), _stretch(dec, lo, hi)
     if not rgb:
         show_o, show_d = show_o[..., 0], show_d[..., 0]
-    fig, axes = _pyplot().subplots(1, 3, figsize=(12, 4.4))
+    fig, axes = _pyplot().subplots(1, 3, figsize=(12, 4.6))
     kw = {} if rgb else {"cmap": "gray", "vmin": 0, "vmax": 1}
     for ax, img, name in ((axes[0], show_o, "original"), (axes[1], show_d, "decoded")):
         ax.imshow(np.nan_to_num(img, nan=0.0), interpolation="nearest", **kw)
-        ax.set_title(name, fontsize=10)
-    worst = np.nanmax(err, axis=-1) if np.isfinite(err).any() else np.zeros(err.shape[:2])
-    im = axes[2].imshow(worst, cmap="magma", interpolation="nearest", vmin=0)
-    axes[2].set_title("abs error, worst band (% of band range)", fontsize=10)
-    fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.04)
+        ax.set_title(f"{name} (2-98 % stretch of this frame)", fontsize=10)
+    im = axes[2].imshow(err, cmap="magma", interpolation="nearest", vmin=0)
+    axes[2].set_title(error_title(worst[0], worst[1], verified), fontsize=10)
+    fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.04, label="abs error (% of range)")
     for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set_xlabel("x (px)", fontsize=9)
+        ax.set_ylabel("y (px)", fontsize=9)
+        ax.tick_params(labelsize=8)
     label = "RGB = " + "/".join(bands) if rgb else bands[0]
-    fig.suptitle(f"{title}: {label}, PSNR of this frame {psnr:.1f} dB", fontsize=11)
+    psnr = _frame_psnr(orig, dec)
+    fig.suptitle(f"{title}: {label}, PSNR of this frame {_db(psnr)}", fontsize=11)
     return _save(fig, out / "sample.png")
 
 
