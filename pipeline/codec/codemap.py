@@ -3,6 +3,11 @@
 One implementation for the decoder and for the encoder's own quality check, so the PSNR
 the encoder measures is the PSNR a reader gets: a plane's codes map linearly to a band, or
 a KLT group's component planes are inverted together into all of the group's bands.
+
+Values are written straight into the caller's arrays a block of frames at a time: a
+block's work arrays stay in cache, and a KLT group is one matrix product per block
+(``codes -> values`` is affine, so the component quantisers, the rotation and the band
+normalisation fold into one ``(bands x components)`` matrix and one offset per band).
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ import numpy as np
 from pipeline.codec.klt import Klt
 from pipeline.codec.manifest import ChannelInfo, Manifest, TransformInfo
 from pipeline.codec.quantize import Quantiser, cast_values, from_words
+
+BLOCK_BYTES = 4 << 20  # a block's float work array: a few MiB stays in the CPU's cache
+
+Clip = tuple[float | int, float | int]
 
 
 def klt_of(t: TransformInfo, channels: Mapping[str, ChannelInfo]) -> Klt:
@@ -28,11 +37,38 @@ def klt_of(t: TransformInfo, channels: Mapping[str, ChannelInfo]) -> Klt:
     )
 
 
+def klt_affine(t: TransformInfo, channels: Mapping[str, ChannelInfo]) -> tuple[np.ndarray, ...]:
+    """``values = A @ codes + c`` for a KLT group, in float64: the components' own
+    quantisers (``offset_k + scale_k * code_k``), the rotation and the band scaling."""
+    klt = klt_of(t, channels)
+    comp_scale = np.array([p.scale for p in t.components], dtype=np.float64)
+    m = np.asarray(klt.matrix, dtype=np.float64)
+    a = klt.band_scale[:, None] * m * comp_scale[None, :]
+    c = klt.band_offset + klt.band_scale * (klt.mean + m @ klt.comp_offset)
+    return a, c
+
+
+def _block_frames(frame_px: int, planes: int) -> int:
+    return max(1, BLOCK_BYTES // max(1, 4 * frame_px * max(planes, 1)))
+
+
+def _store(values: np.ndarray, out: np.ndarray, clip: Clip | None) -> None:
+    """One block of a channel's values into its output: cast to the output's dtype (integers
+    rounded and clipped to the type), clipped to the band's valid range where asked."""
+    if values.dtype != out.dtype:
+        values = cast_values(values, out.dtype)
+    if clip is not None:
+        lo, hi = (np.asarray(b).astype(out.dtype) for b in clip)
+        np.clip(values, lo, hi, out=values)
+    out[...] = values
+
+
 class CodeMap:
     """Rebuilds channel values from one window of decoded codes.
 
-    ``decoded`` maps a stream name to its codes, (frames, planes, H, W) uint16. A KLT
-    group is inverted once per window, whichever of its bands is asked for first.
+    ``decoded`` maps a stream name to its codes, (frames, planes, H, W) uint16 (masks:
+    bool). :meth:`fill` writes several channels at once, so a KLT group shared by them is
+    inverted once.
     """
 
     def __init__(
@@ -44,9 +80,7 @@ class CodeMap:
         self.channels = dict(channels)
         self.transforms = dict(transforms)
         self.bits = dict(bits)
-        self._klts = {n: klt_of(t, self.channels) for n, t in self.transforms.items()}
-        # the last window's inverse; the dict is held so its identity is not reused
-        self._window: tuple[Mapping[str, np.ndarray], str, np.ndarray] | None = None
+        self._affine = {n: klt_affine(t, self.channels) for n, t in self.transforms.items()}
 
     @classmethod
     def from_manifest(cls, m: Manifest) -> CodeMap:
@@ -57,32 +91,90 @@ class CodeMap:
         )
 
     def values(self, name: str, decoded: Mapping[str, np.ndarray], dtype: np.dtype) -> np.ndarray:
+        """One channel's values, (frames, H, W) of ``dtype``."""
+        out = np.empty(self.frames_shape(name, decoded), dtype=dtype)
+        self.fill({name: out}, decoded)
+        return out
+
+    def frames_shape(self, name: str, decoded: Mapping[str, np.ndarray]) -> tuple[int, ...]:
         c = self.channels[name]
         if c.words:
-            return from_words([decoded[w][:, 0] for w in c.words], int(c.offset), dtype)
-        if c.transform is None and c.stream is None and c.mask_stream is not None:
-            # no valid pixel anywhere (all NaN or nodata): no codes, the mask sets them all
-            mask = decoded[c.mask_stream]
-            return np.zeros((mask.shape[0], *mask.shape[2:]), dtype=dtype)
-        if c.transform is None:
-            assert c.stream is not None and c.plane is not None
-            q = Quantiser(c.offset, c.scale, self.bits[c.stream])
-            return q.from_codes(decoded[c.stream][:, c.plane], dtype)
-        bands = self._bands(c.transform, decoded, np.dtype(dtype))
-        return cast_values(bands[:, self.transforms[c.transform].channels.index(name)], dtype)
+            src = decoded[c.words[0]]
+        elif c.transform is not None:
+            src = decoded[self.transforms[c.transform].components[0].stream]
+        elif c.stream is not None:
+            src = decoded[c.stream]
+        else:
+            assert c.mask_stream is not None
+            src = decoded[c.mask_stream]
+        return (src.shape[0], *src.shape[2:])
 
-    def _bands(self, transform: str, decoded: Mapping[str, np.ndarray], dtype: np.dtype):
-        if self._window is not None and self._window[0] is decoded and self._window[1] == transform:
-            return self._window[2]
-        t, klt = self.transforms[transform], self._klts[transform]
-        # float32 is exact enough (about 140 dB) unless the output itself is 64-bit
-        work = np.float64 if dtype.itemsize > 4 else np.float32
-        first = decoded[t.components[0].stream]
-        comps = np.empty((first.shape[0], len(t.components), *first.shape[2:]), dtype=work)
-        for k, p in enumerate(t.components):
-            comps[:, k] = decoded[p.stream][:, p.plane]
-            comps[:, k] *= work(p.scale)
-            comps[:, k] += work(p.offset)
-        bands = klt.inverse(comps, work)
-        self._window = (decoded, transform, bands)
-        return bands
+    def fill(
+        self,
+        outputs: Mapping[str, np.ndarray],
+        decoded: Mapping[str, np.ndarray],
+        clips: Mapping[str, Clip] | None = None,
+    ) -> None:
+        """Write each named channel's values into its (frames, H, W) output array (a view
+        is fine), clipped to ``clips[name]`` where given."""
+        clips = clips or {}
+        groups: dict[str, list[str]] = {}
+        for name, out in outputs.items():
+            c = self.channels[name]
+            if c.transform is not None:
+                groups.setdefault(c.transform, []).append(name)
+            elif c.words:
+                words = [decoded[w][:, 0] for w in c.words]
+                _store(from_words(words, int(c.offset), out.dtype), out, clips.get(name))
+            elif c.stream is None:
+                # no valid pixel anywhere (all NaN or nodata): no codes, the mask sets them all
+                out[...] = 0
+            else:
+                assert c.plane is not None
+                self._fill_plane(c, decoded[c.stream], out, clips.get(name))
+        for transform, names in groups.items():
+            self._fill_group(transform, names, decoded, outputs, clips)
+
+    def _fill_plane(
+        self, c: ChannelInfo, codes: np.ndarray, out: np.ndarray, clip: Clip | None
+    ) -> None:
+        assert c.stream is not None
+        q = Quantiser(c.offset, c.scale, self.bits[c.stream])
+        step = _block_frames(codes.shape[-1] * codes.shape[-2], 1)
+        for t0 in range(0, codes.shape[0], step):
+            block = codes[t0 : t0 + step, c.plane]
+            _store(q.from_codes(block, out.dtype), out[t0 : t0 + step], clip)
+
+    def _fill_group(
+        self,
+        transform: str,
+        names: list[str],
+        decoded: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        clips: Mapping[str, Clip],
+    ) -> None:
+        t = self.transforms[transform]
+        # float32 is exact enough (about 140 dB) unless an output itself is 64-bit
+        wide = any(outputs[n].dtype.itemsize > 4 for n in names)
+        work = np.dtype(np.float64 if wide else np.float32)
+        rows = [t.channels.index(n) for n in names]
+        a, c = (x[rows].astype(work) for x in self._affine[transform])
+        planes = [(p.stream, p.plane) for p in t.components]
+        streams = {s for s, _ in planes}
+        one = decoded[planes[0][0]] if len(streams) == 1 else None
+        in_order = one is not None and [p for _, p in planes] == list(range(one.shape[1]))
+        n_frames, h, w = self.frames_shape(names[0], decoded)
+        k = len(planes)
+        step = _block_frames(h * w, k + len(rows))
+        for t0 in range(0, n_frames, step):
+            t1 = min(t0 + step, n_frames)
+            if in_order:
+                assert one is not None
+                codes = one[t0:t1]
+            else:
+                codes = np.stack([decoded[s][t0:t1, p] for s, p in planes], axis=1)
+            x = codes.reshape(t1 - t0, k, h * w).astype(work)
+            y = np.matmul(a, x)  # (frames, bands, pixels): one BLAS call per block
+            y += c[None, :, None]
+            for j, name in enumerate(names):
+                _store(y[:, j].reshape(t1 - t0, h, w), outputs[name][t0:t1], clips.get(name))

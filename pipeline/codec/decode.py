@@ -6,7 +6,9 @@ window is decoded once; only the streams of the wanted variables are opened."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import xarray as xr
@@ -70,10 +72,7 @@ def _assemble(
         if m.time_dim in ci.dims:
             var = var.isel({m.time_dim: slice(start, stop)})
         coords[name] = var
-    codemap = CodeMap.from_manifest(m)
-    data_vars = {
-        v.name: _image_variable(m, v, codemap, decoded) for v in m.variables if v.name in wanted
-    }
+    data_vars = _image_variables(m, wanted, CodeMap.from_manifest(m), decoded)
     if m.aux and aux is not None:
         _add_aux(m, aux, wanted, slice(start, stop), data_vars, coords)
     for name, ci in m.coords.items():
@@ -86,33 +85,50 @@ def _assemble(
     return ds
 
 
-def _image_variable(
-    m: Manifest, v: VariableInfo, codemap: CodeMap, decoded: Mapping[str, np.ndarray]
-) -> xr.DataArray:
-    """One image variable's values: codes mapped back, clipped to the valid range, invalid
-    pixels set to nodata (or NaN) and infinities restored from their mask bits."""
-    dtype = np.dtype(v.dtype)
-    nodata = jsonvalues.from_json(v.nodata)
-    bands = []
-    for cname in v.channels:
+def _image_variables(
+    m: Manifest, wanted: Sequence[str], codemap: CodeMap, decoded: Mapping[str, np.ndarray]
+) -> dict[str, xr.DataArray]:
+    """The wanted image variables' values, each band written once into its variable's
+    array: codes mapped back (a KLT group inverted once for all its wanted bands), clipped
+    to the valid range, invalid pixels set to nodata (or NaN) and infinities restored from
+    their mask bits."""
+    outputs: dict[str, np.ndarray] = {}
+    clips: dict[str, tuple] = {}
+    arrays: dict[str, tuple[VariableInfo, np.ndarray]] = {}
+    for v in m.variables:
+        if v.name not in wanted:
+            continue
+        frames = codemap.frames_shape(v.channels[0], decoded)
+        bands = () if v.band_dim is None else (len(v.channels),)
+        arr = np.empty((frames[0], *bands, *frames[1:]), dtype=np.dtype(v.dtype))
+        for i, cname in enumerate(v.channels):
+            outputs[cname] = arr if v.band_dim is None else arr[:, i]
+            c = m.channel(cname)
+            if v.role == "continuous" and c.valid_min is not None:
+                clips[cname] = (c.valid_min, c.valid_max)
+        arrays[v.name] = (v, arr)
+    codemap.fill(outputs, decoded, clips)
+    nodata = {v.name: jsonvalues.from_json(v.nodata) for v, _ in arrays.values()}
+    for cname, out in outputs.items():
         c = m.channel(cname)
-        vals = codemap.values(cname, decoded, dtype)
-        if v.role == "continuous" and c.valid_min is not None:
-            lo, hi = c.valid_min, c.valid_max
-            np.clip(vals, np.asarray(lo).astype(dtype), np.asarray(hi).astype(dtype), out=vals)
-        if c.mask_stream is not None:
-            invalid = decoded[c.mask_stream][:, c.mask_bit]
-            vals[invalid] = np.nan if nodata is None and dtype.kind == "f" else nodata
-            for bit, inf in ((c.posinf_bit, np.inf), (c.neginf_bit, -np.inf)):
-                if bit is not None:
-                    vals[decoded[c.mask_stream][:, bit]] = inf
-        bands.append(vals)
-    if v.band_dim is None:
-        arr, canon = bands[0], [m.time_dim, m.y_dim, m.x_dim]
-    else:
-        arr, canon = np.stack(bands, axis=1), [m.time_dim, v.band_dim, m.y_dim, m.x_dim]
-    da = xr.DataArray(arr, dims=canon).transpose(*v.dims)
-    return _restore(da, v.attrs, v.encoding)
+        if c.mask_stream is None:
+            continue
+        bits = decoded[c.mask_stream]
+        fill = nodata[c.variable]
+        if fill is None and out.dtype.kind == "f":
+            fill = np.nan
+        np.copyto(out, np.array(fill, dtype=out.dtype), where=bits[:, c.mask_bit])
+        for bit, inf in ((c.posinf_bit, np.inf), (c.neginf_bit, -np.inf)):
+            if bit is not None:
+                np.copyto(out, np.array(inf, dtype=out.dtype), where=bits[:, bit])
+    data_vars = {}
+    for name, (v, arr) in arrays.items():
+        canon = [m.time_dim, m.y_dim, m.x_dim]
+        if v.band_dim is not None:
+            canon.insert(1, v.band_dim)
+        da = xr.DataArray(arr, dims=canon).transpose(*v.dims)
+        data_vars[name] = _restore(da, v.attrs, v.encoding)
+    return data_vars
 
 
 def _add_aux(
@@ -168,20 +184,46 @@ def iter_decode(
     readers: list[StreamFrames] = []
     with _manifest_faults(enc):
         check_budget(enc, wanted, min(window, stop - start))
+    pool: ThreadPoolExecutor | None = None
     try:
         with _manifest_faults(enc):
             for s in needed_streams(m, wanted):
                 readers.append(StreamFrames(enc, s, start, stop, stats))
             aux = _aux_dataset(enc, wanted)
+        if len(readers) > 1 and decode_threads() > 1:
+            pool = ThreadPoolExecutor(min(len(readers), decode_threads()), "cubecast-decode")
         for lo in range(start, stop, window):
             hi = min(lo + window, stop)
             with _manifest_faults(enc):
-                decoded = {r.stream.name: r.take(hi - lo) for r in readers}
+                decoded = _take(readers, hi - lo, pool)
                 ds = _assemble(enc, wanted, decoded, lo, hi, aux)
             yield ds
     finally:
+        if pool is not None:  # no thread may still be inside a reader when it closes
+            pool.shutdown(wait=True, cancel_futures=True)
         for r in readers:
             r.close()
+
+
+def decode_threads() -> int:
+    """Streams decoded side by side: ``CUBECAST_DECODE_THREADS``, else the usable cores
+    (a data loader's worker processes set it to 1 so workers do not oversubscribe)."""
+    raw = os.environ.get("CUBECAST_DECODE_THREADS", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+def _take(
+    readers: Sequence[StreamFrames], n: int, pool: ThreadPoolExecutor | None
+) -> dict[str, np.ndarray]:
+    """The next ``n`` frames of every stream. Streams decode side by side where a pool is
+    given: PyAV releases the GIL while FFmpeg decodes, and VVC's decoder (single-threaded
+    for determinism, see pyav_engine) would otherwise use one core."""
+    if pool is None:
+        return {r.stream.name: r.take(n) for r in readers}
+    futures = [pool.submit(r.take, n) for r in readers]
+    return {r.stream.name: f.result() for r, f in zip(readers, futures, strict=True)}
 
 
 @contextlib.contextmanager

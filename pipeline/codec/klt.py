@@ -88,8 +88,12 @@ class Klt:
         return np.einsum("tbhw,bk->tkhw", centred, self.matrix.astype(np.float32))
 
     def inverse(self, components: np.ndarray, work: type = np.float64) -> np.ndarray:
-        """(frames, K, H, W) components -> (frames, B, H, W) band values in ``work``."""
-        norm = np.einsum("tkhw,bk->tbhw", components, self.matrix.astype(work))
+        """(frames, K, H, W) components -> (frames, B, H, W) band values in ``work``: one
+        BLAS matrix product (the decoder folds all of this into one affine map, see
+        :func:`pipeline.codec.codemap.klt_affine`)."""
+        t, k, h, w = components.shape
+        flat = components.reshape(t, k, h * w).astype(work, copy=False)
+        norm = np.matmul(self.matrix.astype(work), flat).reshape(t, -1, h, w)
         norm += self.mean.astype(work)[None, :, None, None]
         norm *= self.band_scale.astype(work)[None, :, None, None]
         norm += self.band_offset.astype(work)[None, :, None, None]
