@@ -78,6 +78,33 @@ def start_server(host: str, port: int) -> tuple[subprocess.Popen, str]:
     return proc, api
 
 
+def run_commands(api: str, names: list[str]) -> list[str]:
+    """Copy-pasteable lines that run each served deployment from another shell. Prefect's own
+    banner says ``prefect deployment run [DEPLOYMENT_NAME]``, but the name must be the full
+    ``<flow>/<deployment>``, and without this server's URL the prefect CLI talks to a
+    throwaway server of its own and waits forever."""
+    first = names[0].removeprefix("publish-dataset/publish-")
+    lines = [f"export PREFECT_API_URL={api}"]
+    if os.environ.get("PREFECT_API_KEY"):
+        lines.append("# and export PREFECT_API_KEY as in this shell")
+    lines += [f"prefect deployment run '{name}'" for name in names]
+    lines += [
+        "# or wait for it to finish (refused in seconds if no server serves it; --timeout):",
+        f"cubecast trigger {first} --watch",
+    ]
+    return lines
+
+
+def print_banner(api: str, names: list[str]) -> None:
+    """What is served and how to run it, in one write (a reader of the log sees it whole)."""
+    lines = [
+        f"serving {', '.join(names)}",
+        "To run one now (add -p key=value to override a parameter), in another shell:",
+        *(f"    {line}" for line in run_commands(api, names)),
+    ]
+    print("\n".join(lines), flush=True)
+
+
 def serve_deployments(host: str = "127.0.0.1", port: int = 4200, local_server: bool = True) -> None:
     os.environ.update(TELEMETRY_OFF)
     proc = None
@@ -89,14 +116,10 @@ def serve_deployments(host: str = "127.0.0.1", port: int = 4200, local_server: b
             api = os.environ.get("PREFECT_API_URL", "")
             if not api:
                 raise CubecastError("--no-local-server needs PREFECT_API_URL (and PREFECT_API_KEY)")
-        from prefect import serve
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings(updates={PREFECT_API_URL: api}):
-            deps = deployments()
-            names = ", ".join(f"publish-dataset/{d.name}" for d in deps)
-            print(f"serving {names}", flush=True)
-            serve(*deps)
+            _serve(api, deployments())
     finally:
         if proc is not None:
             proc.terminate()
@@ -104,3 +127,21 @@ def serve_deployments(host: str = "127.0.0.1", port: int = 4200, local_server: b
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _serve(api: str, deps: list[Any]) -> None:
+    """``prefect.serve`` with our banner instead of its own (whose run command is wrong):
+    printed once the deployments exist on the server, so the commands work at once."""
+    import asyncio
+
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+
+    runner = Runner(pause_on_shutdown=True)
+    for dep in deps:
+        runner.add_deployment(dep)
+    print_banner(api, [f"{dep.flow_name}/{dep.name}" for dep in deps])
+    try:
+        asyncio.run(runner.start())
+    except (KeyboardInterrupt, TerminationSignal):
+        pass

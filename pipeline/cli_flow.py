@@ -1,8 +1,9 @@
-"""Commands that run the whole publish-dataset flow through Prefect: ``run``, ``demo`` and
-``server``."""
+"""Commands that run the whole publish-dataset flow through Prefect: ``run``, ``demo``,
+``server`` and ``trigger``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -81,10 +82,64 @@ def server(
         bool, typer.Option(help="start a local Prefect server (off: use PREFECT_API_URL)")
     ] = True,
 ) -> None:
-    """Start a local Prefect server (SQLite) and serve the publish deployments."""
+    """Start a local Prefect server (SQLite) and serve the publish deployments.
+
+    Prints the commands (with the PREFECT_API_URL export) that run each one from another
+    shell."""
     from flows.serve import serve_deployments
 
     serve_deployments(host, port, local_server)
+
+
+def trigger(
+    deployment: Annotated[
+        str,
+        typer.Argument(help="recipe (deployment publish-dataset/publish-<recipe>) or flow/name"),
+    ] = "dynamicearthnet",
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="flow parameter key=value (JSON values parsed)"),
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="wait for the run; exit 1 unless it completes")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="--watch: seconds before giving up on the run")
+    ] = 6 * 3600,
+    queue_unserved: Annotated[
+        bool,
+        typer.Option("--queue-unserved", help="create the run even if nothing serves it now"),
+    ] = False,
+) -> None:
+    """Run a served deployment on the Prefect server at PREFECT_API_URL.
+
+    No URL, no server, no such deployment or nothing serving it (start `cubecast server`):
+    one line in seconds, before any flow run is created. --watch ends at --timeout, or when
+    the server stays unreachable for 30 s."""
+    from flows.trigger import trigger as trigger_run
+
+    params = dict(_key_value(p) for p in param or [])
+    state = trigger_run(deployment, params, watch, timeout, queue_unserved, _echo)
+    if state is not None and not state.is_completed():
+        err_console.print(f"flow run ended {state.name}: {state.message or ''}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """``key=value`` as Prefect's ``-p`` reads it: the value as JSON if it parses, else text."""
+    from pipeline.errors import CubecastError
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise CubecastError(f"-p {text}: expected key=value")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _echo(line: str) -> None:
+    console.print(line, highlight=False, soft_wrap=True)
 
 
 def _run_flow(**params: object) -> dict:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from itertools import takewhile
 from pathlib import Path
 
 import pytest
@@ -124,34 +125,25 @@ def test_deployment_runs_on_a_real_prefect_server(twins, tmp_path):
             assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(1)
-        env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+        api = f"http://127.0.0.1:{port}/api"
+        printed = _printed_commands((tmp_path / "server.log").read_text())
+        assert printed[0] == f"export PREFECT_API_URL={api}"
+        assert "prefect deployment run 'publish-dataset/publish-dynamicearthnet'" in printed
         out, target = tmp_path / "out", tmp_path / "published"
+        params = f"-p source={twins['dynamicearthnet']} -p out={out} -p target={target}"
+        # the printed lines, pasted into a shell as they are (plus --watch and -p)
+        command = next(line for line in printed if line.endswith("publish-dynamicearthnet'"))
+        script = f"{printed[0]}\n{command} --watch {params}"
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "deployment",
-                "run",
-                "publish-dataset/publish-dynamicearthnet",
-                "--watch",
-                "-p",
-                f"source={twins['dynamicearthnet']}",
-                "-p",
-                f"out={out}",
-                "-p",
-                f"target={target}",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=400,
+            ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=400
         )
         server_log = (tmp_path / "server.log").read_text()
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:] + server_log[-4000:]
         assert "Completed" in run.stdout
         assert list(target.glob("*.tacozip")) and (target / "README.md").is_file()
         assert "PASS" in (target / "REPORT.md").read_text()
+        _trigger_refuses_then_runs(env | {"PREFECT_API_URL": api}, params.split())
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -159,3 +151,36 @@ def test_deployment_runs_on_a_real_prefect_server(twins, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
         log.close()
+
+
+def _printed_commands(log: str) -> list[str]:
+    """The lines `cubecast server` prints for running its deployments, without comments."""
+    block = log.split("To run one now", 1)[1].splitlines()[1:]
+    lines = [line.strip() for line in takewhile(lambda x: x.startswith("    "), block)]
+    return [line for line in lines if not line.startswith("#")]
+
+
+def _trigger_refuses_then_runs(env: dict[str, str], params: list[str]) -> None:
+    """`cubecast trigger` on the served deployment: a wrong name or parameter is refused
+    before any run is created; then a watched run (cached by the first one) completes."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    def trigger(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "pipeline.cli", "trigger", *args]
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+
+    def runs() -> int:
+        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            with get_client(sync_client=True) as client:
+                return sum(r.deployment_id is not None for r in client.read_flow_runs())
+
+    before = runs()
+    r = trigger("nosuch", "--watch")
+    assert r.returncode == 2 and "no deployment publish-dataset/publish-nosuch" in r.stderr
+    r = trigger("dynamicearthnet", "--watch", "-p", "nosuch=1")
+    assert r.returncode == 2 and "takes no parameter nosuch" in r.stderr, r.stderr
+    assert runs() == before
+    r = trigger("dynamicearthnet", "--watch", "--timeout", "300", *params)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Completed after" in r.stdout and runs() == before + 1
