@@ -107,7 +107,7 @@ def wheel(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("src")  # setuptools writes build/ beside the sources
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for name in ("pipeline", "flows", "datasets"):
+    for name in ("cubecast", "pipeline", "flows", "datasets"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     r = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q", "-w", str(out)],
@@ -125,8 +125,14 @@ def test_wheel_ships_the_recipes_and_a_light_core(wheel):
         names = set(z.namelist())
         for toml in (ROOT / "datasets").glob("*.toml"):
             assert z.read(f"pipeline/recipes/{toml.name}") == toml.read_bytes()
-        for py in [*ROOT.glob("pipeline/**/*.py"), *ROOT.glob("flows/*.py")]:
+        for py in [
+            *ROOT.glob("pipeline/**/*.py"),
+            *ROOT.glob("flows/*.py"),
+            *ROOT.glob("cubecast/*.py"),
+        ]:
             assert py.relative_to(ROOT).as_posix() in names
+        scripts = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt")))
+        assert b"cubecast = cubecast.__main__:main" in scripts
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     core = [
         line.split(":", 1)[1].strip()
