@@ -23,6 +23,7 @@ from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.manifest import Manifest
 from pipeline.codec.metrics import bpppb
 from pipeline.codec.options import EncodeOptions
+from pipeline.codec.readcost import read_costs
 from pipeline.errors import CubecastError
 from pipeline.recipe import PSNR_MAX
 
@@ -41,6 +42,20 @@ CodecOpt = Annotated[
     ),
 ]
 DecorrelateOpt = Annotated[str, typer.Option(help="auto (KLT where bands correlate), klt or none")]
+HedgeOpt = Annotated[
+    bool,
+    typer.Option(
+        help="with --psnr, a small cube's final stream also encoded one step coarser on "
+        "the core its encoder leaves idle; the smaller that meets the floor is kept"
+    ),
+]
+AccessOpt = Annotated[
+    str,
+    typer.Option(
+        help="what a reader can read alone, paid for in bits: whole (cubes), windows (a "
+        "keyframe every 16 frames), bands (a stream per band, no KLT) or windows+bands"
+    ),
+]
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="replace the output file if it exists (never an input)")
 ]
@@ -87,14 +102,9 @@ def encode(
     ] = 1,
     codec: CodecOpt = "auto",
     decorrelate: DecorrelateOpt = "auto",
+    access: AccessOpt = "whole",
     engine: EngineOpt = "auto",
-    hedge: Annotated[
-        bool,
-        typer.Option(
-            help="with --psnr, a small cube's final stream also encoded one step coarser on "
-            "the core its encoder leaves idle; the smaller that meets the floor is kept"
-        ),
-    ] = True,
+    hedge: HedgeOpt = True,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Encode a cube into video streams plus a manifest.
@@ -118,6 +128,7 @@ def encode(
         codec=codec,
         engine=engine,
         decorrelate=decorrelate,
+        access=access,
         hedge=hedge,
     )
     enc = encode_cube(
@@ -178,6 +189,15 @@ def info(input: Annotated[Path, typer.Argument(help="encoded cube folder or .tar
             f"KLT group {t.name}: {', '.join(t.channels)} -> {len(t.components)} components"
         )
     console.print(_bytes_by_kind(enc))
+    console.print(_read_cost_table(enc))
+
+
+def _read_cost_table(enc: EncodedCube) -> Table:
+    """What a reader pays for part of the cube (the encode's ``--access`` trades bits for it)."""
+    table = Table("read", "bytes", "share of cube", "frames decoded", title="read cost")
+    for c in read_costs(enc):
+        table.add_row(c.what, str(c.nbytes), f"{100 * c.share:.1f} %", str(c.frames))
+    return table
 
 
 def _stream_table(m: Manifest) -> Table:

@@ -101,6 +101,7 @@ class Recipe(StrictModel):
             psnr=c.psnr,
             groups=groups,
             keyint=c.keyint,
+            access=c.access,
             x265_params=c.x265_params,
             workers=c.workers,
             codec=c.codec,

@@ -130,6 +130,9 @@ class CodecSpec(StrictModel):
     max_cost: Annotated[float, Field(gt=0)] = 8.0
     psnr: Annotated[float, Field(gt=0)] | None = None
     keyint: Annotated[int, Field(ge=1, le=1000)] = 250  # x265's own default
+    # what a reader can read alone, paid for in bits: "whole" cubes, short time "windows"
+    # (a keyframe every 16 frames at most), single "bands" (a stream per band), or both
+    access: Literal["whole", "windows", "bands", "windows+bands"] = "whole"
     x265_params: str = ""
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     # a small PSNR-target group's final encode also one step coarser on the core its encoder

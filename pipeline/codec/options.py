@@ -11,6 +11,11 @@ from pipeline.errors import InvalidCubeError
 
 AUTO = "auto"
 DECORRELATE = ("auto", "klt", "none")
+# what a reader can read alone, paid for in bits (docs/BENCHMARKS.md, "Access"): "whole"
+# cubes (long GOPs, KLT groups), short time "windows" (a keyframe every WINDOW_KEYINT frames),
+# single "bands" (one stream per band, no KLT across bands), or both
+ACCESS = ("whole", "windows", "bands", "windows+bands")
+WINDOW_KEYINT = 16
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,18 @@ class EncodeOptions:
     # its encoder leaves idle, and the smaller that meets the floor kept (pipeline.codec.hedge);
     # off where every core is already busy (a flow encoding as many cubes as it has cores)
     hedge: bool = True
+    access: str = "whole"
+
+    @property
+    def stream_keyint(self) -> int:
+        """The video streams' keyframe interval: ``keyint``, at most ``WINDOW_KEYINT`` where
+        time windows are to be read alone."""
+        return min(self.keyint, WINDOW_KEYINT) if "windows" in self.access else self.keyint
+
+    @property
+    def band_streams(self) -> bool:
+        """Every band in a stream of its own (no KLT group, no three-plane stream)."""
+        return "bands" in self.access
 
     def __post_init__(self) -> None:
         """Refuse values the encoder would misread (a keyint of 0 writes an undecodable
@@ -66,6 +83,8 @@ class EncodeOptions:
             raise InvalidCubeError(f"max_cost {self.max_cost!r}: must be a number above 0")
         if self.preset not in PRESETS:
             raise InvalidCubeError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
+        if self.access not in ACCESS:
+            raise InvalidCubeError(f"access {self.access!r} is not one of {', '.join(ACCESS)}")
         if self.decorrelate not in DECORRELATE:
             raise InvalidCubeError(
                 f"decorrelate {self.decorrelate!r} is not one of {', '.join(DECORRELATE)}"

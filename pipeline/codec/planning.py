@@ -158,7 +158,7 @@ def plan_groups(
         pix_fmt="gray12le",
         crf=options.crf,
         preset=options.preset,
-        keyint=options.keyint,
+        keyint=options.stream_keyint,
         x265_params=options.x265_params,
         threads=options.threads,
         engine=engine,
@@ -246,13 +246,13 @@ class _LossyPlanner:
             get_codec(codec).check_quality(crf)
         settings = replace(self.base, codec=codec, crf=crf)
         pixels = self.frame_shape[0] * self.frame_shape[1]
-        if klt and self._klt(chans):
+        if klt and not options.band_streams and self._klt(chans):
             name = spec.name if spec and spec.name else None
             name = name or group_name([c.name for c in chans[:3]], taken)
             taken.add(name)
             return [GroupPlan(name, "continuous", list(chans), settings, target, "klt",
                               frame_pixels=pixels)]  # fmt: skip
-        per = 3 if get_codec(codec).max_planes >= 3 else 1
+        per = 3 if get_codec(codec).max_planes >= 3 and not options.band_streams else 1
         runs = [list(chans[i : i + per]) for i in range(0, len(chans), per)]
         runs = [r for run in runs for r in ([run] if len(run) != 2 else [[run[0]], [run[1]]])]
         out = []
@@ -301,6 +301,6 @@ def _mask_plan(
     infs += [(c, "-inf") for c in masked if stats[c.name].n_neginf]
     # masks are chunked by ``keyint`` frames; a chunk is unpacked whole on read, so it
     # stays short whatever the video streams' keyframe interval
-    chunk = min(options.keyint, MASK_CHUNK)
+    chunk = min(options.stream_keyint, MASK_CHUNK)
     mask = VideoSettings(codec=MASK_CODEC, pix_fmt="bits", crf=None, lossless=True, keyint=chunk)
     return GroupPlan(group_name(["masks"], taken), "mask", [], mask, mask_of=masked, inf_of=infs)

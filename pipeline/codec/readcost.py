@@ -1,0 +1,103 @@
+"""What reading part of an encoded cube costs: bytes fetched and frames decoded for the
+whole cube, for one band and for a short time window, read from the streams' own packet
+index (sizes and keyframes, demuxed without decoding). ``cubecast info`` and the dataset
+card show it beside the cube's bits, so the ``access`` option's trade is visible."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+
+from pipeline.codec.encoded import EncodedCube
+from pipeline.codec.manifest import Manifest, StreamInfo
+from pipeline.codec.sizes import needed_streams
+from pipeline.errors import CorruptStreamError
+
+WINDOW = 8  # frames: a typical training sample's time window
+
+
+@dataclass(frozen=True)
+class Packets:
+    """One video stream's packets in decode order: the cube frame each shows, its bytes,
+    and whether it is a keyframe (a seek lands on one)."""
+
+    frames: list[int]
+    sizes: list[int]
+    keys: list[bool]
+
+    def window_cost(self, start: int, stop: int) -> tuple[int, int]:
+        """(bytes, frames decoded) to read frames [start, stop): a seek lands on the last
+        keyframe showing a frame at or before ``start`` (the stream's start if none), and
+        decoding runs until every wanted frame's packet is in. Decode order matters: VVC
+        codes a GOP's keyframe first and the frames before it after it."""
+        wanted = [i for i, f in enumerate(self.frames) if start <= f < stop]
+        if not wanted:
+            return 0, 0
+        before = [i for i, f in enumerate(self.frames) if self.keys[i] and f <= start]
+        first = max(before, key=self.frames.__getitem__) if before else 0
+        first = min(first, min(wanted))
+        last = max(wanted)
+        return sum(self.sizes[first : last + 1]), last - first + 1
+
+
+@dataclass(frozen=True)
+class ReadCost:
+    what: str
+    nbytes: int
+    frames: int  # frames decoded in the stream that decodes most
+    share: float  # of the cube's bytes
+
+
+def packets(enc: EncodedCube, stream: StreamInfo) -> Packets:
+    """The stream's packet index, from its container (nothing is decoded)."""
+    data = enc.file_path(stream.file) or io.BytesIO(enc.read_file(stream.file))
+    frames, sizes, keys = [], [], []
+    try:
+        with av.open(str(data) if not isinstance(data, io.BytesIO) else data, "r") as c:
+            vs = c.streams.video[0]
+            ticks = Fraction(1, 1) / (vs.time_base or Fraction(1, 1000))
+            for p in c.demux(vs):
+                if p.size == 0 or p.pts is None:
+                    continue
+                frames.append(round(p.pts / ticks))
+                sizes.append(p.size)
+                keys.append(bool(p.is_keyframe))
+    except av.FFmpegError as exc:
+        raise CorruptStreamError(f"{enc.source}:{stream.file}: packets unreadable ({exc})") from exc
+    return Packets(frames, sizes, keys)
+
+
+def _bands(m: Manifest) -> list[str]:
+    return [v.name for v in m.variables if v.role == "continuous"]
+
+
+def read_costs(enc: EncodedCube, window: int = WINDOW) -> list[ReadCost]:
+    """Whole cube; the costliest single band variable; the costliest ``window``-frame
+    window (over every start) of the whole cube's streams."""
+    m = enc.manifest
+    total = max(enc.nbytes, 1)
+    video = [s for s in m.streams if s.kind != "mask"]
+    index = {s.name: packets(enc, s) for s in video}
+    most = max((len(p.frames) for p in index.values()), default=0)
+    out = [ReadCost("whole cube", total, most, 1.0)]
+    band_costs = []
+    for name in _bands(m):
+        streams = needed_streams(m, [name])
+        nbytes = sum(s.nbytes for s in streams)
+        frames = max((len(index[s.name].frames) for s in streams if s.name in index), default=0)
+        band_costs.append(ReadCost(f"one band ({name})", nbytes, frames, nbytes / total))
+    if band_costs:
+        out.append(max(band_costs, key=lambda c: c.nbytes))
+    n = min(window, m.n_frames)
+    worst = (0, 0)
+    for start in range(0, m.n_frames - n + 1):
+        costs = [p.window_cost(start, start + n) for p in index.values()]
+        cost = (sum(b for b, _ in costs), max((f for _, f in costs), default=0))
+        worst = max(worst, cost, key=lambda c: (c[1], c[0]))
+    mask = sum(s.nbytes for s in m.streams if s.kind == "mask")
+    nbytes = worst[0] + mask
+    out.append(ReadCost(f"{n}-frame window (worst)", nbytes, worst[1], nbytes / total))
+    return out
