@@ -154,12 +154,19 @@ def _shards_of(source: Any) -> list[str]:
 
 
 def open_sample(
-    source: Any, sample: str | int, variables: Sequence[str] | None = None
+    source: Any,
+    sample: str | int,
+    variables: Sequence[str] | None = None,
+    time: slice | None = None,
 ) -> xr.Dataset:
     """Decode one sample of a shard (or shard list / .tacocat / tacoreader dataset).
 
-    ``sample`` is a sample id, or a row number over all shards in order.  Only the manifest,
-    the streams holding ``variables`` and their masks are read.
+    ``sample`` is a sample id, or a row number over all shards in order. Only the manifest,
+    the streams holding ``variables`` (default: all) and their masks are read; ``time`` is
+    a frame-index slice (``slice(100, 108)``): decoding starts at the keyframe before it,
+    so a window costs at most one GOP more than its own frames (a recipe's
+    ``access = "windows"`` keeps GOPs at 16 frames; ``"bands"`` gives each band a stream
+    it can be read from alone).
     """
     idx = sample if isinstance(sample, int) else None
     for shard in _shards_of(source):
@@ -175,7 +182,7 @@ def open_sample(
                 sid = str(sample)
             else:
                 continue
-            return _decode_sample(archive, sid, shard, variables)
+            return _decode_sample(archive, sid, shard, variables, time)
     raise SourceError(f"sample {sample!r} not found in {source}")
 
 
@@ -199,9 +206,13 @@ def sample_encoded(archive: zipfile.ZipFile, sid: str, shard: str) -> EncodedCub
 
 
 def _decode_sample(
-    archive: zipfile.ZipFile, sid: str, shard: str, variables: Sequence[str] | None
+    archive: zipfile.ZipFile,
+    sid: str,
+    shard: str,
+    variables: Sequence[str] | None,
+    time: slice | None = None,
 ) -> xr.Dataset:
-    return decode_cube(sample_encoded(archive, sid, shard), variables)
+    return decode_cube(sample_encoded(archive, sid, shard), variables, time=time)
 
 
 def iter_samples(
