@@ -21,6 +21,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from pipeline.codec.encoded import file_sha256
+from pipeline.sources.provenance import write_marker
 from pipeline.sources.synthetic import S2_BANDS, CloudField, Surface, fractal_noise
 
 if TYPE_CHECKING:
@@ -191,6 +192,15 @@ def write_deepextremecubes(
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
         written.append(dest)
+    write_marker(
+        root,
+        write_deepextremecubes,
+        "DeepExtremeCubes",
+        seed,
+        cubes=cubes,
+        frames=frames,
+        size=size,
+    )
     write_index(root)
     return written
 
@@ -251,6 +261,9 @@ def write_dynamicearthnet(
         splits.append(f"{aoi},{('train', 'val', 'test')[n % 3]}")
         written.append(area)
     (root / "splits.csv").write_text("id,split\n" + "\n".join(splits) + "\n")
+    write_marker(
+        root, write_dynamicearthnet, "DynamicEarthNet", seed, cubes=cubes, frames=frames, size=size
+    )
     write_index(root)
     return written
 
