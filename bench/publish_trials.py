@@ -12,8 +12,9 @@ child process of its own:
 
 After the interrupted or raced runs, and again after the settling run, the target must be
 whole: every shard the index names present byte for byte (SHA-256), every cube in exactly
-one shard, ``.tacocat`` and the card listing exactly those shards, and every sample
-decodable. A race counts as "both succeeded" if both runs exit 0 having each committed.
+one shard, ``.tacocat`` listing exactly those shards, the card's sample tables naming
+exactly the index's cubes in their shards, and every sample decodable. A race counts as
+"both succeeded" if both runs exit 0 having each committed.
 
     python bench/publish_trials.py --trials 20 --out bench/results
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import random
@@ -127,16 +129,19 @@ def whole(target: Target, expect: int | None, tmp: Path) -> str:
     collection = json.loads(files[".tacocat/COLLECTION.json"])
     if sorted(collection["taco:sources"]["files"]) != sorted(index.shards):
         return ".tacocat lists other shards"
+    import pyarrow.parquet as pq
     import yaml
 
     front = yaml.safe_load(files["README.md"].decode().split("---")[1])
-    listed = set()
+    rows: dict[str, str] = {}  # the card's sample tables: cube -> the shard they name
     for config in front.get("configs", []):
         for entry in config.get("data_files", []):
             paths = entry["path"]
-            listed |= set([paths] if isinstance(paths, str) else paths)
-    if listed != set(index.shards):
-        return f"the card lists {sorted(listed ^ set(index.shards))[:3]} wrongly"
+            for rel in [paths] if isinstance(paths, str) else paths:
+                table = pq.read_table(io.BytesIO(files[rel])).to_pylist()
+                rows.update({r["id"]: r["shard"] for r in table})
+    if rows != {cid: e.shard for cid, e in index.cubes.items()}:
+        return "the card's sample tables list other cubes or shards than the index"
     return ""
 
 

@@ -5,6 +5,7 @@ Output folder layout::
 
     OUT/<taco id>.tacozip (or _partNNNN.tacozip + .tacocat/)   the shards
     OUT/verification.json, REPORT.md, report/*.png, README.md  verification, report, card
+    OUT/data/<split>.parquet                                   the card's sample tables
     OUT/.work/staging/<cube id>/                                encoded cubes before packing
 """
 
@@ -29,6 +30,7 @@ from pipeline.publish.report import PLOTS, write_report
 from pipeline.publish.verify import REPORT_JSON, Verification, verify_shards
 from pipeline.recipe import Recipe
 from pipeline.sources import Mirror, load_cube, mirror_for
+from pipeline.sources.provenance import read_marker
 from pipeline.taco.pack import StagedSample, encode_sample, pack_shards, stage_sample
 
 WORK = ".work"
@@ -197,7 +199,7 @@ def verify_step(
         check_selection(recipe, mirror, verification, folder)
     panel = draw_sample_panel(recipe, paths, mirror, folder / PLOTS)
     write_report(verification, folder, title=f"{recipe.taco.title}: verification", panel=panel)
-    write_card(recipe, verification, folder)
+    write_card(recipe, verification, folder, synthetic=read_marker(mirror))  # + data/*.parquet
     verification.record_files(folder)  # what publish will mirror, hashed after it is all written
     verification.write(folder)
     return verification

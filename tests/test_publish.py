@@ -73,11 +73,13 @@ def test_report_pngs_and_card_render(built):
     card = (built / "README.md").read_text()
     _, front, body = card.split("---\n", 2)
     meta = yaml.safe_load(front)
-    assert meta["license"] == "cc-by-sa-4.0" and "image-segmentation" in meta["task_categories"]
+    assert meta["license"] == "mit" and "image-segmentation" in meta["task_categories"]
+    assert "synthetic" in meta["tags"]  # a twin: cubecast's licence, not the real data's
     shards = sorted(p.name for p in built.glob("*.tacozip"))
-    files = meta["configs"][0]["data_files"]  # one entry per split, its own shards
-    assert sorted(n for d in files for n in d["path"]) == shards
-    assert all(n.endswith(f"_{d['split']}.tacozip") for d in files for n in d["path"])
+    files = meta["configs"][0]["data_files"]  # one sample table per split
+    assert all(d["path"] == f"data/{d['split']}.parquet" for d in files)
+    assert all((built / d["path"]).is_file() for d in files)
+    assert all(name in body for name in shards)  # the body lists every shard
     html = MarkdownIt().enable("table").render(body)
     assert "<table>" in html and "tacoreader.load" in html and "PASS" in html
     report = MarkdownIt().enable("table").render((built / "REPORT.md").read_text())

@@ -69,17 +69,17 @@ def test_single_shard_still_gets_a_tacocat(tmp_path):
 def test_card_configs_list_real_splits(built):
     from huggingface_hub import DatasetCard
 
+    from pipeline.publish.card_load import install_line
+
     out, _ = built
     card = DatasetCard.load(out / "README.md")
     configs = card.data.to_dict()["configs"]
     files = {d["split"]: d["path"] for d in configs[0]["data_files"]}
-    assert files == {
-        "train": ["dynamicearthnet-cubecast_train.tacozip"],
-        "val": ["dynamicearthnet-cubecast_val.tacozip"],
-        "test": ["dynamicearthnet-cubecast_test.tacozip"],
-    }
+    assert files == {s: f"data/{s}.parquet" for s in ("train", "val", "test")}
     text = card.text
-    assert "pip install cubecast" in text and "until then" in text
+    for s in ("train", "val", "test"):  # the body names each split's shards
+        assert f"dynamicearthnet-cubecast_{s}.tacozip" in text
+    assert install_line() in text and "no release on PyPI yet" in text
     assert "CRF per sample" in text
 
 

@@ -22,14 +22,16 @@ from pipeline.publish.batch import (
     pack_batch,
     verify_batch,
 )
-from pipeline.publish.card import CARD, render_card
+from pipeline.publish.card import write_card
 from pipeline.publish.catalog import write_tacocat
 from pipeline.publish.index import INDEX_FILE, FileEntry, PublishedIndex
 from pipeline.publish.panel import draw_sample_panel
 from pipeline.publish.remote import RemoteFile
 from pipeline.publish.report import PLOTS, write_report
+from pipeline.publish.sample_tables import TABLES_DIR
 from pipeline.publish.targets import publishable_files
 from pipeline.publish.verify import Verification
+from pipeline.sources.provenance import read_marker
 from pipeline.taco.staged import StagedSample
 
 SINGLE_SHOT = ("verification.json",)  # what a single-shot publish left that no batch rewrites
@@ -57,7 +59,15 @@ def write_metadata(
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(v.to_json())
     merged = merged_verification(ctx, index, batch.number, v)
-    (folder / CARD).write_text(render_card(ctx.recipe, merged, index.shard_order(), index.splits()))
+    write_card(  # and the sample tables it points at (data/<split>.parquet)
+        ctx.recipe,
+        merged,
+        folder,
+        shard_of={cid: e.shard for cid, e in index.cubes.items()},
+        shards=index.shard_order(),
+        target=ctx.remote.target,
+        synthetic=read_marker(ctx.mirror),
+    )
     panel: Path | None = None
     if SAMPLE_PNG in ctx.listing:  # published with the first batch: linked, not drawn again
         panel = folder / SAMPLE_PNG
@@ -87,8 +97,9 @@ def committed_files(ctx: Context, index: PublishedIndex, folder: Path) -> dict[s
 
 def commit_files(ctx: Context, batch: Batch, index: PublishedIndex) -> tuple[list[str], list[str]]:
     """What the commit adds (everything in the batch folder, shards first) and deletes:
-    the shards it replaces, and shards, ``.tacocat`` files and single-shot records that no
-    longer belong to the dataset (an earlier layout, or a killed batch on a folder target)."""
+    the shards it replaces, and shards, ``.tacocat`` files, sample tables of a split that
+    is gone and single-shot records that no longer belong to the dataset (an earlier
+    layout, or a killed batch on a folder target)."""
     adds = publishable_files(batch.folder)
     added = set(adds)
     records = {batch_file(e.batch) for e in index.cubes.values()}
@@ -98,6 +109,7 @@ def commit_files(ctx: Context, batch: Batch, index: PublishedIndex) -> tuple[lis
         if (p.endswith(".tacozip") and p not in index.shards)
         or (p.startswith(".tacocat/") and p not in added)
         or (p.startswith(f"{VERIFY_DIR}/") and p not in records)  # no cube verified there
+        or (p.startswith(f"{TABLES_DIR}/") and p.endswith(".parquet") and p not in added)
         or p in SINGLE_SHOT
     }
     deletes = sorted(((batch.drop_shards & set(ctx.listing)) | stale) - added)

@@ -260,11 +260,3 @@ class PublishedIndex:
     def shard_order(self) -> list[str]:
         """Shards in the order they were published (batch, then name)."""
         return sorted(self.shards, key=lambda n: (self.shards[n].batch, n))
-
-    def splits(self) -> dict[str, list[str]]:
-        """Split -> shard names (no split counts as ``train``), for the card's configs."""
-        out: dict[str, list[str]] = {}
-        for name in self.shard_order():
-            out.setdefault(self.shards[name].split or "train", []).append(name)
-        order = {"train": 0, "validation": 1, "val": 1, "test": 2}
-        return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])))
