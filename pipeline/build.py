@@ -197,7 +197,7 @@ def verify_step(
     )
     if whole:
         check_selection(recipe, mirror, verification, folder)
-    panel = draw_sample_panel(recipe, paths, mirror, folder / PLOTS)
+    panel = draw_sample_panel(recipe, paths, mirror, folder / PLOTS, verification=verification)
     write_report(verification, folder, title=f"{recipe.taco.title}: verification", panel=panel)
     write_card(recipe, verification, folder, synthetic=read_marker(mirror))  # + data/*.parquet
     verification.record_files(folder)  # what publish will mirror, hashed after it is all written

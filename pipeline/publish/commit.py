@@ -72,7 +72,10 @@ def write_metadata(
     if SAMPLE_PNG in ctx.listing:  # published with the first batch: linked, not drawn again
         panel = folder / SAMPLE_PNG
     elif batch.new:  # the first shard starts with a new cube (new cubes are packed first)
-        panel = draw_sample_panel(ctx.recipe, [str(folder / shards[0])], ctx.mirror, folder / PLOTS)
+        first = [str(folder / shards[0])]
+        panel = draw_sample_panel(
+            ctx.recipe, first, ctx.mirror, folder / PLOTS, verification=merged
+        )
     title = f"{ctx.recipe.taco.title}: verification"
     write_report(merged, folder, title=title, panel=panel)
     write_tacocat(ensure_stubs(ctx, index, batch), folder)
