@@ -4,7 +4,8 @@ The package reads as the data path. A ``recipe`` names a dataset; ``sources`` tu
 into cubes; ``codec`` turns each cube into video streams plus a manifest; ``taco`` packs them
 into shards and reads them back; ``publish`` verifies, reports and publishes the shards.
 ``build`` composes these steps for one recipe and ``cli`` is the command line on top.
-Exported here is the reader's API: encode and decode a cube, open a sample of a shard.
+Exported here is the reader's API: encode and decode a cube, open a sample of a shard,
+and a training dataset over shards (:class:`CubeDataset`).
 """
 
 from pipeline.codec.decode import decode_cube, iter_decode
@@ -12,9 +13,11 @@ from pipeline.codec.encode import encode_cube
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.options import EncodeOptions, GroupSpec
 from pipeline.errors import CubecastError
+from pipeline.taco.loader import CubeDataset
 from pipeline.taco.read import iter_samples, open_sample
 
 __all__ = [
+    "CubeDataset",
     "CubecastError",
     "EncodeOptions",
     "EncodedCube",

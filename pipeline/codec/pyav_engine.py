@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.codec.framebounds import FrameBounds
 from pipeline.codec.settings import VideoSettings, sample_dtype
 from pipeline.codec.videocodecs import get_codec
-from pipeline.errors import CorruptStreamError
+from pipeline.errors import CorruptStreamError, CubecastError
 
 # Plane p of ours -> index in PyAV's (H, W, 3) RGB ndarray for gbrp formats.
 _GBRP_INDEX = (1, 2, 0)
@@ -125,6 +125,18 @@ class DecodeStats:
     seeks: list[int] = field(default_factory=list)
 
 
+def decode_threads() -> int:
+    """``CUBECAST_DECODE_THREADS``: threads per video decoder (0 or unset: FFmpeg's choice,
+    every core). Processes that decode side by side (a loader's workers) set 1, so they
+    do not compete for the cores with each other's decoder threads."""
+    text = os.environ.get("CUBECAST_DECODE_THREADS", "").strip()
+    if not text:
+        return 0
+    if not text.isdigit():
+        raise CubecastError(f"CUBECAST_DECODE_THREADS={text!r}: must be a whole number")
+    return int(text)
+
+
 def _open_video(
     data: bytes | StreamTarget, name: str, expect: FrameBounds | None
 ) -> av.container.InputContainer:
@@ -156,6 +168,8 @@ def _open_video(
             vstream.thread_count = 1
         else:
             vstream.thread_type = "AUTO"
+            if threads := decode_threads():
+                vstream.thread_count = threads
     except BaseException:
         container.close()
         raise

@@ -23,6 +23,7 @@ from pipeline.codec.manifest import Manifest
 from pipeline.confine import check_manifest_names
 from pipeline.errors import CorruptStreamError, ManifestError, SourceError
 from pipeline.sources.hub_auth import auth_headers
+from pipeline.taco.cachedrange import CachedRangeFile
 from pipeline.taco.http import HttpRangeFile
 from pipeline.taco.pack import child_id
 from pipeline.taco.staged import MANIFEST_DIGEST
@@ -111,7 +112,8 @@ def _open_archive(shard: str | os.PathLike[str]) -> tuple[zipfile.ZipFile, Any]:
     s = str(shard)
     try:
         if s.startswith(("http://", "https://")):
-            fh: Any = HttpRangeFile(s, headers=auth_headers(s))
+            # the bounded transport, read in cached blocks: not one request per ZIP record
+            fh: Any = CachedRangeFile(HttpRangeFile(s, headers=auth_headers(s)))
         else:
             if not Path(s).is_file():
                 raise SourceError(f"{s}: no such shard")
