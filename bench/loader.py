@@ -38,6 +38,7 @@ from pipeline.taco.loader import CubeDataset  # noqa: E402
 from pipeline.taco.rangefile import RangeFile  # noqa: E402
 from tests.rangeserver import RangeServer  # noqa: E402
 
+SWEEP_ITEMS = 48  # items per cache in --cache-sweep (it runs 12 passes in one process)
 GROUP = ("B04", "B03", "B02", "B8A", "B06", "B05", "B07")
 _ds: CubeDataset | None = None  # the worker's dataset
 
@@ -190,7 +191,7 @@ def cache_sweep(args, shards: Path) -> list[dict]:
                 ds = CubeDataset([f"{srv.url}/{u}" for u in urls], window=args.window)
                 order = list(range(len(ds)))
                 random.Random(0).shuffle(order)
-                order = order[: args.items or len(order)]
+                order = order[: args.items or SWEEP_ITEMS]
                 cold = _sweep_one(ds, order, srv, cold=True)
                 warm = _sweep_one(ds, order, srv, cold=False)
             finally:
