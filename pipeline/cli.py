@@ -47,7 +47,7 @@ app.command("demo-codec")(demo_codec)
 # Import names of the `publish` extra: a command that needs one of them names the extra.
 PUBLISH_MODULES = frozenset(
     "prefect prefect_dask dask distributed rasterio rioxarray pyproj matplotlib skimage "
-    "huggingface_hub tacotoolbox fsspec zarr ffmpeg imageio_ffmpeg yaml fastapi sqlalchemy".split()
+    "huggingface_hub tacotoolbox zarr ffmpeg imageio_ffmpeg yaml fastapi sqlalchemy".split()
 )
 
 

@@ -29,7 +29,6 @@ PUBLISH_ONLY = (
     "huggingface_hub",
     "tacotoolbox",
     "skimage",
-    "fsspec",
     "zarr",
     "ffmpeg",
     "imageio_ffmpeg",

@@ -18,7 +18,7 @@ from pipeline.codec.codemap import CodeMap
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.manifest import Manifest, VariableInfo
 from pipeline.codec.netcdf import dataset_from_bytes
-from pipeline.codec.pyav_engine import DecodeStats
+from pipeline.codec.pyav_engine import DecodeStats, decode_threads
 from pipeline.codec.sizes import check_budget, needed_streams
 from pipeline.codec.streamframes import StreamFrames
 from pipeline.errors import CubecastError, InvalidCubeError, ManifestError
@@ -190,8 +190,8 @@ def iter_decode(
             for s in needed_streams(m, wanted):
                 readers.append(StreamFrames(enc, s, start, stop, stats))
             aux = _aux_dataset(enc, wanted)
-        if len(readers) > 1 and decode_threads() > 1:
-            pool = ThreadPoolExecutor(min(len(readers), decode_threads()), "cubecast-decode")
+        if len(readers) > 1 and stream_threads() > 1:
+            pool = ThreadPoolExecutor(min(len(readers), stream_threads()), "cubecast-decode")
         for lo in range(start, stop, window):
             hi = min(lo + window, stop)
             with _manifest_faults(enc):
@@ -205,13 +205,11 @@ def iter_decode(
             r.close()
 
 
-def decode_threads() -> int:
-    """Streams decoded side by side: ``CUBECAST_DECODE_THREADS``, else the usable cores
-    (a data loader's worker processes set it to 1 so workers do not oversubscribe)."""
-    raw = os.environ.get("CUBECAST_DECODE_THREADS", "").strip()
-    if raw.isdigit() and int(raw) > 0:
-        return int(raw)
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+def stream_threads() -> int:
+    """Streams decoded side by side: ``CUBECAST_DECODE_THREADS`` where set (a data loader's
+    worker processes set 1 so workers do not oversubscribe), else the usable cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return decode_threads() or max(1, cores or 1)
 
 
 def _take(

@@ -101,3 +101,16 @@ def read_costs(enc: EncodedCube, window: int = WINDOW) -> list[ReadCost]:
     nbytes = worst[0] + mask
     out.append(ReadCost(f"{n}-frame window (worst)", nbytes, worst[1], nbytes / total))
     return out
+
+
+def access_fields(enc: EncodedCube, window: int = WINDOW) -> dict[str, float | int]:
+    """A sample's read costs as plain fields for its verification row and sample table:
+    the share of its bytes the costliest band reads alone, and the frames the worst
+    ``window``-frame window decodes."""
+    costs = read_costs(enc, window)
+    band = next((c for c in costs if c.what.startswith("one band")), None)
+    win = costs[-1]
+    return {
+        "band_read_share": round(band.share, 4) if band else 1.0,
+        "window_frames": win.frames,
+    }

@@ -83,9 +83,37 @@ detail correlates are decorrelated first (a KLT per group, stored with the sampl
 layers are lossless FFV1 and validity masks bit-packed zstd. Everything that is not a
 (time, y, x) stack is stored losslessly. Every stream decodes with PyAV alone.
 
+{access_paragraph(recipe, v)}
+
 Settings actually used, per stream and sample:
 
 {chr(10).join(stream_rows(v))}"""
+
+
+ACCESS_TEXT = {
+    "whole": "whole cubes (long GOPs, decorrelated band groups: the fewest bits)",
+    "windows": "short time windows (a keyframe every 16 frames at most)",
+    "bands": "single bands (each band in a stream of its own, no KLT across bands)",
+    "windows+bands": "single bands and short time windows",
+}
+
+
+def access_paragraph(recipe: Recipe, v: Verification) -> str:
+    """What reading part of a sample costs, as measured on the published samples: the
+    recipe's ``access`` option trades bits for it (docs/BENCHMARKS.md, "Access")."""
+    rows = v.samples.values()
+    shares = sorted(float(x) for m in rows if (x := m.get("band_read_share")) is not None)
+    frames = sorted(int(x) for m in rows if (x := m.get("window_frames")) is not None)
+    access = recipe.codec.access
+    text = f"Access: `{access}`, encoded for reading {ACCESS_TEXT[access]}."
+    if shares and frames:
+        text += (
+            f" Measured on these samples (median): one band alone reads "
+            f"{100 * shares[len(shares) // 2]:.0f} % of a sample's bytes, and an 8-frame "
+            f"window decodes {frames[len(frames) // 2]} frames "
+            "(`open_sample(..., variables=[band], time=slice(t, t + 8))`)."
+        )
+    return text
 
 
 def verification_section(recipe: Recipe, v: Verification) -> str:

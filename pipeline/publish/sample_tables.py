@@ -42,6 +42,10 @@ SCHEMA = pa.schema(
         ("raw_bytes", pa.int64()),
         ("encoded_bytes", pa.int64()),
         ("passed", pa.bool_()),
+        # read costs (pipeline.codec.readcost): the share of the sample's bytes its costliest
+        # band reads alone, and the frames the worst 8-frame window decodes
+        ("band_read_share", pa.float64()),
+        ("window_frames", pa.int64()),
     ]
 )
 

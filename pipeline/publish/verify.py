@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from pipeline.codec.encoded import file_sha256
 from pipeline.codec.metrics import BandQuality, compare_encoded
+from pipeline.codec.readcost import access_fields
 from pipeline.errors import UnsafePathError, VerificationError
 from pipeline.taco.read import _open_archive, _shards_of, sample_encoded, sample_ids
 
@@ -237,7 +238,8 @@ def verify_shards(
                     )
                 quality = compare_encoded(source, enc, roles=roles, window=window)
                 result.checks += check_bands(sid, quality, threshold)
-                result.samples[sid] = rows.get(sid, {"id": sid})
+                # what reading part of it costs (the recipe's ``access`` trade), for the card
+                result.samples[sid] = {**rows.get(sid, {"id": sid}), **access_fields(enc)}
     if not result.samples:
         raise VerificationError(f"{shards}: no samples to verify")
     return result
