@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import av
 import numpy as np
@@ -46,33 +46,34 @@ def _to_frame(planes: np.ndarray, pix_fmt: str) -> av.VideoFrame:
     return av.VideoFrame.from_ndarray(np.ascontiguousarray(arr, dtype=dtype), format=pix_fmt)
 
 
-def _from_frame(frame: av.VideoFrame, planes: int) -> np.ndarray:
+_PLANAR = frozenset(
+    ("gray", "gray10le", "gray12le", "gray16le", "gbrp", "gbrp10le", "gbrp12le", "gbrp16le")
+)
+
+
+def frame_planes(frame: av.VideoFrame, planes: int) -> list[np.ndarray]:
+    """The frame's planes as (H, W) arrays viewing the decoder's buffers (no copy): the
+    caller copies them straight into its output. VVC's band is its luma plane."""
     fmt = frame.format.name
     dtype = sample_dtype(fmt)
     h, w = frame.height, frame.width
-    if fmt.startswith("yuv420p"):  # VVC: the band is the luma plane
-        rows = np.frombuffer(frame.planes[0], dtype=dtype).reshape(h, -1)
-        return rows[np.newaxis, :, :w].copy()
-    if fmt in (
-        "gray",
-        "gray12le",
-        "gray10le",
-        "gray16le",
-        "gbrp",
-        "gbrp10le",
-        "gbrp12le",
-        "gbrp16le",
-    ):
-        out = np.empty((planes, h, w), dtype=dtype)
-        for p in range(planes):
-            plane = frame.planes[p]
-            rows = np.frombuffer(plane, dtype=dtype).reshape(h, -1)
-            out[p] = rows[:, :w]
-        return out
+    if fmt.startswith("yuv420p") or fmt in _PLANAR:
+        count = 1 if fmt.startswith("yuv420p") else planes
+        return [
+            np.frombuffer(frame.planes[p], dtype=dtype).reshape(h, -1)[:, :w] for p in range(count)
+        ]
     arr = frame.to_ndarray()
     if planes == 1:
-        return arr[np.newaxis]
-    return np.stack([arr[..., idx] for idx in _GBRP_INDEX])
+        return [arr]
+    return [arr[..., idx] for idx in _GBRP_INDEX]
+
+
+def _from_frame(frame: av.VideoFrame, planes: int) -> np.ndarray:
+    views = frame_planes(frame, planes)
+    out = np.empty((len(views), *views[0].shape), dtype=views[0].dtype)
+    for p, v in enumerate(views):
+        out[p] = v
+    return out
 
 
 class StreamWriter(Protocol):
@@ -184,8 +185,11 @@ def decode_frames(
     name: str = "stream",
     stats: DecodeStats | None = None,
     expect: FrameBounds | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (frame index, planes) for frames in [start, stop).
+    raw: bool = False,
+) -> Iterator[tuple[int, Any]]:
+    """Yield (frame index, planes) for frames in [start, stop); with ``raw``, (frame index,
+    the decoded av.VideoFrame) for a caller that copies its planes into place itself
+    (:func:`frame_planes`).
 
     With start > 0 the demuxer seeks to the nearest keyframe at or before start, so a window
     late in a long cube costs at most one GOP of extra decoding. With ``expect``, FFmpeg
@@ -217,7 +221,7 @@ def decode_frames(
                     continue
                 if stop is not None and idx >= stop:
                     break
-                yield idx, _from_frame(frame, n_planes_)
+                yield idx, frame if raw else _from_frame(frame, n_planes_)
         except av.FFmpegError as exc:
             if expect is not None and "max_pixels" in str(exc):
                 raise CorruptStreamError(expect.too_large(name)) from exc

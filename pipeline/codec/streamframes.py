@@ -6,13 +6,14 @@ import bisect
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
 import numpy as np
 
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.groupcoder import untile
 from pipeline.codec.manifest import StreamInfo
 from pipeline.codec.masks import decode_masks
-from pipeline.codec.pyav_engine import DecodeStats, decode_frames
+from pipeline.codec.pyav_engine import DecodeStats, decode_frames, frame_planes
 from pipeline.codec.settings import n_planes
 from pipeline.codec.sizes import frame_bounds
 from pipeline.errors import CorruptStreamError
@@ -45,8 +46,8 @@ class StreamFrames:
         source: bytes | Path | None = enc.file_path(stream.file)
         if source is None:
             source = enc.read_file(stream.file)
-        self._frames: Iterator[tuple[int, np.ndarray]] = iter(())
-        self._first: tuple[int, np.ndarray] | None = None
+        self._frames: Iterator[tuple[int, av.VideoFrame]] = iter(())
+        self._first: tuple[int, av.VideoFrame] | None = None
         if last > first:
             self._frames = decode_frames(
                 source,
@@ -56,12 +57,13 @@ class StreamFrames:
                 name=self.name,
                 stats=stats,
                 expect=frame_bounds(m, stream),
+                raw=True,
             )
             # the first frame now: a stream whose frames are not the manifest's size or
             # pixel format is refused before any window is allocated
             self._first = next(self._frames, None)
 
-    def _next(self) -> tuple[int, np.ndarray] | None:
+    def _next(self) -> tuple[int, av.VideoFrame] | None:
         if self._first is not None:
             got, self._first = self._first, None
             return got
@@ -96,9 +98,19 @@ class StreamFrames:
                     f"{self.stop - self.start} expected (truncated stream or manifest from "
                     "another cube)"
                 )
-            frame = untile(got[1], self.stream.tiles, h)
-            out[i] = frame[: self.shape[0], :h, :w]
+            self._copy(got[1], out[i])
         return out
+
+    def _copy(self, frame: av.VideoFrame, dest: np.ndarray) -> None:
+        """The frame's planes straight from the decoder's buffers into ``dest`` (planes,
+        H, W): tiled planes are cut from the one plane that stacks them."""
+        planes, h, w = dest.shape
+        views = frame_planes(frame, n_planes(self.stream.pix_fmt))
+        if self.stream.tiles > 1:
+            dest[...] = untile(views[0][np.newaxis], self.stream.tiles, h)[:planes, :h, :w]
+            return
+        for p in range(planes):
+            dest[p] = views[p][:h, :w]
 
     def close(self) -> None:
         close = getattr(self._frames, "close", None) if self.stream.kind != "mask" else None
