@@ -70,7 +70,11 @@ def pack(
         str | None, typer.Option("--id", help="dataset id (folder input; default 'cubes')")
     ] = None,
     crf: Annotated[
-        float | None, typer.Option(help="x265 CRF for every band (default 12; overrides a recipe)")
+        float | None,
+        typer.Option(
+            help="the codec's quantiser for every band: VVC QP or x265/AV1 CRF (default 12; "
+            "overrides a recipe)"
+        ),
     ] = None,
     psnr: Annotated[
         float | None, typer.Option(help="PSNR floor in dB for every band (overrides a recipe)")

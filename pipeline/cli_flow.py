@@ -23,7 +23,14 @@ def run(
     dask: Annotated[bool, typer.Option(help="run on a Dask LocalCluster")] = False,
     dask_address: Annotated[str | None, typer.Option(help="existing Dask scheduler")] = None,
     synthesize: Annotated[bool, typer.Option(help="write a twin at --source if absent")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="print the plan (new, changed, unchanged, to repair) and encode nothing; "
+            "--single-shot: build and verify, upload nothing",
+        ),
+    ] = False,
     cubes: Annotated[int | None, typer.Option(help="number of cubes (overrides count)")] = None,
     incremental: Annotated[
         bool,
