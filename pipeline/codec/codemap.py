@@ -20,7 +20,7 @@ from pipeline.codec.klt import Klt
 from pipeline.codec.manifest import ChannelInfo, Manifest, TransformInfo
 from pipeline.codec.quantize import Quantiser, cast_values, from_words
 
-BLOCK_BYTES = 4 << 20  # a block's float work array: a few MiB stays in the CPU's cache
+BLOCK_BYTES = 1 << 20  # a block's float work array: a few MiB stays in the CPU's cache
 
 Clip = tuple[float | int, float | int]
 
@@ -54,13 +54,15 @@ def _block_frames(frame_px: int, planes: int) -> int:
 
 def _store(values: np.ndarray, out: np.ndarray, clip: Clip | None) -> None:
     """One block of a channel's values into its output: cast to the output's dtype (integers
-    rounded and clipped to the type), clipped to the band's valid range where asked."""
+    rounded and clipped to the type), clipped to the band's valid range where asked, in
+    one pass where the dtypes agree."""
     if values.dtype != out.dtype:
         values = cast_values(values, out.dtype)
-    if clip is not None:
-        lo, hi = (np.asarray(b).astype(out.dtype) for b in clip)
-        np.clip(values, lo, hi, out=values)
-    out[...] = values
+    if clip is None:
+        out[...] = values
+        return
+    lo, hi = (np.asarray(b).astype(out.dtype) for b in clip)
+    np.clip(values, lo, hi, out=out)
 
 
 class CodeMap:

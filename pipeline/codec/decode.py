@@ -6,9 +6,7 @@ window is decoded once; only the streams of the wanted variables are opened."""
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import xarray as xr
@@ -16,11 +14,12 @@ import xarray as xr
 from pipeline.codec import jsonvalues
 from pipeline.codec.codemap import CodeMap
 from pipeline.codec.encoded import EncodedCube
-from pipeline.codec.manifest import Manifest, VariableInfo
+from pipeline.codec.manifest import Manifest
 from pipeline.codec.netcdf import dataset_from_bytes
-from pipeline.codec.pyav_engine import DecodeStats, decode_threads
+from pipeline.codec.pyav_engine import DecodeStats
 from pipeline.codec.sizes import check_budget, needed_streams
-from pipeline.codec.streamframes import StreamFrames
+from pipeline.codec.streamchunks import CHUNK, StreamChunks
+from pipeline.codec.windowarrays import WindowArrays
 from pipeline.errors import CubecastError, InvalidCubeError, ManifestError
 
 
@@ -58,12 +57,12 @@ def _wanted(m: Manifest, variables: Sequence[str] | None) -> list[str]:
 def _assemble(
     enc: EncodedCube,
     wanted: Sequence[str],
-    decoded: Mapping[str, np.ndarray],
+    arrays: WindowArrays,
     start: int,
     stop: int,
     aux: xr.Dataset | None,
 ) -> xr.Dataset:
-    """The Dataset for frames [start, stop) from the decoded codes of its streams."""
+    """The Dataset for frames [start, stop) from their image variables' filled arrays."""
     m = enc.manifest
     coords: dict[str, xr.Variable] = {}
     for name, ci in m.coords.items():
@@ -72,7 +71,10 @@ def _assemble(
         if m.time_dim in ci.dims:
             var = var.isel({m.time_dim: slice(start, stop)})
         coords[name] = var
-    data_vars = _image_variables(m, wanted, CodeMap.from_manifest(m), decoded)
+    data_vars = {
+        name: _restore(xr.DataArray(arr, dims=dims).transpose(*v.dims), v.attrs, v.encoding)
+        for name, (v, arr, dims) in arrays.canonical().items()
+    }
     if m.aux and aux is not None:
         _add_aux(m, aux, wanted, slice(start, stop), data_vars, coords)
     for name, ci in m.coords.items():
@@ -83,52 +85,6 @@ def _assemble(
         ds[n].attrs, ds[n].encoding = data_vars[n].attrs, data_vars[n].encoding
     ds.attrs = jsonvalues.dict_from_json(m.attrs)
     return ds
-
-
-def _image_variables(
-    m: Manifest, wanted: Sequence[str], codemap: CodeMap, decoded: Mapping[str, np.ndarray]
-) -> dict[str, xr.DataArray]:
-    """The wanted image variables' values, each band written once into its variable's
-    array: codes mapped back (a KLT group inverted once for all its wanted bands), clipped
-    to the valid range, invalid pixels set to nodata (or NaN) and infinities restored from
-    their mask bits."""
-    outputs: dict[str, np.ndarray] = {}
-    clips: dict[str, tuple] = {}
-    arrays: dict[str, tuple[VariableInfo, np.ndarray]] = {}
-    for v in m.variables:
-        if v.name not in wanted:
-            continue
-        frames = codemap.frames_shape(v.channels[0], decoded)
-        bands = () if v.band_dim is None else (len(v.channels),)
-        arr = np.empty((frames[0], *bands, *frames[1:]), dtype=np.dtype(v.dtype))
-        for i, cname in enumerate(v.channels):
-            outputs[cname] = arr if v.band_dim is None else arr[:, i]
-            c = m.channel(cname)
-            if v.role == "continuous" and c.valid_min is not None:
-                clips[cname] = (c.valid_min, c.valid_max)
-        arrays[v.name] = (v, arr)
-    codemap.fill(outputs, decoded, clips)
-    nodata = {v.name: jsonvalues.from_json(v.nodata) for v, _ in arrays.values()}
-    for cname, out in outputs.items():
-        c = m.channel(cname)
-        if c.mask_stream is None:
-            continue
-        bits = decoded[c.mask_stream]
-        fill = nodata[c.variable]
-        if fill is None and out.dtype.kind == "f":
-            fill = np.nan
-        np.copyto(out, np.array(fill, dtype=out.dtype), where=bits[:, c.mask_bit])
-        for bit, inf in ((c.posinf_bit, np.inf), (c.neginf_bit, -np.inf)):
-            if bit is not None:
-                np.copyto(out, np.array(inf, dtype=out.dtype), where=bits[:, bit])
-    data_vars = {}
-    for name, (v, arr) in arrays.items():
-        canon = [m.time_dim, m.y_dim, m.x_dim]
-        if v.band_dim is not None:
-            canon.insert(1, v.band_dim)
-        da = xr.DataArray(arr, dims=canon).transpose(*v.dims)
-        data_vars[name] = _restore(da, v.attrs, v.encoding)
-    return data_vars
 
 
 def _add_aux(
@@ -181,47 +137,27 @@ def iter_decode(
     start, stop = _time_window(m, time)
     wanted = _wanted(m, variables)
     stats = stats if stats is not None else DecodeStats()
-    readers: list[StreamFrames] = []
     with _manifest_faults(enc):
         check_budget(enc, wanted, min(window, stop - start))
-    pool: ThreadPoolExecutor | None = None
+    windows = [(lo, min(lo + window, stop)) for lo in range(start, stop, window)]
+    spans = [(c, min(c + CHUNK, hi)) for lo, hi in windows for c in range(lo, hi, CHUNK)]
+    streams: StreamChunks | None = None
     try:
         with _manifest_faults(enc):
-            for s in needed_streams(m, wanted):
-                readers.append(StreamFrames(enc, s, start, stop, stats))
+            streams = StreamChunks(enc, needed_streams(m, wanted), start, stop, stats)
             aux = _aux_dataset(enc, wanted)
-        if len(readers) > 1 and stream_threads() > 1:
-            pool = ThreadPoolExecutor(min(len(readers), stream_threads()), "cubecast-decode")
-        for lo in range(start, stop, window):
-            hi = min(lo + window, stop)
+            codemap = CodeMap.from_manifest(m)
+        chunks = streams.chunks(spans)
+        for lo, hi in windows:
             with _manifest_faults(enc):
-                decoded = _take(readers, hi - lo, pool)
-                ds = _assemble(enc, wanted, decoded, lo, hi, aux)
+                values = WindowArrays(m, wanted, hi - lo)
+                for c in range(lo, hi, CHUNK):
+                    values.fill(codemap, next(chunks), c - lo, min(c + CHUNK, hi) - lo)
+                ds = _assemble(enc, wanted, values, lo, hi, aux)
             yield ds
     finally:
-        if pool is not None:  # no thread may still be inside a reader when it closes
-            pool.shutdown(wait=True, cancel_futures=True)
-        for r in readers:
-            r.close()
-
-
-def stream_threads() -> int:
-    """Streams decoded side by side: ``CUBECAST_DECODE_THREADS`` where set (a data loader's
-    worker processes set 1 so workers do not oversubscribe), else the usable cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return decode_threads() or max(1, cores or 1)
-
-
-def _take(
-    readers: Sequence[StreamFrames], n: int, pool: ThreadPoolExecutor | None
-) -> dict[str, np.ndarray]:
-    """The next ``n`` frames of every stream. Streams decode side by side where a pool is
-    given: PyAV releases the GIL while FFmpeg decodes, and VVC's decoder (single-threaded
-    for determinism, see pyav_engine) would otherwise use one core."""
-    if pool is None:
-        return {r.stream.name: r.take(n) for r in readers}
-    futures = [pool.submit(r.take, n) for r in readers]
-    return {r.stream.name: f.result() for r, f in zip(readers, futures, strict=True)}
+        if streams is not None:
+            streams.close()
 
 
 @contextlib.contextmanager
