@@ -7,7 +7,7 @@ import pytest
 import tacoreader
 
 from pipeline import EncodeOptions
-from pipeline.errors import CorruptStreamError, ManifestError
+from pipeline.errors import CorruptStreamError, ManifestError, SourceError
 from pipeline.taco.pack import DatasetInfo, encode_sample, pack_shards
 from pipeline.taco.read import iter_samples, open_sample
 from tests.conftest import s2_like
@@ -151,3 +151,21 @@ def test_xarray_engine_opens_a_shard_sample(tmp_path):
     ds = xr.open_dataset(shard, engine="cubecast", sample="c1", variables=["B04"])
     assert list(ds.data_vars) == ["B04"] and ds.sizes["time"] == 12
     assert xr.open_dataset(shard, engine="cubecast").attrs["id"] == "s2like"
+
+
+def test_open_sample_reads_a_time_window_of_some_variables(shards, cubes):
+    _, paths, _ = shards
+    ds = tacoreader.load([str(p) for p in paths])
+    window = open_sample(ds, "cube_2", variables=["SCL", "B02"], time=slice(3, 7))
+    whole = open_sample(ds, "cube_2")
+    assert list(window.data_vars) == ["B02", "SCL"] and window.sizes["time"] == 4
+    np.testing.assert_array_equal(window.SCL.values, cubes[2].SCL.values[3:7])
+    np.testing.assert_array_equal(window.B02.values, whole.B02.values[3:7])
+    np.testing.assert_array_equal(window.time.values, cubes[2].time.values[3:7])
+
+
+def test_a_table_of_ids_as_the_source_says_what_to_pass(shards):
+    _, paths, _ = shards
+    ids = tacoreader.load([str(p) for p in paths]).sql("SELECT id FROM data")
+    with pytest.raises(SourceError, match="pass the tacoreader dataset"):
+        open_sample(ids, 0)

@@ -136,8 +136,18 @@ def _shards_of(source: Any) -> list[str]:
     """Shard paths/URLs from a path, URL, list, .tacocat folder or tacoreader dataset."""
     if isinstance(source, list | tuple):
         return [str(s) for s in source]
+    table = None
     if hasattr(source, "data") and hasattr(source.data, "to_arrow"):  # tacoreader dataset
         table = source.data.to_arrow()
+    elif hasattr(source, "column_names") and hasattr(source, "column"):  # an arrow table
+        table = source
+        if "internal:gdal_vsi" not in source.column_names:
+            raise SourceError(
+                f"a table with columns {', '.join(source.column_names)} names no shards: "
+                "pass the tacoreader dataset (or the .tacocat / shard path) as the source and "
+                "a sample id from the table as the sample"
+            )
+    if table is not None:
         paths = []
         for vsi in table.column("internal:gdal_vsi").to_pylist():
             path = vsi.split(",", 1)[1] if vsi.startswith("/vsisubfile/") else vsi
