@@ -9,7 +9,6 @@ so for determinism: see pyav_engine) runs beside the others.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -23,14 +22,6 @@ from pipeline.codec.streamframes import StreamFrames
 CHUNK = 32  # frames decoded per step: a VVC GOP; its codes stay a few MiB per stream
 
 Pending = list[Future] | int
-
-
-def stream_threads() -> int:
-    """Threads that decode side by side: ``CUBECAST_DECODE_THREADS`` where set (a data
-    loader's worker processes set 1 so workers do not oversubscribe), else the usable
-    cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return decode_threads() or max(1, cores or 1)
 
 
 class StreamChunks:
@@ -52,7 +43,7 @@ class StreamChunks:
         except BaseException:
             self.close()
             raise
-        threads = stream_threads()
+        threads = decode_threads()
         if self.readers and threads > 1:
             self.pool = ThreadPoolExecutor(min(len(self.readers), threads), "cubecast-decode")
 
