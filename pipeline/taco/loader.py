@@ -8,7 +8,7 @@ shards it reads itself, after a fork too, so it works as is in ``torch.utils.dat
 DataLoader`` workers (fork or spawn) and ``multiprocessing`` pools::
 
     from torch.utils.data import DataLoader
-    from pipeline import CubeDataset
+    from cubecast import CubeDataset
 
     ds = CubeDataset("out/shards/.tacocat", window=16, chip=64, variables=["B04", "B8A"])
     len(ds)                     # samples x windows x chips
@@ -20,7 +20,7 @@ Shards can be local paths, http(s) URLs (read in cached blocks, see
 :mod:`pipeline.taco.cachedrange`; hub URLs get ``HF_TOKEN``), a ``.tacocat`` folder or a
 tacoreader dataset. In worker processes the video decoder runs on one thread (the workers
 are the parallelism; ``CUBECAST_DECODE_THREADS`` overrides it); in the process that made
-the dataset it uses FFmpeg's threads, as ``open_sample`` does.
+the dataset it uses every usable core, as ``open_sample`` does.
 """
 
 from __future__ import annotations
