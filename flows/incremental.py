@@ -38,7 +38,19 @@ from pipeline.taco.staged import StagedSample  # noqa: E402
 def stage_for_publish(recipe: Recipe, cube_id: str, out: str) -> tuple[str, bool]:
     """Download and encode one cube into the work folder (or find it staged there)."""
     staged, encoded = stage_cube(recipe, cube_id, out)
+    verb = "encoded" if encoded else "found staged"
+    get_run_logger().info("%s %s on %s", verb, cube_id, where())
     return str(staged.folder), encoded
+
+
+def where() -> str:
+    """The Dask worker running this task (its address), or this process."""
+    try:
+        from distributed import get_worker
+
+        return f"dask worker {get_worker().address}"
+    except (ImportError, ValueError):  # not on a Dask worker
+        return f"process {os.getpid()}"
 
 
 def task_encoder() -> EncodeMany:

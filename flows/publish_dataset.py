@@ -204,6 +204,9 @@ def publish_dataset(
     changed, unchanged or to repair) and encodes nothing. ``incremental=False``: single shot.
     """
     log = get_run_logger()
+    # Dask workers have their own working directory: local paths go to them absolute
+    if source and "://" not in source:
+        source = str(Path(source).resolve())
     if synthesize and source and not Path(source).exists():
         from pipeline.sources.twins import TWIN_WRITERS
 
@@ -214,7 +217,7 @@ def publish_dataset(
         # the core a small cube's final encode leaves idle is another cube's here
         log.info("hedged final encodes off: %d cubes at once on as many cores", workers)
         spec = spec.without_hedge()
-    out = out or f"out/{spec.name}"
+    out = str(Path(out or f"out/{spec.name}").resolve())
     target = target or f"out/published/{spec.name}"
     runner_ = task_runner(runner, workers, dask_address, dask_cluster_class, dask_cluster_kwargs)
     if incremental:

@@ -4,8 +4,9 @@ Prefect's own ``prefect deployment run NAME --watch`` without ``PREFECT_API_URL`
 throwaway server on the local SQLite database, queues the run there and waits forever:
 nothing serves that server, and the next ``cubecast server`` (same database) runs the stale
 run later. Here a missing URL, an unreachable server, an unknown deployment and one that
-nothing serves are each refused in seconds, before any flow run is created, and a watch
-ends at its deadline or when the server stays unreachable.
+nothing serves are each refused in seconds, before any flow run is created, as is a
+deployment whose parameters are not the flow's (stale: ``cubecast deploy``); a watch ends
+at its deadline or when the server stays unreachable.
 """
 
 from __future__ import annotations
@@ -90,6 +91,26 @@ def served_deployment(client: Any, api: str, name: str, queue_unserved: bool = F
     return dep
 
 
+def refuse_stale(deployment: Any, name: str) -> None:
+    """A ``publish-dataset`` deployment whose parameters are not the flow's as this code
+    defines them (made before a parameter was added, removed or changed) is refused: its
+    runs would take the old parameters."""
+    if not name.startswith(f"{FLOW_NAME}/"):
+        return
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.deploy import schema_drift
+    from flows.publish_dataset import publish_dataset
+
+    schema = parameter_schema(publish_dataset).model_dump_for_openapi()
+    drift = schema_drift(deployment.parameter_openapi_schema, schema)
+    if drift:
+        raise CubecastError(
+            f"{name} is stale ({'; '.join(drift)}): bring it up to date with `cubecast deploy` "
+            "(work pool) or by restarting `cubecast server`"
+        )
+
+
 def create_run(client: Any, deployment: Any, parameters: dict[str, Any]) -> Any:
     """A flow run of ``deployment``; a parameter the flow does not take is refused first (the
     run would fail on it only once something picks it up)."""
@@ -117,6 +138,7 @@ def trigger(
     full = deployment_name(name)
     with api_client(api) as client:
         dep = served_deployment(client, api, full, queue_unserved)
+        refuse_stale(dep, full)
         run = create_run(client, dep, parameters)
         echo(f"created flow run {run.name} ({run.id}) of {full} on {api}")
         return watch_run(client, run.id, timeout, echo) if watch else None

@@ -2,8 +2,8 @@
 
 The commands live beside it by what they act on: ``cli_cube`` (one cube: encode, decode,
 info, demo-codec), ``cli_dataset`` (a dataset's steps: synth, pack, verify, publish, ls,
-get) and ``cli_flow`` (the Prefect flow: run, demo, server, trigger); ``cli_io`` holds the
-consoles and file handling they share.
+get) and ``cli_flow`` (the Prefect flow: run, demo, server, deploy, trigger); ``cli_io``
+holds the consoles and file handling they share.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from pipeline.cli_cube import decode, demo_codec, encode, info
 from pipeline.cli_dataset import get, list_samples, pack, publish_cmd, synth, verify
-from pipeline.cli_flow import demo, run, server, trigger
+from pipeline.cli_flow import demo, deploy, run, server, trigger
 from pipeline.cli_io import err_console
 from pipeline.errors import CubecastError
 
@@ -38,6 +38,7 @@ app.command("publish")(publish_cmd)
 app.command()(synth)
 app.command()(run)
 app.command()(server)
+app.command()(deploy)
 app.command()(trigger)
 app.command("ls")(list_samples)
 app.command()(get)

@@ -1,5 +1,5 @@
 """Commands that run the whole publish-dataset flow through Prefect: ``run``, ``demo``,
-``server`` and ``trigger``."""
+``server``, ``deploy`` and ``trigger``."""
 
 from __future__ import annotations
 
@@ -96,6 +96,22 @@ def server(
     from flows.serve import serve_deployments
 
     serve_deployments(host, port, local_server)
+
+
+def deploy(
+    check: Annotated[
+        bool, typer.Option("--check", help="only compare; exit 1 if a deployment is stale")
+    ] = False,
+) -> None:
+    """Bring the work-pool deployments of prefect.yaml up to date with the flow's code.
+
+    On the server at PREFECT_API_URL: creates the work pool (type process) if missing, runs
+    `prefect deploy --all` from the project folder, then checks each deployment's parameters,
+    entrypoint, pool, pull step and schedule against the code; exit 1 if one is stale."""
+    from flows.deploy import deploy as deploy_all
+
+    if any(deploy_all(check, _echo).values()):
+        raise typer.Exit(1)
 
 
 def trigger(

@@ -1,0 +1,312 @@
+"""The scale-out path on one machine (issue 27), every piece its own process on loopback,
+started as docs/SCALING.md says: ``prefect server start``; a ``process`` work pool and the
+deployments of prefect.yaml (``prefect deploy --all``); ``prefect worker start --pool``; a
+Dask scheduler and two Dask workers (``dask scheduler``, ``dask worker tcp://...``). Then
+``prefect deployment run publish-dataset/publish-dynamicearthnet --watch`` encodes on the
+Dask workers and publishes to a folder, and to the hub stand-in; then a deployment older
+than the flow's parameters is refused and brought up to date by ``cubecast deploy``.
+Every service is stopped by its PID (its process group), also when a test fails."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.errors import CubecastError
+from pipeline.sources.twins import write_dynamicearthnet
+from tests.fakehub import FakeHub
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TOKEN = "hf_test_secret_token_cluster"
+REPO = "cubecast-test/cluster"
+CUBES = 4
+DEPLOYMENT = "publish-dataset/publish-dynamicearthnet"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Services:
+    """Processes started here, each in its own session (so its children go with it), with
+    its output in ``logs/<name>.log``."""
+
+    logs: Path
+    env: dict[str, str]
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, *cmd: str) -> subprocess.Popen:
+        with open(self.logs / f"{name}.log", "w") as log:
+            self.procs[name] = subprocess.Popen(
+                cmd, cwd=self.logs, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        return self.procs[name]
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def tails(self) -> str:
+        return "\n".join(f"--- {n}\n{self.log(n)[-1500:]}" for n in self.procs)
+
+    def wait(self, what: str, ready: Callable[[], bool], timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            dead = [n for n, p in self.procs.items() if p.poll() is not None]
+            assert not dead, f"{dead} exited while waiting for {what}\n{self.tails()}"
+            assert time.monotonic() < deadline, f"no {what} after {timeout} s\n{self.tails()}"
+            time.sleep(0.5)
+
+    def run(self, *cmd: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        output = done.stdout[-3000:] + done.stderr[-3000:]
+        assert done.returncode == 0, f"{' '.join(cmd[:4])}: {output}\n{self.tails()}"
+        return done
+
+    def stop(self) -> None:
+        """SIGTERM to each service's process group (SIGKILL after 20 s), then any process one
+        of them started in a session of its own (a flow run the worker still runs)."""
+        import psutil
+
+        children = []
+        for proc in self.procs.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                children += psutil.Process(proc.pid).children(recursive=True)
+        for proc in reversed(list(self.procs.values())):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()  # psutil checks it is still the same process
+
+
+@dataclass
+class Cluster:
+    api: str
+    scheduler: str
+    workers: set[str]  # the Dask workers' addresses, from their own logs
+    services: Services
+    seen: set[str] = field(default_factory=set)  # ids of the task logs read so far
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _healthy(api: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(f"{api}/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[FakeHub]:
+    with FakeHub(TOKEN) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("twin") / "dynamicearthnet"
+    write_dynamicearthnet(root, cubes=CUBES, frames=6, size=32, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, hub: FakeHub) -> Iterator[Cluster]:
+    """Server, pool, deployments, worker, scheduler and two workers, as the docs start them."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    port, dask_port = free_port(), free_port()
+    api, scheduler = f"http://127.0.0.1:{port}/api", f"tcp://127.0.0.1:{dask_port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "HF_TOKEN"))}
+    env |= {
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "PREFECT_HOME": str(tmp / "prefect"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "DO_NOT_TRACK": "1",
+        "HF_ENDPOINT": hub.url,  # the token comes from a Secret block, as in publish.yml
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
+    services = Services(tmp, env)
+    try:
+        services.start("server", "prefect", "server", "start", "--host", "127.0.0.1",
+                       "--port", str(port))  # fmt: skip
+        services.start("scheduler", "dask", "scheduler", "--host", "127.0.0.1",
+                       "--port", str(dask_port), "--no-dashboard")  # fmt: skip
+        services.wait("Dask scheduler", lambda: _listening(dask_port))
+        for i in (1, 2):
+            services.start(f"dask-{i}", "dask", "worker", scheduler, "--host", "127.0.0.1",
+                           "--nthreads", "1", "--name", f"dask-{i}",
+                           "--local-directory", str(tmp / f"dask-{i}"))  # fmt: skip
+        services.wait("Prefect server", lambda: _healthy(api), timeout=180)
+        services.run("prefect", "work-pool", "create", "cubecast", "--type", "process")
+        services.run("prefect", "--no-prompt", "deploy", "--all")
+        services.start("worker", "prefect", "worker", "start", "--pool", "cubecast")
+        logs = [lambda i=i: services.log(f"dask-{i}") for i in (1, 2)]
+        for i, log in enumerate(logs, 1):
+            services.wait(f"dask-{i} registered", lambda log=log: "Registered to" in log())
+        workers = {a for log in logs for a in re.findall(r"Start worker at:\s+(tcp://\S+)", log())}
+        assert len(workers) == 2, services.tails()
+        yield Cluster(api, scheduler, workers, services)
+    finally:
+        services.stop()
+
+
+def deployment_run(cluster: Cluster, *params: str) -> str:
+    """``prefect deployment run ... --watch``, as a shell would run it; its output."""
+    cmd = ["prefect", "deployment", "run", DEPLOYMENT, "--watch", "--watch-timeout", "240"]
+    cmd += [arg for p in params for arg in ("-p", p)]
+    cmd += ["-p", "runner=dask", "-p", f"dask_address={cluster.scheduler}", "-p", f"cubes={CUBES}"]
+    return cluster.services.run(*cmd).stdout
+
+
+def encoded_on(cluster: Cluster, count: int) -> dict[str, str]:
+    """Cube -> where its encode task ran, from the task logs on the Prefect server that no
+    earlier call read (they reach the server a few seconds after the run ends)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + 30
+    while len(found) < count and time.monotonic() < deadline:
+        with temporary_settings(updates={PREFECT_API_URL: cluster.api}):
+            with get_client(sync_client=True) as client:
+                logs, offset = [], 0
+                while batch := client.read_logs(limit=200, offset=offset):
+                    logs, offset = logs + batch, offset + len(batch)
+        for log in logs:
+            m = re.match(r"encoded (\S+) on dask worker (\S+)", log.message)
+            if m and str(log.id) not in cluster.seen:
+                cluster.seen.add(str(log.id))
+                found[m[1]] = m[2]
+        time.sleep(1)
+    return found
+
+
+def check_published(folder: Path, twin: Path) -> list[str]:
+    """Every cube of the twin in exactly one shard, listed by ``.tacocat``, and every sample
+    decoded from the shards verifies against its source; returns the cube ids."""
+    import tacoreader
+
+    from flows.publish_dataset import _recipe
+    from pipeline.build import select_cubes
+    from pipeline.codec.metrics import compare_encoded
+    from pipeline.publish.verify import check_bands
+    from pipeline.sources import load_cube, mirror_for
+    from pipeline.taco.read import sample_encoded, sample_ids
+
+    recipe = _recipe("dynamicearthnet", str(twin), CUBES)  # as the flow reads it (-p cubes=)
+    ids, _ = select_cubes(recipe, mirror_for(recipe.source, progress=False))
+    rows = tacoreader.load(str(folder / ".tacocat")).data.to_arrow().column("id").to_pylist()
+    assert len(ids) == CUBES and sorted(rows) == sorted(ids)
+    held: Counter[str] = Counter()
+    for shard in sorted(folder.glob("*.tacozip")):
+        with zipfile.ZipFile(shard) as archive:
+            for sid in sample_ids(archive):
+                held[sid] += 1
+                enc = sample_encoded(archive, sid, str(shard))
+                quality = compare_encoded(load_cube(recipe, sid).dataset, enc, roles=recipe.roles())
+                checks = check_bands(sid, quality, recipe.verify.threshold)
+                assert checks and all(c.passed for c in checks), [c.failure() for c in checks]
+    assert held == Counter(dict.fromkeys(ids, 1))
+    return ids
+
+
+def test_deployment_encodes_on_dask_workers_and_publishes_to_a_folder(
+    cluster, twin, tmp_path, monkeypatch
+):
+    from flows.deploy import deploy
+
+    monkeypatch.setenv("PREFECT_API_URL", cluster.api)
+    assert not any(deploy(check=True, echo=lambda _: None).values()), "prefect deploy --all"
+    target = tmp_path / "published"
+    out = deployment_run(cluster, f"source={twin}", f"out={tmp_path / 'work'}", f"target={target}")
+    assert "Completed" in out
+    ids = check_published(target, twin)
+    where = encoded_on(cluster, len(ids))
+    assert sorted(where) == sorted(ids), cluster.services.tails()
+    assert set(where.values()) == cluster.workers  # both workers took cubes, nothing else did
+    assert "PASS" in (target / "REPORT.md").read_text()
+
+
+def test_deployment_publishes_to_the_hub_with_the_token_from_a_secret_block(
+    cluster, twin, hub, tmp_path
+):
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: cluster.api}):
+        Secret(value=TOKEN).save("cubecast-hf-token", overwrite=True)
+    params = [f"source={twin}", f"out={tmp_path / 'work'}", f"target=hf://datasets/{REPO}"]
+    deployment_run(cluster, *params, "hf_token_secret=cubecast-hf-token")
+    snapshot = tmp_path / "snapshot"
+    for rel, data in hub.repos[REPO].files.items():
+        (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / rel).write_bytes(data)
+    ids = check_published(snapshot, twin)
+    where = encoded_on(cluster, len(ids))
+    assert sorted(where) == sorted(ids) and set(where.values()) <= cluster.workers
+    assert TOKEN not in cluster.services.log("worker")
+
+
+def test_stale_deployment_is_refused_then_brought_up_to_date(cluster, monkeypatch):
+    """A deployment made before the flow took ``dask_address``: ``cubecast deploy --check``
+    and ``cubecast trigger`` name it; ``cubecast deploy`` brings it up to date."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.trigger import trigger
+    from pipeline.cli import app
+
+    monkeypatch.setenv("PREFECT_API_URL", cluster.api)
+    with temporary_settings(updates={PREFECT_API_URL: cluster.api}):
+        with get_client(sync_client=True) as client:
+            dep = client.read_deployment_by_name(DEPLOYMENT)
+            old = dict(dep.parameter_openapi_schema)
+            old["properties"] = {k: v for k, v in old["properties"].items() if k != "dask_address"}
+            client.update_deployment(dep.id, DeploymentUpdate(parameter_openapi_schema=old))
+    cli = CliRunner()
+    r = cli.invoke(app, ["deploy", "--check"])
+    assert r.exit_code == 1, r.output
+    assert f"stale: {DEPLOYMENT}: flow takes dask_address, deployment does not" in r.output
+    assert "up to date: publish-dataset/publish-deepextremecubes" in r.output
+    with pytest.raises(CubecastError, match="is stale .*cubecast deploy"):
+        trigger("dynamicearthnet", {"dask_address": cluster.scheduler})
+    r = cli.invoke(app, ["deploy"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("up to date: ") == 2 and "stale" not in r.output
+    assert cli.invoke(app, ["deploy", "--check"]).exit_code == 0
