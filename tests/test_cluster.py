@@ -5,22 +5,16 @@ Dask scheduler and two Dask workers (``dask scheduler``, ``dask worker tcp://...
 ``prefect deployment run publish-dataset/publish-dynamicearthnet --watch`` encodes on the
 Dask workers and publishes to a folder, and to the hub stand-in; then a deployment older
 than the flow's parameters is refused and brought up to date by ``cubecast deploy``.
-Every service is stopped by its PID (its process group), also when a test fails."""
+Every service is stopped by its PID (its process group), also when a test fails
+(tests/cluster_services.py starts and stops them)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,105 +22,13 @@ from typer.testing import CliRunner
 
 from pipeline.errors import CubecastError
 from pipeline.sources.twins import write_dynamicearthnet
+from tests.cluster_services import Cluster, running_cluster
 from tests.fakehub import FakeHub
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 TOKEN = "hf_test_secret_token_cluster"
 REPO = "cubecast-test/cluster"
 CUBES = 4
 DEPLOYMENT = "publish-dataset/publish-dynamicearthnet"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Services:
-    """Processes started here, each in its own session (so its children go with it), with
-    its output in ``logs/<name>.log``."""
-
-    logs: Path
-    env: dict[str, str]
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-    def start(self, name: str, *cmd: str) -> subprocess.Popen:
-        with open(self.logs / f"{name}.log", "w") as log:
-            self.procs[name] = subprocess.Popen(
-                cmd, cwd=self.logs, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        return self.procs[name]
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
-
-    def tails(self) -> str:
-        return "\n".join(f"--- {n}\n{self.log(n)[-1500:]}" for n in self.procs)
-
-    def wait(self, what: str, ready: Callable[[], bool], timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            dead = [n for n, p in self.procs.items() if p.poll() is not None]
-            assert not dead, f"{dead} exited while waiting for {what}\n{self.tails()}"
-            assert time.monotonic() < deadline, f"no {what} after {timeout} s\n{self.tails()}"
-            time.sleep(0.5)
-
-    def run(self, *cmd: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        done = subprocess.run(
-            cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-        output = done.stdout[-3000:] + done.stderr[-3000:]
-        assert done.returncode == 0, f"{' '.join(cmd[:4])}: {output}\n{self.tails()}"
-        return done
-
-    def stop(self) -> None:
-        """SIGTERM to each service's process group (SIGKILL after 20 s), then any process one
-        of them started in a session of its own (a flow run the worker still runs)."""
-        import psutil
-
-        children = []
-        for proc in self.procs.values():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                children += psutil.Process(proc.pid).children(recursive=True)
-        for proc in reversed(list(self.procs.values())):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        for child in children:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()  # psutil checks it is still the same process
-
-
-@dataclass
-class Cluster:
-    api: str
-    scheduler: str
-    workers: set[str]  # the Dask workers' addresses, from their own logs
-    services: Services
-    seen: set[str] = field(default_factory=set)  # ids of the task logs read so far
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _healthy(api: str) -> bool:
-    import requests
-
-    try:
-        return requests.get(f"{api}/health", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -145,44 +47,13 @@ def twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, hub: FakeHub) -> Iterator[Cluster]:
     """Server, pool, deployments, worker, scheduler and two workers, as the docs start them."""
-    tmp = tmp_path_factory.mktemp("cluster")
-    port, dask_port = free_port(), free_port()
-    api, scheduler = f"http://127.0.0.1:{port}/api", f"tcp://127.0.0.1:{dask_port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "HF_TOKEN"))}
-    env |= {
-        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        "PREFECT_HOME": str(tmp / "prefect"),
-        "PREFECT_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
-        "DO_NOT_TRACK": "1",
-        "HF_ENDPOINT": hub.url,  # the token comes from a Secret block, as in publish.yml
+    hf = {  # the token comes from a Secret block, as in publish.yml
+        "HF_ENDPOINT": hub.url,
         "HF_HUB_DISABLE_XET": "1",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     }
-    services = Services(tmp, env)
-    try:
-        services.start("server", "prefect", "server", "start", "--host", "127.0.0.1",
-                       "--port", str(port))  # fmt: skip
-        services.start("scheduler", "dask", "scheduler", "--host", "127.0.0.1",
-                       "--port", str(dask_port), "--no-dashboard")  # fmt: skip
-        services.wait("Dask scheduler", lambda: _listening(dask_port))
-        for i in (1, 2):
-            services.start(f"dask-{i}", "dask", "worker", scheduler, "--host", "127.0.0.1",
-                           "--nthreads", "1", "--name", f"dask-{i}",
-                           "--local-directory", str(tmp / f"dask-{i}"))  # fmt: skip
-        services.wait("Prefect server", lambda: _healthy(api), timeout=180)
-        services.run("prefect", "work-pool", "create", "cubecast", "--type", "process")
-        services.run("prefect", "--no-prompt", "deploy", "--all")
-        services.start("worker", "prefect", "worker", "start", "--pool", "cubecast")
-        logs = [lambda i=i: services.log(f"dask-{i}") for i in (1, 2)]
-        for i, log in enumerate(logs, 1):
-            services.wait(f"dask-{i} registered", lambda log=log: "Registered to" in log())
-        workers = {a for log in logs for a in re.findall(r"Start worker at:\s+(tcp://\S+)", log())}
-        assert len(workers) == 2, services.tails()
-        yield Cluster(api, scheduler, workers, services)
-    finally:
-        services.stop()
+    with running_cluster(tmp_path_factory.mktemp("cluster"), hf) as cluster:
+        yield cluster
 
 
 def deployment_run(cluster: Cluster, *params: str) -> str:
