@@ -8,7 +8,7 @@ against reading the same variables from the source zarr store; one band and a ra
     python bench/decode_speed.py --codec auto     # the recipe's own codec choice
 
 The cube is the DeepExtremeCubes twin (7 float reflectance bands in one KLT group, SCL
-and the EarthNet cloud mask as FFV1 class layers, NaN gaps as masks), encoded at the
+and the EarthNet cloud mask as zstd class layers, NaN gaps as masks), encoded at the
 recipe's PSNR target. Encodes are cached under ``--work``; timings are medians of
 ``--repeat`` runs, each measurement interleaved with the others so load drifts hit all.
 """
@@ -71,7 +71,8 @@ def _zarr_read(args) -> None:
 
 
 def _bare_decode(streams: list[bytes]) -> None:
-    """PyAV alone: every frame of every video stream to a numpy array, default threading."""
+    """PyAV alone: every frame of every video stream to a numpy array, default threading
+    (class layers and masks are zstd chunks, not video)."""
     import io
 
     import av
@@ -89,12 +90,14 @@ def _open(shard: Path, sid: str, variables=None, time=None):
 
 
 def _streams(shard: Path, sid: str) -> list[bytes]:
+    from pipeline.codec.chunkcodecs import chunk_codec
     from pipeline.taco.read import _open_archive, sample_encoded
 
     archive, fh = _open_archive(shard)
     with archive, fh:
         enc = sample_encoded(archive, sid, str(shard))
-        return [enc.read_file(s.file) for s in enc.manifest.streams if s.kind != "mask"]
+        video = [s for s in enc.manifest.streams if chunk_codec(s.codec) is None]
+        return [enc.read_file(s.file) for s in video]
 
 
 def _info(shard: Path) -> dict:

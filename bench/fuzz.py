@@ -9,10 +9,10 @@ the checksums, as a crafter would, so a changed decode is expected of them. Mani
 flips (``manifest_bitflip`` in a folder, ``shard_manifest_bitflip`` in a shard, the ZIP's
 CRC recomputed but not the row's SHA-256) and raw shard mutations are not re-signed: a
 changed decode of those is silent corruption. ``crafted`` runs a fixed list of crafted
-files (huge declared sizes, a zstd mask bomb, sparse and oversized tar members, streams
-whose frames are not the manifest's; as shards, folders and tars, and ``cubecast info``
-on the tar), each of which must be refused; the worker's peak RSS is measured for every
-decode (its high-water mark reset before each). Outcomes:
+files (huge declared sizes, zstd bombs in a mask and in a class layer's chunk, sparse and
+oversized tar members, streams whose frames are not the manifest's; as shards, folders
+and tars, and ``cubecast info`` on the tar), each of which must be refused; the worker's
+peak RSS is measured for every decode (its high-water mark reset before each). Outcomes:
 
 - ``refused``: a CubecastError (the CLI prints one line)
 - ``traceback``: any other exception (the CLI would print a traceback)
@@ -578,6 +578,7 @@ def crafted_cases(folder: Path, shard: Path, work: Path) -> list[tuple[Case, str
     m0 = load_manifest(members[mkey])
     video_stream = next(s for s in m0["streams"] if s["kind"] != "mask")
     mask = next((s for s in m0["streams"] if s["kind"] == "mask"), None)
+    klass = next((s for s in m0["streams"] if s["codec"] == "zstd-codes"), None)
     h, w = m0["sizes"][m0["y_dim"]], m0["sizes"][m0["x_dim"]]
     n = m0["sizes"][m0["time_dim"]]
 
@@ -600,6 +601,9 @@ def crafted_cases(folder: Path, shard: Path, work: Path) -> list[tuple[Case, str
         shard_case(what, edit, {})
     if mask is not None:
         shard_case("zstd mask bomb (2.2 GB)", None, {mask["file"]: zstd_bomb(2_200_000_000)})
+    if klass is not None:  # a chunk with no palette (2 zero bytes), then the bomb
+        bomb = b"\0\0" + zstd_bomb(2_200_000_000)
+        shard_case("zstd class chunk bomb (2.2 GB)", None, {klass["file"]: bomb})
     pix = "gray16le" if video_stream["pix_fmt"] not in ("gray", "gray16le") else "gbrp16le"
     larger = {
         "frames 2x larger": video(

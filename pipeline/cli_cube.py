@@ -17,6 +17,7 @@ from pipeline.cli_io import (
     refuse_overlap,
     write_dataset,
 )
+from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.codec.decode import decode_cube
 from pipeline.codec.encode import encode_cube
 from pipeline.codec.encoded import EncodedCube
@@ -212,6 +213,8 @@ def _stream_table(m: Manifest) -> Table:
             if s.lossless
             else (f"crf={s.crf:g} preset={s.preset}" if s.crf is not None else "")
         )
+        if chunk_codec(s.codec) is not None:
+            settings += f", chunks of {s.keyint} frames"
         stored = len(s.stored_frames(m.n_frames)) if s.kind != "mask" else m.n_frames
         table.add_row(
             s.name,
@@ -228,12 +231,17 @@ def _stream_table(m: Manifest) -> Table:
 
 
 def _bytes_by_kind(enc: EncodedCube) -> Table:
-    """Where the bytes go: video streams, masks, manifest and aux, each as bpppb and share."""
+    """Where the bytes go: video streams, class layers (zstd), masks, manifest and aux, each
+    as bpppb and share."""
     m = enc.manifest
     h, w = m.frame_shape
     pixels = m.n_frames * h * w * len(m.channels)
+    chunked = {s.name for s in m.streams if chunk_codec(s.codec) is not None}
     kinds = {
-        "video streams": sum(s.nbytes for s in m.streams if s.kind != "mask"),
+        "video streams": sum(s.nbytes for s in m.streams if s.name not in chunked),
+        "class layers (zstd)": sum(
+            s.nbytes for s in m.streams if s.kind == "categorical" and s.name in chunked
+        ),
         "masks": sum(s.nbytes for s in m.streams if s.kind == "mask"),
         "manifest": len(m.to_bytes()),
         "aux.nc": m.aux.nbytes if m.aux else 0,

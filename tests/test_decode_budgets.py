@@ -52,7 +52,8 @@ ROWS = "METADATA/level0.parquet"
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A small cube (4 x 24 x 20: an RGB stream, a one-band stream, SCL, masks) as a folder,
-    a tar and a shard, and a larger (96 x 80) and smaller (12 x 10) cube's streams."""
+    a tar and a shard, the same cube with SCL in FFV1 (as format version 2 wrote class
+    layers), and a larger (96 x 80) and smaller (12 x 10) cube's streams (SCL in FFV1)."""
     from pipeline.taco.pack import DatasetInfo, encode_sample, pack_shards
 
     warnings.simplefilter("ignore")
@@ -65,11 +66,14 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tar.write_bytes(enc.to_bytes())
     sample = encode_sample(ds, opts, cube_id="cube_a")
     shard = pack_shards([sample], root / "shards", DatasetInfo(id="budgets"))[0]
-    big = encode_cube(s2_like(t=4, h=96, w=80, seed=2), opts).to_folder(root / "big")
-    small = encode_cube(s2_like(t=4, h=12, w=10, seed=3), opts).to_folder(root / "small")
+    old = EncodeOptions(crf=20, class_codec="ffv1")
+    ffv1 = encode_cube(ds, old).to_folder(root / "ffv1")
+    big = encode_cube(s2_like(t=4, h=96, w=80, seed=2), old).to_folder(root / "big")
+    small = encode_cube(s2_like(t=4, h=12, w=10, seed=3), old).to_folder(root / "small")
     return {
         "ds": ds,
         "folder": folder,
+        "ffv1": ffv1,
         "tar": tar,
         "shard": shard,
         "big": big,
@@ -114,8 +118,9 @@ def crafted_folder(
     dst: Path,
     edit: Callable[[dict[str, Any]], None] | None = None,
     files: dict[str, bytes] | None = None,
+    src: str = "folder",
 ) -> Path:
-    shutil.copytree(base["folder"], dst)
+    shutil.copytree(base[src], dst)
     m = load((dst / MANIFEST_FILE).read_bytes())
     for name, data in (files or {}).items():
         (dst / name).write_bytes(data)
@@ -264,6 +269,9 @@ def test_huge_declared_frames_refused_before_allocation(
     text = refused_small(call)
     if budget_text == "1G":
         assert "decode budget" in text
+    elif variables == ["SCL"]:  # the class layer's first chunk declares its true size
+        assert "scl.codes.zst: class chunk 0 declares 1920 bytes" in text
+        assert "1 x 32768 x 32768" in text
     else:
         assert "frames are" in text and "manifest says 32768x32768" in text
 
@@ -365,6 +373,127 @@ def test_mask_chunks_must_hold_exactly_their_frames(base, tmp_path, where):
 
 
 # ---------------------------------------------------------------------------------------
+# 1b': class-layer chunks (zstd-codes)
+# ---------------------------------------------------------------------------------------
+def _class_stream(base: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The base cube's SCL codes (4, 1, 24, 20) and its stream entry."""
+    from pipeline.codec.classcodes import codes_chunk
+
+    m = load((base["folder"] / MANIFEST_FILE).read_bytes())
+    s = next(s for s in m["streams"] if s["kind"] == "categorical")
+    assert s["codec"] == "zstd-codes" and s["chunk_offsets"] == [0]
+    data = (base["folder"] / s["file"]).read_bytes()
+    return codes_chunk(data, 4, (1, 24, 20), s["pix_fmt"], "scl", 0), s
+
+
+def _chunk(body: bytes, palette: list[int] = ()) -> bytes:
+    """A class chunk: its palette header, then ``body`` (a zstd frame)."""
+    return np.array([len(palette), *palette], dtype="<u2").tobytes() + body
+
+
+@pytest.mark.parametrize("declare_size", [True, False])
+@pytest.mark.parametrize("size", [512 * MiB, 96 * MiB])
+def test_class_chunk_claiming_gigabytes_is_refused_before_it_inflates(
+    base, tmp_path, size, declare_size
+):
+    """The chunk's zstd frame declares (or hides) a size other than its 4 frames of 24 x 20
+    take: refused from its header, nothing decompressed."""
+    _, s = _class_stream(base)
+    blob = _chunk(bomb(size, declare_size))
+    folder = crafted_folder(base, tmp_path / "c", files={s["file"]: blob})
+    call = lambda: decode_cube(EncodedCube.from_folder(folder), ["SCL"])  # noqa: E731
+    text = refused_small(call, bound=16 * MiB, match="class chunk 0 declares")
+    assert s["file"] in text and ("no size" in text if not declare_size else str(size) in text)
+    assert isinstance(_error(folder), CorruptStreamError)
+
+
+def _two_chunks(codes: np.ndarray, edit: str) -> tuple[bytes, list[int]]:
+    """The SCL codes rewritten as two chunks of 2 frames, chunk 1 made hostile by ``edit``."""
+    from pipeline.codec.classcodes import CodesWriter
+
+    buf = io.BytesIO()
+    w = CodesWriter(buf, chunk_frames=2, pix_fmt="gray")
+    for frame in codes:
+        w.write(frame)
+    w.close()
+    data, offsets = buf.getvalue(), w.offsets
+    chunk0, chunk1 = data[: offsets[1]], data[offsets[1] :]
+    raw1 = zstandard.ZstdDecompressor().decompress(chunk1[2:])
+    cctx = zstandard.ZstdCompressor()
+    chunk1 = {
+        "bomb in chunk 1": _chunk(bomb(256 * MiB)),
+        "one byte more": _chunk(cctx.compress(raw1 + b"\0")),
+        "one byte less": _chunk(cctx.compress(raw1[:-1])),
+        "bytes after its frame": chunk1 + b"\0\0",
+        "not zstd": _chunk(b"\0" * 64),
+        "257-entry palette": _chunk(cctx.compress(raw1), list(range(257))),
+        "palette past the chunk": np.array([200], "<u2").tobytes() + cctx.compress(raw1),
+        "palette not increasing": _chunk(cctx.compress(raw1), [9, 4]),
+        "index past the palette": _chunk(cctx.compress(bytes([2]) * len(raw1)), [4, 9]),
+        "truncated": chunk1[:1],
+    }[edit]
+    return chunk0 + chunk1, [0, len(chunk0)]
+
+
+TWO_CHUNK_EDITS = [
+    "bomb in chunk 1",
+    "one byte more",
+    "one byte less",
+    "bytes after its frame",
+    "not zstd",
+    "257-entry palette",
+    "palette past the chunk",
+    "palette not increasing",
+    "index past the palette",
+    "truncated",
+]
+
+
+@pytest.mark.parametrize("edit", TWO_CHUNK_EDITS)
+def test_class_chunks_must_hold_exactly_their_frames(base, tmp_path, edit):
+    codes, s = _class_stream(base)
+    data, offsets = _two_chunks(codes[:, 0], edit)
+
+    def chunked(m: dict[str, Any]) -> None:
+        cs = next(x for x in m["streams"] if x["kind"] == "categorical")
+        cs["keyint"], cs["chunk_offsets"] = 2, offsets
+
+    folder = crafted_folder(base, tmp_path / "c", chunked, {s["file"]: data})
+    text = refused_small(lambda: decode_cube(EncodedCube.from_folder(folder)), bound=16 * MiB)
+    assert f"{s['file']}: class chunk 1" in text
+    assert isinstance(_error(folder), CorruptStreamError)
+    # the window before the bad chunk still decodes
+    got = decode_cube(EncodedCube.from_folder(folder), time=slice(0, 2))
+    assert digest(got) == digest(
+        decode_cube(EncodedCube.from_folder(base["folder"]), time=slice(0, 2))
+    )
+
+
+@pytest.mark.parametrize("offsets", [[0, 10**9], [0, -5], [0, 0], [5, 2], [0]], ids=str)
+def test_class_chunk_offsets_outside_the_stream_are_refused(base, tmp_path, offsets):
+    def edit(m: dict[str, Any]) -> None:
+        cs = next(x for x in m["streams"] if x["kind"] == "categorical")
+        cs["keyint"], cs["chunk_offsets"] = 2, offsets
+
+    folder = crafted_folder(base, tmp_path / "c", edit)
+    text = refused_small(lambda: decode_cube(EncodedCube.from_folder(folder), ["SCL"]))
+    assert "scl.codes.zst: " in text and "chunk" in text
+    assert isinstance(_error(folder), CorruptStreamError)
+
+
+def test_class_stream_of_another_pixel_format_is_refused(base, tmp_path):
+    folder = crafted_folder(
+        base,
+        tmp_path / "c",
+        lambda m: next(x for x in m["streams"] if x["kind"] == "categorical").update(
+            pix_fmt="gbrp12le"
+        ),
+    )
+    text = refused_small(lambda: decode_cube(EncodedCube.from_folder(folder), ["SCL"]))
+    assert "scl.codes.zst" in text and "gbrp12le" in text
+
+
+# ---------------------------------------------------------------------------------------
 # 1c: tar members
 # ---------------------------------------------------------------------------------------
 def sparse_member(name: str, size: int) -> tuple[tarfile.TarInfo, bytes]:
@@ -401,7 +530,7 @@ def test_sparse_tar_member_is_never_read_by_open(base, tmp_path):
     assert p.peak < 32 * MiB
 
 
-@pytest.mark.parametrize("stream", ["scl.mkv", "masks.bits.zst"])
+@pytest.mark.parametrize("stream", ["scl.codes.zst", "masks.bits.zst"])
 def test_sparse_stream_member_is_refused_before_reading(base, tmp_path, stream):
     tar = tar_with(base["folder"], tmp_path / "s.tar", [sparse_member(stream, 256 * MiB)])
     text = refused_small(lambda: decode_cube(EncodedCube.open(tar)), bound=16 * MiB)
@@ -409,11 +538,11 @@ def test_sparse_stream_member_is_refused_before_reading(base, tmp_path, stream):
 
 
 def test_tar_member_longer_than_the_manifest_says_is_refused_before_reading(base, tmp_path):
-    big = tarfile.TarInfo("scl.mkv")
+    big = tarfile.TarInfo("scl.codes.zst")
     data = bytes(96 * MiB)
     big.size = len(data)
     tar = tar_with(base["folder"], tmp_path / "b.tar", [(big, data)])
-    refused_small(lambda: decode_cube(EncodedCube.open(tar)), bound=16 * MiB, match="scl.mkv")
+    refused_small(lambda: decode_cube(EncodedCube.open(tar)), bound=16 * MiB, match="scl.codes")
 
 
 def test_tar_manifest_member_over_the_limit_is_refused_before_reading(base, tmp_path):
@@ -468,7 +597,7 @@ def test_stream_with_frames_of_another_size_is_refused(base, tmp_path, donor, st
     gbrp12le; the large cube has one stream per band: its B04 stands in for RGB)."""
     have = stream if (base[donor] / stream).exists() else "b04.mkv"
     data = (base[donor] / have).read_bytes()
-    folder = crafted_folder(base, tmp_path / "c", files={stream: data})
+    folder = crafted_folder(base, tmp_path / "c", files={stream: data}, src="ffv1")
     text = refused_small(lambda: decode_cube(EncodedCube.from_folder(folder)))
     assert stream in text and "frames are" in text
     assert isinstance(_error(folder), CorruptStreamError)
@@ -485,7 +614,7 @@ def _error(folder: Path) -> BaseException:
 def test_stream_of_another_pixel_format_is_refused(base, tmp_path):
     """b8a.mkv (AV1, gray12le) of the same cube stands in for scl.mkv (FFV1, gray)."""
     data = (base["folder"] / "b8a.mkv").read_bytes()
-    folder = crafted_folder(base, tmp_path / "c", files={"scl.mkv": data})
+    folder = crafted_folder(base, tmp_path / "c", files={"scl.mkv": data}, src="ffv1")
     text = refused_small(lambda: decode_cube(EncodedCube.from_folder(folder), ["SCL"]))
     assert "scl.mkv" in text and "gray12le" in text
 
@@ -498,7 +627,7 @@ def test_huge_frames_are_refused_before_any_is_decoded(base, tmp_path):
     for _ in range(4):
         w.write(np.zeros((1, 4096, 4096), np.uint8))
     w.close()
-    folder = crafted_folder(base, tmp_path / "c", files={"scl.mkv": buf.getvalue()})
+    folder = crafted_folder(base, tmp_path / "c", files={"scl.mkv": buf.getvalue()}, src="ffv1")
     stats = DecodeStats()
     with pytest.raises(CorruptStreamError, match="scl.mkv: frames are (larger|4096x4096)"):
         decode_cube(EncodedCube.from_folder(folder), ["SCL"], stats=stats)

@@ -46,7 +46,7 @@ def test_the_coarser_encode_is_kept_exactly_when_it_meets_the_floor(monkeypatch)
     import pipeline.codec.encode as encode_module
 
     monkeypatch.setattr(encode_module, "keep_hedges", spy)
-    ds = s2_like(t=24, h=64, w=64)[["B02", "SCL"]]  # one video stream, one FFV1 stream
+    ds = s2_like(t=24, h=64, w=64)[["B02", "SCL"]]  # one video stream, one class layer
     floor = 40.0
     enc = encode_cube(ds, EncodeOptions(psnr=floor, codec="libx265", decorrelate="none"))
     worst = min(q.psnr for q in compare(ds, decode_cube(enc)) if not q.exact)

@@ -81,7 +81,7 @@ def test_http_subset_reads_only_needed_children(shards, monkeypatch):
         assert list(dec.data_vars) == ["SCL"]
         fetched = [(a, b) for name, a, b in srv.ranges if name == shard.name]
     assert all(b - a <= block for a, b in fetched)
-    wanted = {f"DATA/{sid}/manifest_json", f"DATA/{sid}/scl_mkv"}
+    wanted = {f"DATA/{sid}/manifest_json", f"DATA/{sid}/scl_codes_zst"}
     for name, i in info.items():
         if not name.startswith(f"DATA/{sid}/"):
             continue
@@ -119,8 +119,8 @@ def test_missing_child_error(shards, tmp_path):
     with zipfile.ZipFile(paths[0]) as z:
         sid = next(n.split("/")[1] for n in z.namelist() if n.startswith("DATA/"))
     bad = tmp_path / "missing.tacozip"
-    _rewrite(paths[0], bad, drop=f"{sid}/scl_mkv")
-    with pytest.raises(CorruptStreamError, match="has no child 'scl_mkv'"):
+    _rewrite(paths[0], bad, drop=f"{sid}/scl_codes_zst")
+    with pytest.raises(CorruptStreamError, match="has no child 'scl_codes_zst'"):
         open_sample(str(bad), sid)
 
 

@@ -13,6 +13,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from pipeline import EncodedCube, EncodeOptions, GroupSpec, decode_cube, encode_cube, iter_decode
+from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.codec.encoded import FolderStore, SpoolStore
 from pipeline.codec.passes import READ_BLOCK
 from pipeline.codec.pyav_engine import DecodeStats
@@ -112,8 +113,10 @@ def test_iter_decode_windows_equal_the_whole_and_decode_each_frame_once():
     for name in full.data_vars:
         np.testing.assert_array_equal(joined[name].values, full[name].values)
     assert joined.time.values.tolist() == full.time.values.tolist()
-    n_video = sum(1 for s in enc.manifest.streams if s.kind != "mask")
+    n_video = sum(1 for s in enc.manifest.streams if chunk_codec(s.codec) is None)
     assert stats.frames_decoded == 30 * n_video  # no window re-decodes a GOP
+    chunks = sum(-(-30 // s.keyint) for s in enc.manifest.streams if chunk_codec(s.codec))
+    assert len(stats.chunks_decoded) == len(set(stats.chunks_decoded)) == chunks  # nor a chunk
 
 
 def test_iter_decode_of_a_time_window_seeks_once():

@@ -10,6 +10,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline.codec import jsonvalues
+from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.codec.encoded import SpoolStore, file_sha256, sha256
 from pipeline.codec.groupcoder import (
     CubeContext,
@@ -50,9 +51,10 @@ def stream_infos(
     out = []
     for enc in encoded.values():
         g, settings = enc.group, enc.settings
-        lossy = g.kind != "mask" and not get_codec(settings.codec).lossless_only
+        chunked = chunk_codec(settings.codec) is not None
+        lossy = not chunked and not get_codec(settings.codec).lossless_only
         for s in enc.streams:
-            path, file = enc.paths[s.name], stream_file(s, g.kind)
+            path, file = enc.paths[s.name], stream_file(s)
             if path.name != file:
                 path = path.replace(store.path / file)
                 enc.paths[s.name] = path
@@ -85,7 +87,7 @@ def stream_infos(
                         s.settings.x265_params if s.settings.codec == X265_CODEC.name else ""
                     ),
                     keyint=s.settings.keyint,
-                    backend=s.settings.engine if g.kind != "mask" else "zstd",
+                    backend="zstd" if chunked else s.settings.engine,
                     nbytes=path.stat().st_size,
                     sha256=file_sha256(path),
                     chunk_offsets=enc.offsets.get(s.name),

@@ -179,7 +179,7 @@ def encode_cube(
 
     Continuous bands are grouped, decorrelated where they correlate (a KLT) and coded as
     lossy video (VVC, x265 or AV1: chosen per group under a PSNR target); categorical
-    variables go to lossless FFV1, validity masks to bit-packed zstd; other variables ride
+    variables go to lossless zstd chunks, validity masks to bit-packed zstd; other variables ride
     along losslessly in ``aux.nc``. Streams are written to files as they are encoded (in a
     temporary folder under ``workdir``, default the system's), so memory does not grow
     with the cube.

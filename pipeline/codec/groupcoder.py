@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
+from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.codec.cube import Block, Channel, ChannelStats, CubeLayout, valid_mask
 from pipeline.codec.klt import Klt, Moments, fit_klt
 from pipeline.codec.manifest import ChannelInfo, ComponentInfo, TransformInfo
@@ -45,9 +46,10 @@ class CubeContext:
 
 def frame_size(shape: tuple[int, int], settings: VideoSettings) -> tuple[int, int]:
     """(H, W) of one plane (a tile) of a stream: the cube's frame, made even. The encoder's
-    minimum size applies to the whole stream frame (see stream_size)."""
+    minimum size applies to the whole stream frame (see stream_size); chunked carriers
+    store the frame as it is."""
     h, w = shape
-    if settings.codec == "zstd-bitpack":
+    if chunk_codec(settings.codec) is not None:
         return h, w
     return h + h % 2, w + w % 2
 

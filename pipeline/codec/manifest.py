@@ -19,7 +19,9 @@ MAX_MANIFEST = 64 << 20  # bytes of JSON: far above any real cube, below a decom
 MAX_DEPTH = 64  # JSON nesting: real manifests nest about 8 deep
 MAX_SIDE = 1 << 20  # any one dimension's length
 MAX_FRAME = 1 << 30  # pixels in one frame: a reader allocates frames of this size
-FORMAT_VERSION = 2  # 2: KLT transforms, skipped empty frames, compact coordinates
+# 2: KLT transforms, skipped empty frames, compact coordinates; 3: class layers as zstd
+# chunks (``zstd-codes``), which a version-2 reader cannot decode
+FORMAT_VERSION = 3
 
 Role = Literal["continuous", "categorical"]
 StreamKind = Literal["continuous", "categorical", "mask"]
@@ -117,6 +119,7 @@ class StreamInfo(_Model):
     backend: str = "pyav"  # the engine that wrote it: "pyav" or "ffmpeg"
     nbytes: int = 0
     sha256: str = ""
+    # chunked streams (masks, zstd class layers): each chunk's byte offset in the file
     chunk_offsets: list[int] | None = None
     # frames stored, as [start, stop) runs of cube frame indices; None = every frame.
     # Frames left out had no valid pixel in any of the stream's bands.

@@ -68,9 +68,6 @@ def decode_masks(
     ``n_frames``, the cube's length, is given) must take exactly that: a chunk that
     inflates further (a zstd bomb) or falls short is a CorruptStreamError naming the
     stream, before more than that is allocated."""
-    planes, h, w = shape
-    per_frame = planes * h * w
-    dctx = zstandard.ZstdDecompressor()
     first, last = start // chunk_frames, (stop - 1) // chunk_frames
     out = []
     bounds = offsets + [len(data)]
@@ -80,16 +77,8 @@ def decode_masks(
         frames = chunk_frames
         if n_frames is not None:
             frames = max(0, min(chunk_frames, n_frames - c * chunk_frames))
-        most = -(-frames * per_frame // 8)  # packbits of the chunk's frames, rounded up
-        raw = _inflate(dctx, data[bounds[c] : bounds[c + 1]], most, name, c)
-        if n_frames is not None and len(raw) != most:
-            raise CorruptStreamError(
-                f"{name}: mask chunk {c} holds {len(raw)} bytes, {frames} frames of "
-                f"{planes} x {h} x {w} take {most} (corrupt stream or manifest from another cube)"
-            )
-        n = min(chunk_frames, (len(raw) * 8) // per_frame) if per_frame else 0
-        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=n * per_frame)
-        out.append(bits.reshape(n, planes, h, w).astype(bool))
+        blob = data[bounds[c] : bounds[c + 1]]
+        out.append(_chunk_bits(blob, frames, shape, name, c, exact=n_frames is not None))
     arr = np.concatenate(out)
     lo = start - first * chunk_frames
     if lo + (stop - start) > len(arr):
@@ -97,8 +86,43 @@ def decode_masks(
     return arr[lo : lo + (stop - start)]
 
 
+def mask_chunk(
+    blob: bytes | memoryview,
+    frames: int,
+    shape: tuple[int, int, int],
+    pix_fmt: str,
+    name: str,
+    chunk: int,
+) -> np.ndarray:
+    """bool (frames, planes, H, W) of one chunk that must hold exactly ``frames`` frames
+    (``pix_fmt`` is always "bits": the signature is every chunked codec's)."""
+    return _chunk_bits(blob, frames, shape, name, chunk, exact=True)
+
+
+def _chunk_bits(
+    blob: bytes | memoryview,
+    frames: int,
+    shape: tuple[int, int, int],
+    name: str,
+    chunk: int,
+    exact: bool,
+) -> np.ndarray:
+    planes, h, w = shape
+    per_frame = planes * h * w
+    most = -(-frames * per_frame // 8)  # packbits of the chunk's frames, rounded up
+    raw = _inflate(zstandard.ZstdDecompressor(), blob, most, name, chunk)
+    if exact and len(raw) != most:
+        raise CorruptStreamError(
+            f"{name}: mask chunk {chunk} holds {len(raw)} bytes, {frames} frames of "
+            f"{planes} x {h} x {w} take {most} (corrupt stream or manifest from another cube)"
+        )
+    n = min(frames, (len(raw) * 8) // per_frame) if per_frame else 0
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=n * per_frame)
+    return bits.reshape(n, planes, h, w).astype(bool)
+
+
 def _inflate(
-    dctx: zstandard.ZstdDecompressor, blob: bytes, most: int, name: str, chunk: int
+    dctx: zstandard.ZstdDecompressor, blob: bytes | memoryview, most: int, name: str, chunk: int
 ) -> bytes:
     """One chunk decompressed, reading at most ``most`` + 1 bytes whatever its frame
     header claims; more than ``most`` is refused."""

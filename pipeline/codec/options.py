@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pipeline.codec.videocodecs import AOM_CODEC, VVC_CODEC, X265_CODEC, codec_names
+from pipeline.codec.classcodes import CODEC as CLASS_CODEC
+from pipeline.codec.videocodecs import AOM_CODEC, FFV1_CODEC, VVC_CODEC, X265_CODEC, codec_names
 from pipeline.errors import InvalidCubeError
 
 AUTO = "auto"
@@ -16,6 +17,9 @@ DECORRELATE = ("auto", "klt", "none")
 # single "bands" (one stream per band, no KLT across bands), or both
 ACCESS = ("whole", "windows", "bands", "windows+bands")
 WINDOW_KEYINT = 16
+# class layers' lossless carriers: zstd chunks (smaller, faster to decode), or FFV1 as
+# cubes of format version 2 had them
+CLASS_CODECS = (CLASS_CODEC, FFV1_CODEC.name)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class EncodeOptions:
     # off where every core is already busy (a flow encoding as many cubes as it has cores)
     hedge: bool = True
     access: str = "whole"
+    class_codec: str = CLASS_CODEC  # one of CLASS_CODECS
 
     @property
     def stream_keyint(self) -> int:
@@ -85,6 +90,10 @@ class EncodeOptions:
             raise InvalidCubeError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
         if self.access not in ACCESS:
             raise InvalidCubeError(f"access {self.access!r} is not one of {', '.join(ACCESS)}")
+        if self.class_codec not in CLASS_CODECS:
+            raise InvalidCubeError(
+                f"class_codec {self.class_codec!r} is not one of {', '.join(CLASS_CODECS)}"
+            )
         if self.decorrelate not in DECORRELATE:
             raise InvalidCubeError(
                 f"decorrelate {self.decorrelate!r} is not one of {', '.join(DECORRELATE)}"

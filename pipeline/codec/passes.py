@@ -12,6 +12,7 @@ from typing import cast
 
 from tqdm.auto import tqdm
 
+from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.codec.cube import Block, iter_blocks
 from pipeline.codec.engines import open_writer
 from pipeline.codec.ffmpeg_engine import EncoderFailed
@@ -21,7 +22,6 @@ from pipeline.codec.groupcoder import (
     stream_frame,
     stream_size,
 )
-from pipeline.codec.masks import MaskWriter
 from pipeline.codec.memory import block_frames, release_free_memory
 from pipeline.codec.planning import (
     AUTO,
@@ -63,7 +63,7 @@ class EncodedGroup:
     paths: dict[str, Path]
     offsets: dict[str, list[int] | None]
     kept: list[int]
-    sizes: dict[str, tuple[int, int]]  # each video stream's frame size (none for masks)
+    sizes: dict[str, tuple[int, int]]  # each video stream's frame size (none when chunked)
     failed: str | None = None  # the encoder's message when it refused these frames
     # each channel's PSNR over the whole cube, where the encoder measured it (PSNR targets)
     psnr: dict[str, float] = field(default_factory=dict)
@@ -142,16 +142,17 @@ def _open_group(
     """The group's coder and a writer per stream (added to ``writers``)."""
     coder = GroupCoder(ctx, group, settings)
     streams = [s for s in group.streams(settings) if only is None or s.name == only]
-    paths = {s.name: spool / stream_file(s, group.kind, tag) for s in streams}
+    paths = {s.name: spool / stream_file(s, tag) for s in streams}
+    carrier = chunk_codec(settings.codec)
     sizes = (
         {}
-        if group.kind == "mask"
+        if carrier is not None
         else {s.name: stream_size(coder.tile, s.tiles, s.settings) for s in streams}
     )
     for s in streams:
         writers[s.name] = (
-            MaskWriter(paths[s.name], settings.keyint)
-            if group.kind == "mask"
+            carrier.open_writer(paths[s.name], settings.keyint, s.settings.pix_fmt)
+            if carrier is not None
             else open_writer(paths[s.name], *sizes[s.name], s.settings)
         )
     return EncodedGroup(group, settings, coder, streams, paths, {}, [], sizes)
@@ -182,7 +183,7 @@ def _feed(
         try:
             for s in enc.streams:
                 frame = planes[s.planes[0] : s.planes[-1] + 1]  # contiguous: a view
-                if enc.group.kind != "mask":
+                if s.name in enc.sizes:  # a video frame: laid out and padded
                     frame = stream_frame(frame, enc.coder.tile, enc.sizes[s.name], s.tiles)
                 writers[s.name].write(frame)  # type: ignore[attr-defined]
         except EncoderFailed as exc:

@@ -3,7 +3,8 @@
 A *group* is the unit of rate control: its channels share one codec and one quantiser
 setting and, when decorrelated, one KLT. A *stream* is one video file: a lossy group is
 one stream (its planes - channels or KLT components - as one plane, three planes, or
-tiled top to bottom in one frame); an FFV1 group has one stream per plane.
+tiled top to bottom in one frame); an FFV1 group has one stream per plane; a chunked
+carrier (masks, class layers: ``chunkcodecs``) carries a group's planes in one stream.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from pipeline.codec.chunkcodecs import chunk_codec
+from pipeline.codec.classcodes import CODEC as CLASS_CODEC
 from pipeline.codec.codecchoice import codec_candidates, resolve_engine
 from pipeline.codec.cube import Channel, ChannelStats, CubeLayout
 from pipeline.codec.groupnames import check_group_names, check_stream_files, group_name
@@ -33,7 +36,8 @@ MAX_GROUP = 16  # channels in one decorrelated group (the KLT is B x B per pixel
 # a KLT pays off when the bands' detail correlates enough: geometric mean of the band
 # variances over that of the eigenvalues; 1.0 means independent bands (klt.coding_gain)
 KLT_MIN_GAIN = 1.5
-MASK_CHUNK = 32
+# frames per chunk of masks and class layers: a chunk is decompressed whole on read
+CHUNK_FRAMES = 32
 # pixels in one lossy stream's frame before a group is split into a stream per tile run
 MAX_STREAM_PIXELS = 1 << 20
 
@@ -72,9 +76,10 @@ class GroupPlan:
 
     def streams(self, settings: VideoSettings | None = None) -> list[StreamPlan]:
         """The group's streams: one for a lossy group (its planes tiled when they are not
-        one or three), one per plane for FFV1 (named ``.0``, ``.1``... when several)."""
+        one or three) and for a chunked carrier (masks, class layers), one per plane for
+        FFV1 (named ``.0``, ``.1``... when several)."""
         settings = settings or self.settings
-        if self.kind == "mask":
+        if chunk_codec(settings.codec) is not None:
             return [StreamPlan(self.name, list(range(self.n_planes)), settings)]
         codec = get_codec(settings.codec)
         planes = list(range(self.n_planes))
@@ -195,15 +200,26 @@ def plan_groups(
         if empty and (spec is None or not chans):
             own = spec if not chans else None
             plans += lossy.plans(empty, own, taken, klt=False, targeted=False)
-    plans += _categorical_plans(layout, stats, ffv1, taken)
+    plans += _categorical_plans(layout, stats, _class_settings(options, ffv1), taken)
     mask = _mask_plan(layout, stats, options, taken)
     plans += [mask] if mask else []
-    check_stream_files((g.name, stream_file(s, g.kind)) for g in plans for s in g.streams())
+    check_stream_files((g.name, stream_file(s)) for g in plans for s in g.streams())
     return plans
 
 
-def stream_file(stream: StreamPlan, kind: str, tag: str = "") -> str:
-    return f"{stream.name}{tag}.{'bits.zst' if kind == 'mask' else 'mkv'}"
+def stream_file(stream: StreamPlan, tag: str = "") -> str:
+    """``<name><tag>.mkv`` for video, ``.<suffix>`` of its chunked carrier otherwise."""
+    carrier = chunk_codec(stream.settings.codec)
+    return f"{stream.name}{tag}.{carrier.suffix if carrier else 'mkv'}"
+
+
+def _class_settings(options: EncodeOptions, ffv1: VideoSettings) -> VideoSettings:
+    """Class layers' carrier: zstd chunks of ``CHUNK_FRAMES`` frames at most (as masks, short
+    where the video streams' keyframes are), or FFV1 where the options ask for it."""
+    if options.class_codec == FFV1_CODEC.name:
+        return ffv1
+    chunk = min(options.stream_keyint, CHUNK_FRAMES)
+    return replace(ffv1, codec=CLASS_CODEC, keyint=chunk, threads=0)
 
 
 def _lossless_plans(
@@ -274,7 +290,7 @@ class _LossyPlanner:
 
 
 def _categorical_plans(
-    layout: CubeLayout, stats: dict[str, ChannelStats], ffv1: VideoSettings, taken: set[str]
+    layout: CubeLayout, stats: dict[str, ChannelStats], lossless: VideoSettings, taken: set[str]
 ) -> list[GroupPlan]:
     out = []
     for c in (c for c in layout.channels if c.role == "categorical"):
@@ -285,7 +301,7 @@ def _categorical_plans(
                 f"categorical variable {c.variable!r} spans {st.vmin:g}..{st.vmax:g}: more than "
                 "65536 classes cannot be stored losslessly"
             )
-        settings = replace(ffv1, pix_fmt=pix)
+        settings = replace(lossless, pix_fmt=pix)
         out.append(GroupPlan(group_name([c.name], taken), "categorical", [c], settings))
     return out
 
@@ -301,6 +317,6 @@ def _mask_plan(
     infs += [(c, "-inf") for c in masked if stats[c.name].n_neginf]
     # masks are chunked by ``keyint`` frames; a chunk is unpacked whole on read, so it
     # stays short whatever the video streams' keyframe interval
-    chunk = min(options.stream_keyint, MASK_CHUNK)
+    chunk = min(options.stream_keyint, CHUNK_FRAMES)
     mask = VideoSettings(codec=MASK_CODEC, pix_fmt="bits", crf=None, lossless=True, keyint=chunk)
     return GroupPlan(group_name(["masks"], taken), "mask", [], mask, mask_of=masked, inf_of=infs)

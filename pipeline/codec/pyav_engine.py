@@ -122,8 +122,10 @@ class PyAVWriter:
 class DecodeStats:
     """How much work a decode did; tests use it to check that seeking skips frames."""
 
-    frames_decoded: int = 0
+    frames_decoded: int = 0  # video frames
     seeks: list[int] = field(default_factory=list)
+    # chunked streams' chunks decompressed, as (stream, chunk index)
+    chunks_decoded: list[tuple[str, int]] = field(default_factory=list)
 
 
 def usable_cores() -> int:

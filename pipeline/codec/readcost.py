@@ -1,7 +1,9 @@
 """What reading part of an encoded cube costs: bytes fetched and frames decoded for the
-whole cube, for one band and for a short time window, read from the streams' own packet
-index (sizes and keyframes, demuxed without decoding). ``cubecast info`` and the dataset
-card show it beside the cube's bits, so the ``access`` option's trade is visible."""
+whole cube, for one band and for a short time window, read from the video streams' own
+packet index (sizes and keyframes, demuxed without decoding) and from the chunked streams'
+``chunk_offsets`` (masks, class layers: a window decompresses the chunks it touches, whole).
+``cubecast info`` and the dataset card show it beside the cube's bits, so the ``access``
+option's trade is visible."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from fractions import Fraction
 
 import av
 
+from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.manifest import Manifest, StreamInfo
 from pipeline.codec.sizes import needed_streams
@@ -28,6 +31,11 @@ class Packets:
     sizes: list[int]
     keys: list[bool]
 
+    @property
+    def decoded(self) -> int:
+        """Frames a whole read decodes."""
+        return len(self.frames)
+
     def window_cost(self, start: int, stop: int) -> tuple[int, int]:
         """(bytes, frames decoded) to read frames [start, stop): a seek lands on the last
         keyframe showing a frame at or before ``start`` (the stream's start if none), and
@@ -41,6 +49,33 @@ class Packets:
         first = min(first, min(wanted))
         last = max(wanted)
         return sum(self.sizes[first : last + 1]), last - first + 1
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """A chunked stream's chunks: their bytes, ``keyint`` frames each (the last fewer)."""
+
+    sizes: list[int]
+    keyint: int
+    n_frames: int
+
+    @property
+    def decoded(self) -> int:
+        return self.n_frames
+
+    def window_cost(self, start: int, stop: int) -> tuple[int, int]:
+        """(bytes, frames decompressed) to read frames [start, stop): its chunks, whole."""
+        k = self.keyint
+        first, last = start // k, (stop - 1) // k
+        return sum(self.sizes[first : last + 1]), min(self.n_frames, (last + 1) * k) - first * k
+
+
+def chunks(stream: StreamInfo, n_frames: int) -> Chunks:
+    """The stream's chunk index, from the manifest (nothing is read)."""
+    starts = stream.chunk_offsets or [0]
+    ends = [*starts[1:], stream.nbytes]
+    sizes = [max(0, b - a) for a, b in zip(starts, ends, strict=True)]
+    return Chunks(sizes, stream.keyint, n_frames)
 
 
 @dataclass(frozen=True)
@@ -79,15 +114,17 @@ def read_costs(enc: EncodedCube, window: int = WINDOW) -> list[ReadCost]:
     window (over every start) of the whole cube's streams."""
     m = enc.manifest
     total = max(enc.nbytes, 1)
-    video = [s for s in m.streams if s.kind != "mask"]
-    index = {s.name: packets(enc, s) for s in video}
-    most = max((len(p.frames) for p in index.values()), default=0)
+    index = {
+        s.name: chunks(s, m.n_frames) if chunk_codec(s.codec) else packets(enc, s)
+        for s in m.streams
+    }
+    most = max((p.decoded for p in index.values()), default=0)
     out = [ReadCost("whole cube", total, most, 1.0)]
     band_costs = []
     for name in _bands(m):
         streams = needed_streams(m, [name])
         nbytes = sum(s.nbytes for s in streams)
-        frames = max((len(index[s.name].frames) for s in streams if s.name in index), default=0)
+        frames = max((index[s.name].decoded for s in streams), default=0)
         band_costs.append(ReadCost(f"one band ({name})", nbytes, frames, nbytes / total))
     if band_costs:
         out.append(max(band_costs, key=lambda c: c.nbytes))
@@ -97,9 +134,7 @@ def read_costs(enc: EncodedCube, window: int = WINDOW) -> list[ReadCost]:
         costs = [p.window_cost(start, start + n) for p in index.values()]
         cost = (sum(b for b, _ in costs), max((f for _, f in costs), default=0))
         worst = max(worst, cost, key=lambda c: (c[1], c[0]))
-    mask = sum(s.nbytes for s in m.streams if s.kind == "mask")
-    nbytes = worst[0] + mask
-    out.append(ReadCost(f"{n}-frame window (worst)", nbytes, worst[1], nbytes / total))
+    out.append(ReadCost(f"{n}-frame window (worst)", worst[0], worst[1], worst[0] / total))
     return out
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.codec import budget, jsonvalues
+from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.framebounds import FrameBounds
 from pipeline.codec.groupcoder import stream_size
@@ -59,9 +60,9 @@ def window_nbytes(m: Manifest, wanted: Sequence[str], n: int) -> int:
     total = 0
     for s in needed_streams(m, wanted):
         planes = len(s.planes)
-        if s.kind == "mask":  # bits of whole chunks, unpacked, and the window's booleans
-            chunk_frames = min(m.n_frames, n + 2 * s.keyint)
-            total += planes * px * (2 * chunk_frames + n)
+        carrier = chunk_codec(s.codec)
+        if carrier is not None:  # whole chunks as decompressed, and the window's array
+            total += carrier.window_nbytes(planes * px, n, s.keyint, m.n_frames, s.pix_fmt)
         else:  # the window's codes and one decoded frame (padded, in the stream's format)
             bounds = frame_bounds(m, s)
             total += 2 * planes * px * n + 2 * n_planes(s.pix_fmt) * bounds.max_pixels

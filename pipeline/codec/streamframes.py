@@ -1,4 +1,5 @@
-"""Consecutive frames of one stream, decoded as a decode's windows ask for them."""
+"""Consecutive frames of one stream, decoded as a decode's windows ask for them: video
+through PyAV, chunked carriers (masks, class layers) a chunk at a time."""
 
 from __future__ import annotations
 
@@ -9,14 +10,65 @@ from pathlib import Path
 import av
 import numpy as np
 
+from pipeline.codec.chunkcodecs import ChunkCodec, chunk_codec
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.groupcoder import untile
 from pipeline.codec.manifest import StreamInfo
-from pipeline.codec.masks import decode_masks
 from pipeline.codec.pyav_engine import DecodeStats, decode_frames, frame_planes
 from pipeline.codec.settings import n_planes
 from pipeline.codec.sizes import frame_bounds
 from pipeline.errors import CorruptStreamError
+
+
+class ChunkFrames:
+    """Frames of a chunked stream: each chunk the windows reach is decompressed once (the
+    last one is kept for the next window) and must hold exactly its frames."""
+
+    def __init__(
+        self,
+        codec: ChunkCodec,
+        data: bytes,
+        stream: StreamInfo,
+        shape: tuple[int, int, int],
+        n_frames: int,
+        name: str,
+        stats: DecodeStats,
+    ) -> None:
+        self.codec, self.data, self.shape, self.name = codec, memoryview(data), shape, name
+        self.offsets = stream.chunk_offsets or [0]
+        self.keyint, self.pix_fmt, self.n_frames = stream.keyint, stream.pix_fmt, n_frames
+        self.stats = stats
+        self._kept: tuple[int, np.ndarray] | None = None
+
+    def take(self, lo: int, hi: int) -> np.ndarray:
+        """Frames [lo, hi) as (hi - lo, planes, H, W) of the codec's dtype."""
+        k = self.keyint
+        out = np.empty((hi - lo, *self.shape), dtype=self.codec.dtype)
+        for c in range(lo // k, (hi - 1) // k + 1):
+            frames = self.chunk(c)
+            a, b = max(lo, c * k), min(hi, c * k + len(frames))
+            out[a - lo : b - lo] = frames[a - c * k : b - c * k]
+        return out
+
+    def chunk(self, c: int) -> np.ndarray:
+        """Chunk ``c``'s frames, (frames, planes, H, W)."""
+        if self._kept is not None and self._kept[0] == c:
+            return self._kept[1]
+        if c >= len(self.offsets):
+            raise CorruptStreamError(f"{self.name}: chunk {c} is missing (truncated stream)")
+        a = self.offsets[c]
+        b = self.offsets[c + 1] if c + 1 < len(self.offsets) else len(self.data)
+        if not 0 <= a < b <= len(self.data):
+            raise CorruptStreamError(
+                f"{self.name}: chunk {c} at bytes {a}..{b} is outside the stream's "
+                f"{len(self.data)} bytes (corrupt chunk_offsets)"
+            )
+        frames = min(self.keyint, self.n_frames - c * self.keyint)
+        blob = self.data[a:b]
+        got = self.codec.decode_chunk(blob, frames, self.shape, self.pix_fmt, self.name, c)
+        self.stats.chunks_decoded.append((self.name, c))
+        self._kept = (c, got)
+        return got
 
 
 class StreamFrames:
@@ -25,7 +77,8 @@ class StreamFrames:
     Video streams keep their decoder open between windows (so a cube read window after
     window is decoded once), and read the stream from its file where the cube is on disk.
     Frames the stream does not store (nothing valid in them) come back as zeros: the mask
-    marks every pixel of them invalid.
+    marks every pixel of them invalid. Chunked streams (a codec of ``chunkcodecs``)
+    decompress the chunks the windows cover.
     """
 
     def __init__(
@@ -36,8 +89,17 @@ class StreamFrames:
         self.shape = (len(stream.planes), *m.frame_shape)
         self.name = f"{enc.source}:{stream.file}"
         self.n_frames = m.n_frames
-        if stream.kind == "mask":
-            self._data = enc.read_file(stream.file)
+        self._frames: Iterator[tuple[int, av.VideoFrame]] = iter(())
+        self._chunks: ChunkFrames | None = None
+        codec = chunk_codec(stream.codec)
+        if codec is not None:
+            data = enc.read_file(stream.file)
+            self._chunks = ChunkFrames(
+                codec, data, stream, self.shape, m.n_frames, self.name, stats
+            )
+            # the first chunk now: one that does not hold the manifest's frames is refused
+            # before any window is allocated
+            self._chunks.chunk(start // stream.keyint)
             return
         self._stored = stream.stored_frames(m.n_frames)
         self._stored_set = set(self._stored)
@@ -46,7 +108,6 @@ class StreamFrames:
         source: bytes | Path | None = enc.file_path(stream.file)
         if source is None:
             source = enc.read_file(stream.file)
-        self._frames: Iterator[tuple[int, av.VideoFrame]] = iter(())
         self._first: tuple[int, av.VideoFrame] | None = None
         if last > first:
             self._frames = decode_frames(
@@ -73,18 +134,8 @@ class StreamFrames:
         """The next n frames as (n, planes, H, W): bool for masks, uint16 codes otherwise."""
         lo, hi = self.pos, self.pos + n
         self.pos = hi
-        if self.stream.kind == "mask":
-            s = self.stream
-            return decode_masks(
-                self._data,
-                s.chunk_offsets or [0],
-                s.keyint,
-                self.shape,
-                lo,
-                hi,
-                name=self.name,
-                n_frames=self.n_frames,
-            )
+        if self._chunks is not None:
+            return self._chunks.take(lo, hi)
         h, w = self.shape[1:]
         out = np.empty((n, *self.shape), dtype=np.uint16)
         for i in range(n):
@@ -113,6 +164,6 @@ class StreamFrames:
             dest[p] = views[p][:h, :w]
 
     def close(self) -> None:
-        close = getattr(self._frames, "close", None) if self.stream.kind != "mask" else None
+        close = getattr(self._frames, "close", None)
         if close is not None:
             close()

@@ -251,7 +251,8 @@ AOM_CPU_USED = {
 
 @dataclass(frozen=True)
 class Ffv1(VideoCodec):
-    """Lossless: class layers (8 or 16 bit) and continuous bands marked lossless."""
+    """Lossless: continuous bands marked lossless; class layers (8 or 16 bit) where asked
+    (``class_codec="ffv1"``) and in cubes of format version 2."""
 
     name: str = "ffv1"
     bits: int = 16

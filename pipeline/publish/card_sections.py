@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.publish.report import band_table, sample_table
 from pipeline.publish.verify import Verification
 from pipeline.recipe import Recipe
@@ -26,7 +27,7 @@ def stream_rows(v: Verification) -> list[str]:
             )
             row["codec"].add(str(s.get("codec")))
             row["pix_fmt"].add(str(s.get("pix_fmt")))
-            if s.get("engine") and s.get("codec") != "zstd-bitpack":  # masks: no video engine
+            if s.get("engine") and chunk_codec(str(s.get("codec"))) is None:  # video only
                 row["engine"].add(str(s["engine"]))
             row["bands"] = row["bands"] or list(s.get("bands", []))
             lossless = s.get("lossless") or s.get("crf") is None
@@ -80,8 +81,9 @@ def encoding_section(recipe: Recipe, v: Verification) -> str:
 Continuous bands are video streams ({codec}; preset {c.preset}, keyframe every
 {c.keyint} frames) {_rate(c)}; bands whose
 detail correlates are decorrelated first (a KLT per group, stored with the sample). Class
-layers are lossless FFV1 and validity masks bit-packed zstd. Everything that is not a
-(time, y, x) stack is stored losslessly. Every stream decodes with PyAV alone.
+layers are stored losslessly as zstd chunks of their codes and validity masks as
+bit-packed zstd. Everything that is not a (time, y, x) stack is stored losslessly. Every
+video stream decodes with PyAV alone; class layers and masks with zstd.
 
 {access_paragraph(recipe, v)}
 
