@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import __version__
+from pipeline.codec.manifest import FORMAT_VERSION
 from pipeline.confine import safe_name
 from pipeline.errors import VerificationError
 from pipeline.lock import holds_output_folder
@@ -60,6 +61,7 @@ def fingerprint(recipe: Recipe, cube_id: str) -> str:
         "variables": recipe.variables.model_dump(),
         "codec": recipe.codec.model_dump(),
         "cubecast": __version__,
+        "format": FORMAT_VERSION,  # a new format encodes the same settings differently
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
