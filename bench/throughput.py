@@ -13,10 +13,16 @@ Each measurement runs in its own child process, so its peak RSS is its own:
     python bench/throughput.py --engine pyav           # x265 inside the pipeline process
     python bench/throughput.py --steps recipe_pack      # the recipe path only (PSNR target)
     python bench/throughput.py --cubes 2 --steps flow_1,flow_2,flow_dask
+    python bench/throughput.py --size 512 --frames 48 --cubes 4 --flow-cubes 4 \
+        --steps dask_addr_1,dask_addr_2,process_runner_2
 
 - recipe pack: ``cubecast pack`` on the recipe (PSNR floor, codec choice, quality check)
 - flow 1 / 2 / dask: ``cubecast run`` (the Prefect flow, publish to a folder) with one or two
   workers, or a Dask LocalCluster: cubes per hour, Prefect server start included
+- dask addr 1 / 2, process runner 2: ``cubecast run`` on a Dask cluster of 1 or 2
+  ``dask worker --nthreads 1`` processes started by address, or the process runner, with a
+  Prefect server already up (its start not counted); cubes per hour, and per worker process
+  its peak PSS and cores kept busy (bench/throughput_cluster.py)
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -37,6 +44,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.throughput_cluster import STEPS as CLUSTER_STEPS  # noqa: E402
 
 GROUPS = (("red", "green", "blue"), ("nir",))
 
@@ -218,6 +227,7 @@ CHILDREN = {
     "flow_1": child_flow_1,
     "flow_2": child_flow_2,
     "flow_dask": child_flow_dask,
+    **CLUSTER_STEPS,
 }
 
 
@@ -288,6 +298,34 @@ def measure(name: str, args) -> dict:
     return result
 
 
+def worker_table(rows: list[dict]) -> list[str]:
+    """Per worker process of the cluster steps: peak PSS and cores kept busy."""
+    rows = [r for r in rows if "workers" in r]
+    if not rows:
+        return []
+    out = ["", f"cluster steps ({os.cpu_count()} cores; rate: the `cubecast run` wall time, "
+           "Prefect server and Dask workers already up)", "",
+           "| step | worker processes | cubes | wall s | cubes per hour | encode span s | "
+           "cubes per hour in it | peak PSS per worker MiB | cores busy per worker (CPU s / "
+           "wall s) | load avg before |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        ws = r["workers"]
+        pss = " / ".join(f"{w['peak_pss_mb']:.0f}" for w in ws)
+        busy = " / ".join(f"{w['cores_busy']:.2f}" for w in ws)
+        out.append(f"| {r['name']} | {r['worker_processes']} | {r['cubes']} | {r['seconds']:.1f} "
+                   f"| {r['cubes_per_hour']:.1f} | {r['encode_span_s']:.1f} | "
+                   f"{r['encode_cubes_per_hour']:.1f} | {pss} | {busy} | "
+                   f"{r['load_average_before']:.2f} |")  # fmt: skip
+    base = next((r for r in rows if r["name"] == "dask_addr_1"), None)
+    for r in rows:
+        if base and r is not base:
+            ratio = r["cubes_per_hour"] / base["cubes_per_hour"]
+            enc = r["encode_cubes_per_hour"] / base["encode_cubes_per_hour"]
+            out.append(f"\n{r['name']} / dask_addr_1: {ratio:.2f}x cubes per hour "
+                       f"({enc:.2f}x in the encode span)")  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="256 x 256 x 60 days")
@@ -347,6 +385,7 @@ def main() -> None:
         )
     if ratio is not None:
         lines += ["", f"encode overhead pipeline/bare: {ratio:.3f}x"]
+    lines += worker_table(rows)
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
