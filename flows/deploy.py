@@ -146,6 +146,43 @@ def ensure_pools(client: Any, spec: dict[str, Any], echo: Callable[[str], None])
             echo(f"created work pool {name} (type process)")
 
 
+CRASH_AUTOMATION = "cubecast: crash flow runs whose heartbeats stopped"
+HEARTBEAT_S = 30  # prefect.yaml's PREFECT_FLOWS_HEARTBEAT_FREQUENCY (Prefect's minimum)
+
+
+def ensure_crash_automation(client: Any, echo: Callable[[str], None]) -> None:
+    """The automation of Prefect's "detect zombie flows" guide, created if missing: a flow
+    run whose heartbeat (every ``HEARTBEAT_S``) has not come for three periods and that has
+    not finished is marked Crashed. A run whose worker was killed with it otherwise stays
+    Running for ever, and its schedule's next run is what resumes the target."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    if client.read_automations_by_name(CRASH_AUTOMATION):
+        return
+    ends = ("Completed", "Failed", "Cancelled", "Crashed")
+    trigger = EventTrigger(
+        after={"prefect.flow-run.heartbeat"},
+        expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in ends)},
+        match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+        for_each={"prefect.resource.id"},
+        posture=Posture.Proactive,
+        threshold=1,
+        within=timedelta(seconds=3 * HEARTBEAT_S),
+    )
+    action = ChangeFlowRunState(
+        state=StateType.CRASHED, message=f"no heartbeat for {3 * HEARTBEAT_S} s"
+    )
+    client.create_automation(
+        AutomationCore(name=CRASH_AUTOMATION, trigger=trigger, actions=[action])
+    )
+    echo(f"created automation {CRASH_AUTOMATION!r}")
+
+
 def prefect_deploy(root: Path, api: str) -> None:
     """``prefect deploy --all`` on the project's ``prefect.yaml``, from the project folder."""
     cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"]
@@ -167,6 +204,7 @@ def deploy(check: bool = False, echo: Callable[[str], None] = print) -> dict[str
     with api_client(api) as client:
         if not check:
             ensure_pools(client, load_spec(root), echo)
+            ensure_crash_automation(client, echo)
             echo(f"prefect deploy --all --prefect-file {root / PREFECT_FILE} on {api}")
             prefect_deploy(root, api)
         report = stale_deployments(client, root)

@@ -32,6 +32,7 @@ from prefect.tasks import exponential_backoff
 
 from flows.incremental import publish_incremental_flow
 from pipeline.build import encode_step, fingerprint, pack_step, select_cubes, verify_step
+from pipeline.errors import CubecastError
 from pipeline.lock import folder_lock
 from pipeline.publish.targets import PublishResult, publish
 from pipeline.publish.verify import Verification
@@ -109,6 +110,24 @@ def push(out: str, target: str, dry_run: bool, private: bool) -> PublishResult:
     return publish(out, target, dry_run=dry_run, private=private)
 
 
+def check_scheduler(address: str, timeout: float = 10.0) -> None:
+    """One line, before anything is encoded or published, when nothing answers at the Dask
+    scheduler's address (otherwise the task runner fails later with a connection traceback)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+        if not host or not port:
+            raise ValueError("no host:port")
+        socket.create_connection((host, port), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise CubecastError(
+            f"Dask scheduler {address} not reachable ({exc}); nothing encoded or published"
+        ) from None
+
+
 def task_runner(
     runner: Runner,
     workers: int,
@@ -124,6 +143,7 @@ def task_runner(
         from prefect_dask import DaskTaskRunner
 
         if dask_address:
+            check_scheduler(dask_address)
             return DaskTaskRunner(address=dask_address)
         if dask_cluster_class:
             return DaskTaskRunner(

@@ -179,5 +179,6 @@ def test_stale_deployment_is_refused_then_brought_up_to_date(cluster, monkeypatc
         trigger("dynamicearthnet", {"dask_address": cluster.scheduler})
     r = cli.invoke(app, ["deploy"])
     assert r.exit_code == 0, r.output
+    assert "created automation 'cubecast: crash flow runs whose heartbeats stopped'" in r.output
     assert r.output.count("up to date: ") == 2 and "stale" not in r.output
     assert cli.invoke(app, ["deploy", "--check"]).exit_code == 0

@@ -184,3 +184,21 @@ def _trigger_refuses_then_runs(env: dict[str, str], params: list[str]) -> None:
     r = trigger("dynamicearthnet", "--watch", "--timeout", "300", *params)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "Completed after" in r.stdout and runs() == before + 1
+
+
+def test_unreachable_dask_scheduler_is_one_line_before_anything_runs():
+    from flows.publish_dataset import check_scheduler, task_runner
+    from pipeline.errors import CubecastError
+
+    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    with pytest.raises(CubecastError) as err:
+        task_runner("dask", 2, address)
+    message = str(err.value)
+    assert message.startswith(f"Dask scheduler {address} not reachable (") and "\n" not in message
+    assert message.endswith("nothing encoded or published")
+    with pytest.raises(CubecastError, match="not reachable .no host:port"):
+        check_scheduler("tcp://127.0.0.1")
+    with socket.socket() as s:  # something answers: the task runner is made
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert task_runner("dask", 2, f"tcp://127.0.0.1:{s.getsockname()[1]}") is not None
