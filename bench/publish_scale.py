@@ -14,6 +14,10 @@ Figures: cubes per hour (all runs, killed ones included), peak disk of the work 
 them) against the final repo size, encodes per cube.
 
     python bench/publish_scale.py --cubes 300 --kills 8 --out bench/results
+
+``--simulate 1000,5000,10000,40000`` instead times the planning, index and ``.tacocat`` costs
+of published datasets of that many cubes (no change, 1 % new cubes) without encoding them:
+see ``bench/publish_scale_sim.py``.
 """
 
 from __future__ import annotations
@@ -264,6 +268,20 @@ def markdown(r: dict) -> str:
 """
 
 
+def simulated(a: argparse.Namespace) -> None:
+    """``--simulate``: bench/publish_scale_sim.py over each N; JSON and a table."""
+    from bench.publish_scale_sim import simulate_scale, table
+
+    ns = [int(x) for x in a.simulate.split(",")]
+    with tempfile.TemporaryDirectory(prefix="cubecast-sim-") as tmp:
+        result = simulate_scale(ns, a.targets.split(","), a.sim_batch, Path(tmp))
+    result["command"] = "python bench/publish_scale.py " + " ".join(sys.argv[1:])
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "publish_scale_simulated.json").write_text(json.dumps(result, indent=1) + "\n")
+    (a.out / "publish_scale_simulated.md").write_text(table(result))
+    print(table(result))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cubes", type=int, default=300)
@@ -275,7 +293,20 @@ def main() -> None:
     p.add_argument("--max-kill-after", type=float, default=60.0, help="latest SIGKILL, s")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument(
+        "--simulate",
+        metavar="N,N,...",
+        help="simulate published datasets of these many cubes instead (issue 27; see "
+        "bench/publish_scale_sim.py): no-change and 1 %% new runs over each",
+    )
+    p.add_argument("--targets", default="folder,hub", help="--simulate: folder, hub or both")
+    p.add_argument(
+        "--sim-batch", type=int, default=100, help="--simulate: cubes per batch (history and runs)"
+    )
     a = p.parse_args()
+    if a.simulate:
+        simulated(a)
+        return
     with tempfile.TemporaryDirectory(prefix="cubecast-scale-") as tmp:
         result = simulate(a, Path(tmp))
     a.out.mkdir(parents=True, exist_ok=True)

@@ -162,7 +162,7 @@ def tree_members(mirror: Mirror, rel: str) -> list[str]:
             f"{rel}/{p.relative_to(root).as_posix()}" for p in root.rglob("*") if p.is_file()
         )
     if isinstance(m, HttpMirror):
-        return sorted(r for r in m.index if r.startswith(rel + "/"))
+        return m.under(rel)
     if isinstance(m, FsspecMirror):
         prefix = m.root.rstrip("/") + "/"
         return sorted(str(p).removeprefix(prefix) for p in m.fs.find(m._remote(rel)))

@@ -7,6 +7,8 @@ local path. Remote files land in a cache folder, so a re-run reads them from dis
 
 from __future__ import annotations
 
+import bisect
+import functools
 import os
 import re
 import shutil
@@ -23,6 +25,7 @@ from pipeline.sources.download import RetryPolicy, download
 from pipeline.sources.limits import Limits
 
 
+@functools.lru_cache(maxsize=256)
 def glob_regex(pattern: str) -> re.Pattern[str]:
     """``**/`` spans folders (or none), ``*`` and ``?`` stay within one path component."""
     out, i = "", 0
@@ -180,16 +183,37 @@ class HttpMirror:
         """The sizes the index declares."""
         return {rel: n for rel, (_, n) in self.entries.items() if n is not None}
 
-    def list(self, pattern: str) -> list[str]:
-        rx = glob_regex(pattern)
+    @cached_property
+    def paths(self) -> list[str]:
+        """Every listed file and every folder above one, sorted: what :meth:`list` globs."""
         found: set[str] = set()
         for rel in self.entries:
             parts = rel.split("/")
-            for k in range(1, len(parts) + 1):
-                prefix = "/".join(parts[:k])
-                if rx.match(prefix):
-                    found.add(prefix)
+            found.update("/".join(parts[:k]) for k in range(1, len(parts) + 1))
         return sorted(found)
+
+    def _starting(self, names: list[str], prefix: str) -> list[str]:
+        """The sorted ``names`` that start with ``prefix`` (a binary search, not a scan:
+        planning lists each of tens of thousands of cubes)."""
+        lo = hi = bisect.bisect_left(names, prefix)
+        while hi < len(names) and names[hi].startswith(prefix):
+            hi += 1
+        return names[lo:hi]
+
+    def list(self, pattern: str) -> list[str]:
+        # every match starts with the pattern's literal head; the rest (``*.tif``, the same
+        # for every cube) is compiled once
+        literal = re.split(r"[*?]", pattern, maxsplit=1)[0]
+        rx, n = glob_regex(pattern[len(literal) :]), len(literal)
+        return [p for p in self._starting(self.paths, literal) if rx.match(p, n)]
+
+    def under(self, folder: str) -> list[str]:
+        """The listed files below ``folder``, sorted."""
+        return self._starting(self.files, folder.rstrip("/") + "/")
+
+    @cached_property
+    def files(self) -> list[str]:
+        return sorted(self.entries)
 
     def fetch(self, rel: str) -> Path:
         if rel not in self.entries:
@@ -207,7 +231,7 @@ class HttpMirror:
         )
 
     def fetch_tree(self, rel: str) -> Path:
-        members = [r for r in self.entries if r.startswith(rel.rstrip("/") + "/")]
+        members = self.under(rel)
         if not members:
             raise SourceError(f"{self.url(rel)}: no files under it in the index")
         for r in members:
