@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B8A"]
 VARIABLES = [*BANDS, "SCL", "cloudmask_en"]
 WINDOW = 8
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def _recipe(args, access: str):
@@ -70,17 +71,28 @@ def _zarr_read(args) -> None:
         ds[VARIABLES].load()
 
 
-def _bare_decode(streams: list[bytes]) -> None:
-    """PyAV alone: every frame of every video stream to a numpy array, default threading
-    (class layers and masks are zstd chunks, not video)."""
+def _bare_decode(streams: list[tuple[bytes, list[int] | None]]) -> None:
+    """The streams' own decoders alone: every frame of every video stream to a numpy array
+    with PyAV (default threading), every zstd chunk of the class layers and masks
+    inflated (no palette, no bits unpacked, no mapping to values)."""
     import io
 
     import av
+    import zstandard
 
-    for data in streams:
-        with av.open(io.BytesIO(data)) as c:
-            for frame in c.decode(video=0):
-                frame.to_ndarray()
+    for data, offsets in streams:
+        if offsets is None:
+            with av.open(io.BytesIO(data)) as c:
+                for frame in c.decode(video=0):
+                    frame.to_ndarray()
+            continue
+        inflate = zstandard.ZstdDecompressor()
+        for lo, hi in zip(offsets, [*offsets[1:], len(data)], strict=True):
+            chunk = data[lo:hi]
+            # class-layer chunks open with a palette (docs/FORMAT.md); mask chunks do not
+            start = 0 if chunk[:4] == ZSTD_MAGIC else 2 + 2 * int.from_bytes(chunk[:2], "little")
+            with inflate.stream_reader(chunk[start:]) as r:
+                r.read()
 
 
 def _open(shard: Path, sid: str, variables=None, time=None):
@@ -89,15 +101,21 @@ def _open(shard: Path, sid: str, variables=None, time=None):
     return open_sample(shard, sid, variables=variables, time=time)
 
 
-def _streams(shard: Path, sid: str) -> list[bytes]:
+def _streams(shard: Path, sid: str) -> list[tuple[bytes, list[int] | None]]:
+    """Each stream's bytes, with its chunk offsets where it is zstd chunks (else None)."""
     from pipeline.codec.chunkcodecs import chunk_codec
     from pipeline.taco.read import _open_archive, sample_encoded
 
     archive, fh = _open_archive(shard)
     with archive, fh:
         enc = sample_encoded(archive, sid, str(shard))
-        video = [s for s in enc.manifest.streams if chunk_codec(s.codec) is None]
-        return [enc.read_file(s.file) for s in video]
+        return [
+            (
+                enc.read_file(s.file),
+                None if chunk_codec(s.codec) is None else list(s.chunk_offsets or [0]),
+            )
+            for s in enc.manifest.streams
+        ]
 
 
 def _info(shard: Path) -> dict:
@@ -157,7 +175,7 @@ def main() -> None:
     _open(shards["whole"], sid)  # warm the page cache and imports
     for _ in range(args.repeat):
         add("zarr read (source)", lambda: _zarr_read(args))
-        add("bare PyAV decode", lambda: _bare_decode(streams))
+        add("bare decode (PyAV + zstd)", lambda: _bare_decode(streams))
         for a, shard in shards.items():
             add(f"open_sample whole [{a}]", lambda: _open(shard, sid))
             add(f"open_sample one band B8A [{a}]", lambda: _open(shard, sid, ["B8A"]))
@@ -175,7 +193,7 @@ def main() -> None:
 
 def _report(args, med: dict[str, float], info: dict) -> str:
     whole = med["open_sample whole [whole]"]
-    bare, zarr = med["bare PyAV decode"], med["zarr read (source)"]
+    bare, zarr = med["bare decode (PyAV + zstd)"], med["zarr read (source)"]
     lines = [
         f"DeepExtremeCubes twin, {args.frames} x 7 x 128 x 128 + SCL + cloud mask, codec "
         f"{args.codec}; medians of {args.repeat} runs",
