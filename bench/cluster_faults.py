@@ -10,8 +10,9 @@ Each trial publishes a small DynamicEarthNet twin to a fresh folder target with
   a second later), a random Dask worker among those running a task is SIGKILLed with its
   process group; its task must be rerun on the other worker and the run complete. The
   killed worker is restarted after the trial.
-- **prefect-worker**: once the flow run is Running, after a random part of an undisturbed
-  run's running time, the Prefect worker and the flow run it started
+- **prefect-worker**: once the flow run is Running and has published j of the cubes (j
+  random, fewer than all) and a random part of a second later, the Prefect worker and the
+  flow run it started
   are SIGKILLed (the worker's machine lost); the flow run's state is read for up to
   ``--crash-wait`` s (is it marked Crashed? by the heartbeat automation ``cubecast deploy``
   creates), then a new worker is started and the next deployment run must resume from the
@@ -190,12 +191,15 @@ def trial(kind: str, k: int, rng: random.Random, cl: Cluster, runs: Runs, a: Any
     elif kind == "prefect-worker":
         proc, log = runs.start(target, work)
         run_id = runs.flow_run_id(log)
-        wait_running(cl, run_id)  # a run killed before it ran stays Pending: no heartbeat yet
-        delay = rng.uniform(0.05, 0.9) * a.run_s
-        time.sleep(delay)
+        t_run = wait_running(cl, run_id)  # killed before it ran, it stays Pending (no heartbeat)
+        # once j cubes (random, fewer than all) are published, and a random second later
+        j, pause = rng.randrange(a.cubes), rng.uniform(0, 1.0)
+        while len(index_cubes(target)) < j and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(pause)
         cl.services.kill("worker")  # the worker, and the flow run it started
-        row["killed_after_s"] = round(delay, 1)
-        row["cubes_before_resume"] = len(index_cubes(target))
+        row.update(kill_after_cubes=j, killed_after_s=round(time.monotonic() - t0 - t_run, 1))
+        row["cubes_before_resume"], row["cubes"] = len(index_cubes(target)), a.cubes
         deadline = time.monotonic() + a.crash_wait
         while (state := run_state(cl, run_id)) not in ("CRASHED", "FAILED", "COMPLETED"):
             if time.monotonic() > deadline:
@@ -262,10 +266,15 @@ def wait_running(cl: Cluster, run_id: str, timeout: float = 300) -> float:
     return time.monotonic() - t0
 
 
+def landed(row: dict[str, Any]) -> bool:
+    """A Prefect worker kill that stopped a run before it had published every cube."""
+    return row["state_after_kill"] != "COMPLETED" and row["cubes_before_resume"] < row["cubes"]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| fault | trials | kill landed mid-task | run completed | marked crashed | "
-        "every cube once, decodes | verifies | clear line | target unchanged |",
+        "| fault | trials | kill landed mid-task / mid-run | run completed (or resumed) | "
+        "marked crashed | every cube once, decodes | verifies | clear line | target unchanged |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind in KINDS:
@@ -280,10 +289,17 @@ def table(rows: list[dict[str, Any]]) -> str:
         fail = kind == "scheduler-unreachable"
         lines.append(
             f"| {kind} | {n} | "
-            + (count(lambda r: r.get("mid_task")) if kind == "dask-worker" else "-")
+            + (count(lambda r: r.get("mid_task")) if kind == "dask-worker" else "")
+            + (count(landed) if kind == "prefect-worker" else "")
+            + ("-" if fail else "")
             + f" | {'-' if fail else count(lambda r: r['rc'] == 0 and r['state'] == 'COMPLETED')}"
             + " | "
-            + (count(lambda r: r["state_after_kill"] == "CRASHED") if "prefect" in kind else "-")
+            + (
+                f"{sum(r['state_after_kill'] == 'CRASHED' for r in rs if landed(r))}/"
+                f"{sum(map(landed, rs))}"
+                if "prefect" in kind
+                else "-"
+            )
             + f" | {'-' if fail else count(lambda r: r['whole'] == 'whole')}"
             + f" | {'-' if fail else count(lambda r: r['verified'] == 'verified')}"
             + f" | {count(lambda r: r.get('clear_line')) if fail else '-'}"
@@ -302,9 +318,13 @@ def main() -> None:
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--crash-wait", type=float, default=180, help="s to wait for Crashed")
     p.add_argument("--out", default="bench/results")
+    p.add_argument("--append", action="store_true", help="add to the rows of --out's JSON")
     a = p.parse_args()
     rng = random.Random(a.seed)
-    rows: list[dict[str, Any]] = []
+    old = Path(a.out) / "cluster_faults.json"
+    rows: list[dict[str, Any]] = json.loads(old.read_text())["rows"] if a.append else []
+    for r in rows:
+        r.setdefault("cubes", a.cubes)
     with tempfile.TemporaryDirectory(prefix="cluster-faults-") as tmpdir:
         tmp = Path(tmpdir)
         twin = tmp / "twin" / "dynamicearthnet"
@@ -321,7 +341,7 @@ def main() -> None:
             a.run_s = a.full_s - startup  # from Running to the end
             assert rc == 0, out[-3000:]
             print(f"undisturbed run: {a.full_s:.1f} s, {a.run_s:.1f} s running", flush=True)
-            for k in range(a.trials):
+            for k in range(len(rows), len(rows) + a.trials):
                 for kind in a.kinds.split(","):
                     row = trial(kind, k, rng, cl, runs, a)
                     rows.append(row)
