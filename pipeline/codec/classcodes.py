@@ -23,6 +23,7 @@ from typing import BinaryIO
 import numpy as np
 import zstandard
 
+from pipeline.codec.chunkwriter import ChunkWriter
 from pipeline.errors import CorruptStreamError
 
 CODEC = "zstd-codes"
@@ -46,8 +47,9 @@ def code_width(pix_fmt: str, name: str = "stream") -> int:
         ) from None
 
 
-class CodesWriter:
-    """Appends compressed chunks to a file as frames arrive; ``offsets`` after close()."""
+class CodesWriter(ChunkWriter):
+    """Class layers: each chunk's palette header, then its codes (or palette indices) under
+    zstd."""
 
     def __init__(
         self,
@@ -57,22 +59,14 @@ class CodesWriter:
         level: int = LEVEL,
     ) -> None:
         self._width = code_width(pix_fmt)
-        self._own = isinstance(target, (str, os.PathLike))
-        self._file: BinaryIO = open(target, "wb") if self._own else target  # type: ignore[arg-type]
-        self._cctx = zstandard.ZstdCompressor(level=level)
-        self._chunk = chunk_frames
-        self._buf: list[np.ndarray] = []
-        self._pos = 0
-        self.offsets: list[int] = []
+        super().__init__(target, chunk_frames, level)
 
-    def write(self, frame: np.ndarray) -> None:
+    def _frame(self, frame: np.ndarray) -> np.ndarray:
         """frame: (planes, H, W) codes of one time step, below 2^(8 x code width)."""
-        self._buf.append(np.array(frame, dtype=np.uint8 if self._width == 1 else "<u2"))
-        if len(self._buf) == self._chunk:
-            self._flush()
+        return np.array(frame, dtype=np.uint8 if self._width == 1 else "<u2")
 
-    def _flush(self) -> None:
-        codes = np.stack(self._buf)
+    def _chunk_bytes(self, frames: np.ndarray) -> bytes:
+        codes = frames
         palette = np.zeros(0, dtype=_HEADER)
         if self._width == 2:
             present = np.unique(codes)
@@ -80,17 +74,7 @@ class CodesWriter:
                 palette = present.astype(_HEADER)
                 codes = np.searchsorted(present, codes).astype(np.uint8)
         header = np.array([len(palette)], dtype=_HEADER).tobytes() + palette.tobytes()
-        blob = header + self._cctx.compress(codes.data)
-        self.offsets.append(self._pos)
-        self._file.write(blob)
-        self._pos += len(blob)
-        self._buf.clear()
-
-    def close(self) -> None:
-        if self._buf:
-            self._flush()
-        if self._own:
-            self._file.close()
+        return header + self._cctx.compress(codes.data)
 
 
 def codes_chunk(

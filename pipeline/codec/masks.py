@@ -13,43 +13,26 @@ from typing import BinaryIO
 import numpy as np
 import zstandard
 
+from pipeline.codec.chunkwriter import ChunkWriter
 from pipeline.errors import CorruptStreamError
 
 CODEC = "zstd-bitpack"
 
 
-class MaskWriter:
-    """Appends compressed chunks to a file as frames arrive; ``offsets`` after close()."""
+class MaskWriter(ChunkWriter):
+    """Masks: each chunk's bits packed, then zstd."""
 
     def __init__(
         self, target: str | os.PathLike[str] | BinaryIO, chunk_frames: int, level: int = 19
-    ):
-        self._own = isinstance(target, (str, os.PathLike))
-        self._file: BinaryIO = open(target, "wb") if self._own else target  # type: ignore[arg-type]
-        self._cctx = zstandard.ZstdCompressor(level=level)
-        self._chunk = chunk_frames
-        self._buf: list[np.ndarray] = []
-        self._pos = 0
-        self.offsets: list[int] = []
+    ) -> None:
+        super().__init__(target, chunk_frames, level)
 
-    def write(self, frame: np.ndarray) -> None:
+    def _frame(self, frame: np.ndarray) -> np.ndarray:
         """frame: bool (planes, H, W) for one time step."""
-        self._buf.append(np.asarray(frame, dtype=bool))
-        if len(self._buf) == self._chunk:
-            self._flush()
+        return np.asarray(frame, dtype=bool)
 
-    def _flush(self) -> None:
-        blob = self._cctx.compress(np.packbits(np.stack(self._buf)).tobytes())
-        self.offsets.append(self._pos)
-        self._file.write(blob)
-        self._pos += len(blob)
-        self._buf.clear()
-
-    def close(self) -> None:
-        if self._buf:
-            self._flush()
-        if self._own:
-            self._file.close()
+    def _chunk_bytes(self, frames: np.ndarray) -> bytes:
+        return self._cctx.compress(np.packbits(frames).tobytes())
 
 
 def decode_masks(
