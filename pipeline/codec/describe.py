@@ -82,6 +82,7 @@ def stream_infos(
                     bits=bits,
                     lossless=s.settings.lossless,
                     crf=s.settings.crf if lossy and not s.settings.lossless else None,
+                    gain=round(s.settings.gain, 6) if lossy and not s.settings.lossless else 1.0,
                     preset=s.settings.preset if lossy else None,
                     x265_params=(
                         s.settings.x265_params if s.settings.codec == X265_CODEC.name else ""

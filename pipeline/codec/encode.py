@@ -8,6 +8,7 @@ holds a few frames per stream.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,8 @@ from pipeline.codec.groupcoder import (
     coding_gains,
     klt_moments,
 )
-from pipeline.codec.hedge import encode_hedged, hedge_jobs, keep_hedges, worth_hedging
+from pipeline.codec.hedge import encode_hedged, hedge_jobs, hedge_results, worth_hedging
+from pipeline.codec.landing import AIM_DB, MAX_REFINES, aimed, landed, retarget
 from pipeline.codec.manifest import (
     Manifest,
 )
@@ -38,7 +40,7 @@ from pipeline.codec.planning import (
     plan_groups,
 )
 from pipeline.codec.quality import group_psnr
-from pipeline.codec.search import Choice, choose, step_down
+from pipeline.codec.search import Choice, choose
 from pipeline.codec.settings import VideoSettings
 from pipeline.errors import InvalidCubeError
 
@@ -58,9 +60,10 @@ def _encode_groups(
     progress: bool,
 ) -> dict[str, EncodedGroup]:
     """All groups of a cube: codec and quantiser of PSNR-target groups chosen from trials
-    on a sample, then one pass over the whole cube for every group, then PSNR-target groups
-    checked in full and, in the rare case the model was off, re-encoded finer (down to
-    lossless x265) until they meet their target."""
+    on a sample and aimed just above their floor by their gain, then one pass over the
+    whole cube for every group, then PSNR-target groups checked in full and those that
+    missed their floor or landed above its window re-aimed from what they measured
+    (:mod:`pipeline.codec.landing`)."""
     targeted = [
         g
         for g in groups
@@ -73,38 +76,74 @@ def _encode_groups(
         }
     groups = [choices[g.name].group if g.name in choices else g for g in groups]
     h, w = ctx.shape
-    settings = {
-        g.name: bounded_lookahead(
-            choices[g.name].settings if g.name in choices else g.settings, h * w
-        )
-        for g in groups
-    }
+    settings = {g.name: bounded_lookahead(_planned(g, choices), h * w) for g in groups}
     all_idx = list(range(ctx.ds.sizes[ctx.layout.time_dim]))
-    jobs = [(g, settings[g.name]) for g in groups]
-    hedges = hedge_jobs(jobs, set(choices), options, ctx.shape[1])
+    jobs, hedges = hedge_jobs(
+        [(g, settings[g.name]) for g in groups], set(choices), options, ctx.shape[1]
+    )
     done, alts = encode_hedged(ctx, spool, jobs, hedges, all_idx, options, progress)
     pending = [choices[n].group for n in choices]  # lossless x265 too: its codes are 12-bit
-    attempt = 0
-    while pending:
-        psnr = keep_hedges(done, alts)
-        alts = None
-        unchecked = [done[g.name] for g in pending if g.name not in psnr]
-        psnr |= group_psnr(ctx, unchecked, all_idx) if unchecked else {}
-        failed = [g for g in pending if psnr[g.name] < cast(float, g.psnr_target)]
-        if not failed:
-            break
-        _refuse_unreachable(failed, done, psnr)
-        attempt += 1
-        retry = []
-        for g in failed:
-            shortfall = cast(float, g.psnr_target) - psnr[g.name]
-            finer = step_down(done[g.name].settings, choices[g.name].model, shortfall)
-            retry.append((g, bounded_lookahead(finer, h * w)))
-        for name, enc in encode_pass(ctx, spool, retry, all_idx, f".{attempt}", options).items():
+    psnr = group_psnr(ctx, [done[g.name] for g in pending], all_idx) if pending else {}
+    points = {name: [(done[name].settings, measured)] for name, measured in psnr.items()}
+    for name, (alt, measured) in hedge_results(alts).items():
+        points[name].append((alt.settings, measured))
+        floor = cast(float, alt.group.psnr_target)
+        if measured >= floor and (psnr[name] < floor or alt.nbytes < done[name].nbytes):
             done[name].unlink()
-            done[name] = enc
-        pending = [g for g, _ in retry]
+            done[name], psnr[name] = alt, measured
+        else:
+            alt.unlink()
+    _land(ctx, spool, pending, choices, done, psnr, points, options)
     return done
+
+
+def _land(
+    ctx: CubeContext,
+    spool: Path,
+    pending: Sequence[GroupPlan],
+    choices: Mapping[str, Choice],
+    done: dict[str, EncodedGroup],
+    psnr: dict[str, float],
+    points: dict[str, list[tuple[VideoSettings, float]]],
+    options: EncodeOptions,
+) -> None:
+    """Re-encode each group that missed its floor (until it meets it, down to lossless
+    x265) or landed above the window (``MAX_REFINES`` times), re-aimed from the measured
+    encode nearest the aim; the smallest encode that meets the floor is kept (``done`` and
+    ``psnr`` updated in place)."""
+    h, w = ctx.shape
+    all_idx = list(range(ctx.ds.sizes[ctx.layout.time_dim]))
+    refines = dict.fromkeys((g.name for g in pending), 0)
+    attempt = 0
+    while True:
+        retry = []
+        for g in pending:
+            floor, measured = cast(float, g.psnr_target), psnr[g.name]
+            if landed(measured, floor) or (measured > floor and refines[g.name] >= MAX_REFINES):
+                continue
+            if measured < floor:
+                _refuse_unreachable([g], done, psnr)
+            else:
+                refines[g.name] += 1
+            aim = floor + AIM_DB
+            nearest, at = min(points[g.name], key=lambda p: abs(p[1] - aim))
+            settings = retarget(nearest, choices[g.name].model, at, floor, points[g.name])
+            retry.append((g, bounded_lookahead(settings, h * w)))
+        if not retry:
+            return
+        attempt += 1
+        encoded = encode_pass(ctx, spool, retry, all_idx, f".{attempt}", options)
+        measured_now = group_psnr(ctx, [e for e in encoded.values() if e.failed is None], all_idx)
+        for g, _ in retry:
+            enc, before = encoded[g.name], psnr[g.name]
+            now = measured_now.get(g.name, -math.inf)
+            points[g.name].append((enc.settings, now))
+            floor = cast(float, g.psnr_target)
+            if before < floor or (now >= floor and enc.nbytes < done[g.name].nbytes):
+                done[g.name].unlink()
+                done[g.name], psnr[g.name] = enc, now
+            else:
+                enc.unlink()
 
 
 def _refuse_unreachable(
@@ -122,7 +161,11 @@ def _refuse_unreachable(
 
 
 def _planned(group: GroupPlan, choices: Mapping[str, Choice]) -> VideoSettings:
-    return choices[group.name].settings if group.name in choices else group.settings
+    """A group's settings: a PSNR-target group's chosen ones, aimed by their gain."""
+    if group.name not in choices:
+        return group.settings
+    choice = choices[group.name]
+    return aimed(choice.settings, choice.excess - AIM_DB)
 
 
 def _cube_id(ds: xr.Dataset) -> str | None:

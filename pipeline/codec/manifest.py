@@ -113,6 +113,9 @@ class StreamInfo(_Model):
     bits: int
     lossless: bool = False
     crf: float | None = None
+    # the codes' amplitude under a PSNR target (pipeline.codec.landing); informative only:
+    # each channel's or component's scale already holds it
+    gain: float = Field(default=1.0, gt=0, le=1)
     preset: str | None = None
     x265_params: str = ""
     keyint: int
