@@ -673,6 +673,8 @@ def sweep(
 
 
 def _commit() -> str:
+    """HEAD, with "+dirty" where the code (pipeline/, bench/*.py) differs from it; results
+    files written by earlier runs do not count."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -682,8 +684,16 @@ def _commit() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=HERE,
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "pipeline",
+                "bench/*.py",
+            ],
+            cwd=HERE.parent,
             capture_output=True,
             text=True,
             check=True,
@@ -854,7 +864,8 @@ def summarise(rows: list[dict], out: Path, suffix: str = "", checks: str = "") -
         parts += ["## SZ3 against ANCHORS.md", checks]
     commits = sorted({str(c) for c in df.get("commit", pd.Series(dtype=str)).dropna()})
     if commits:
-        parts.append(f"Rows measured at: {', '.join(commits)}.")
+        older = " and before the commit column (earlier runs)" if df.commit.isna().any() else ""
+        parts.append(f"Rows measured at: {', '.join(commits)}{older}.")
     text = "\n\n".join(parts)
     (out / f"rate_distortion_summary{suffix}.md").write_text(text + "\n")
     return text
