@@ -686,9 +686,10 @@ def reference_curve(
     REF_FLOOR dB (SZ3's PSNR bound and x265's CRF are not the PSNR a heavy-tailed band
     gets), so the curve spans every target from 35 dB."""
     rows: list[dict] = []
-    params = list(params)
-    while params:
-        param = params.pop(0)
+    todo = list(params)
+    done: dict[float, dict] = {}
+    while todo:
+        param = todo.pop(0)
         try:
             row = fn(cube, param)
         except Exception as exc:  # a reference the cube cannot take: say so, go on
@@ -696,11 +697,14 @@ def reference_curve(
             continue
         row = dict(cube=cube.name, method=method, param=param, **row, commit=commit)
         rows.append(row)
+        done[param] = row
         _print(row)
-        limit = REF_LIMITS[method]
-        nxt = param + step
-        if not params and row["psnr"] > REF_FLOOR and (nxt - limit) * step <= 0:
-            params.append(nxt)
+        if not todo:  # the listed settings done: extend from the coarse end if need be
+            edge = max(done) if step > 0 else min(done)
+            nxt = edge + step
+            coarse_enough = done[edge]["psnr"] <= REF_FLOOR
+            if not coarse_enough and (nxt - REF_LIMITS[method]) * step <= 0:
+                todo.append(nxt)
     return rows
 
 
