@@ -1010,7 +1010,6 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     anchors = anchor_curves()
     rows = sweep(args.quick, args.cube, configs, refs, args.psnr)
-    names = {r["cube"] for r in rows}
     for name, (r, p) in anchors.items():  # is the re-implementation a fair stand-in?
         ref = [x for x in rows if x["cube"] == name and x["method"] == XV]
         if ref:
@@ -1018,7 +1017,8 @@ def main() -> None:
             print(f"re-implemented xarrayvideo vs its published curve on {name}: {bd:.3f}x")
     suffix = "_quick" if args.quick else ""
     check_path = args.out / f"rate_distortion_sz3_check{suffix}.md"
-    checks = check_sz3(sorted(names)) if "sz3" in refs else ""
+    # both real cubes every time SZ3 runs (seconds), so the check file is always whole
+    checks = check_sz3(["ndvi", "landsat"]) if "sz3" in refs else ""
     if checks:
         print("\nSZ3 here against the SZ3 table of ANCHORS.md:")
         print(checks)
