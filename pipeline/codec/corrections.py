@@ -41,13 +41,22 @@ def add_corrections(
     keyint: int,
 ) -> Manifest:
     """``manifest`` with a correction layer for the channels of ``bounds`` (channel name ->
-    absolute bound), written into ``store``. Channels coded losslessly, or with no valid
+    absolute bound), written into ``store``. Channels stored bit for bit, or with no valid
     pixel, are exact already: they get their bound and reached error 0 but no codes."""
     import xarray as xr
 
     assert isinstance(ds, xr.Dataset)
     m = manifest
-    lossy = [c for c in layout.channels if c.name in bounds and not m.channel_lossless(c.name)]
+    # every quantised band gets codes (x265's "lossless" still rounds a float band to its
+    # 12-bit codes); bands stored bit for bit (lossless words) and bands with no valid
+    # pixel (no stream) are exact already
+    lossy = [
+        c
+        for c in layout.channels
+        if c.name in bounds
+        and not m.channel(c.name).words
+        and (m.channel(c.name).stream is not None or m.channel(c.name).transform is not None)
+    ]
     reached = dict.fromkeys(bounds, 0.0)
     if not lossy:
         return _with_bounds(m, bounds, reached, None, {})
@@ -55,10 +64,7 @@ def add_corrections(
     file = f"{name}.{errorbound.SUFFIX}"
     path = store.path / file
     chunk = max(1, min(keyint, CHUNK))
-    steps = {
-        c.name: errorbound.step_of(bounds[c.name], np.dtype(m.variable(c.variable).dtype))
-        for c in lossy
-    }
+    steps = {c.name: _step(m, c.name, c.variable, bounds[c.name]) for c in lossy}
     writer = errorbound.CorrectionWriter(path, chunk)
     video = EncodedCube(m, store, source=str(store.path))
     variables = list(dict.fromkeys(c.variable for c in lossy))
@@ -103,6 +109,12 @@ def add_corrections(
     )
     where = {c.name: (name, i, steps[c.name]) for i, c in enumerate(lossy)}
     return _with_bounds(m, bounds, reached, stream, where)
+
+
+def _step(m: Manifest, channel: str, variable: str, bound: float) -> float:
+    c = m.channel(channel)
+    magnitude = max(abs(float(c.valid_min or 0.0)), abs(float(c.valid_max or 0.0)))
+    return errorbound.step_of(bound, np.dtype(m.variable(variable).dtype), magnitude)
 
 
 def _with_bounds(

@@ -114,11 +114,16 @@ def check_dtype(name: str, dtype: np.dtype) -> None:
         )
 
 
-def step_of(bound: float, dtype: np.dtype) -> float:
+def step_of(bound: float, dtype: np.dtype, magnitude: float = 0.0) -> float:
     """The correction step of a band: 2E less a slack for floats, 2 floor(E) + 1 (an exact
-    integer, 1 when E < 1: the band kept exact) for integers."""
-    if np.dtype(dtype).kind in "iub":
+    integer, 1 when E < 1: the band kept exact) for integers. A bound of 0 (a relative
+    bound on a constant band) asks for the exact value: the step is the dtype's spacing at
+    the band's ``magnitude``."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iub":
         return float(2 * math.floor(bound) + 1)
+    if bound <= 0:
+        return float(np.spacing(dtype.type(abs(magnitude)))) or float(np.finfo(dtype).tiny)
     return 2 * bound * (1 - SLACK)
 
 
