@@ -13,9 +13,11 @@ reader adds ``step * k`` to the decoded value (before the mask restores NaN/noda
   the band exact (an integer error below 1 is 0).
 
 A correction layer is a chunked carrier (:mod:`pipeline.codec.chunkcodecs`) like the class
-layers: chunk = 1 byte (the codes' width: 1, 2 or 4 bytes, signed little-endian), then one
-zstd frame declaring its content size, which holds the chunk's ``(frames, planes, H, W)``
-codes in C order. Most codes are 0, so zstd takes them to a fraction of a bit each.
+layers: chunk = 1 byte (the codes' width: 1, 2 or 4 bytes, signed little-endian; plus 0x80
+when the codes are stored time fastest), then one zstd frame declaring its content size,
+which holds the chunk's codes in C order of ``(frames, planes, H, W)``, or of ``(planes, H,
+W, frames)`` with the flag. Most codes are 0, so zstd takes them to a fraction of a bit
+each.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ LEVEL = 19
 # values that land exactly on the bound off it
 SLACK = 1e-4
 WIDTHS = (1, 2, 4)
+TIME_FASTEST = 0x80  # flag in the width byte: codes stored (planes, H, W, frames)
 # a video PSNR above this buys nothing the corrections could not (12-bit codes end near
 # 83 dB, VVC's 10 bits near 71)
 VIDEO_PSNR_MAX = 75.0
@@ -205,10 +208,17 @@ class CorrectionWriter(ChunkWriter):
         return np.asarray(frame, dtype=np.int32)
 
     def _chunk_bytes(self, frames: np.ndarray) -> bytes:
+        """The smaller of the codes in frame order and pixel by pixel (time fastest: a
+        smooth field's corrections repeat along time, 0.79x the bytes on an hourly field;
+        NaN-gapped NDVI prefers frame order)."""
         lo, hi = (int(frames.min()), int(frames.max())) if frames.size else (0, 0)
         width = next(w for w in WIDTHS if -(1 << (8 * w - 1)) <= lo and hi < 1 << (8 * w - 1))
         codes = frames.astype(f"<i{width}")
-        return bytes([width]) + self._cctx.compress(codes.tobytes())
+        by_frame = self._cctx.compress(codes.tobytes())
+        by_pixel = self._cctx.compress(np.ascontiguousarray(np.moveaxis(codes, 0, -1)).tobytes())
+        if len(by_pixel) < len(by_frame):
+            return bytes([width | TIME_FASTEST]) + by_pixel
+        return bytes([width]) + by_frame
 
 
 def correction_chunk(
@@ -226,7 +236,7 @@ def correction_chunk(
     blob = memoryview(blob)
     if len(blob) < 1:
         raise CorruptStreamError(f"{where} is empty (truncated stream)")
-    width = blob[0]
+    width, by_pixel = blob[0] & ~TIME_FASTEST, bool(blob[0] & TIME_FASTEST)
     if width not in WIDTHS:
         raise CorruptStreamError(f"{where}: code width {width} is not one of 1, 2, 4 (corrupt)")
     expected = frames * int(np.prod(shape)) * width
@@ -247,5 +257,7 @@ def correction_chunk(
         raise CorruptStreamError(f"{where} does not decompress ({exc})") from exc
     if len(raw) != expected:
         raise CorruptStreamError(f"{where} holds {len(raw)} bytes, not {expected}")
-    codes = np.frombuffer(raw, dtype=f"<i{width}").reshape(frames, *shape)
-    return codes.astype(np.int32)
+    codes = np.frombuffer(raw, dtype=f"<i{width}")
+    if by_pixel:
+        return np.moveaxis(codes.reshape(*shape, frames), -1, 0).astype(np.int32)
+    return codes.reshape(frames, *shape).astype(np.int32)
