@@ -98,10 +98,24 @@ def ours(ds: xr.Dataset, frac: float, offsets: tuple[float, ...]) -> list[dict]:
     return rows
 
 
+def _default_search(trials: list[dict]) -> dict:
+    """What ``encode_cube`` keeps with the default offsets: increasing offsets until the
+    total stops shrinking (the trials are the same deterministic encodes)."""
+    default = set(EncodeOptions().max_error_offsets)
+    best = None
+    for r in sorted(trials, key=lambda r: r["offset_db"]):
+        if r["offset_db"] not in default:
+            continue
+        if best is not None and r["bytes"] >= best["bytes"]:
+            break
+        best = r
+    return best or min(trials, key=lambda r: r["bytes"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
-    ap.add_argument("--offsets", default="0,6,12,18", help="video PSNR offsets (dB) measured")
+    ap.add_argument("--offsets", default="0,6,12,18,24", help="video PSNR offsets (dB) measured")
     args = ap.parse_args()
     offsets = tuple(float(o) for o in args.offsets.split(","))
     results = []
@@ -115,11 +129,7 @@ def main() -> None:
             e = frac * span
             trials = ours(ds, frac, offsets)
             best = min(trials, key=lambda r: r["bytes"])
-            default = min(
-                (r for r in trials if r["offset_db"] in EncodeOptions().max_error_offsets),
-                key=lambda r: r["bytes"],
-                default=best,
-            )
+            default = _default_search(trials)
             sz_bytes, sz_err = sz3(x, valid, e)
             zfp_bytes, zfp_err = zfp(x, valid, e)
             row = {
@@ -130,6 +140,8 @@ def main() -> None:
                 "ours_default_bits": 8 * default["bytes"] / n,
                 "ours_best_bits": 8 * best["bytes"] / n,
                 "ours_best_offset": best["offset_db"],
+                "ours_offset": default["offset_db"],
+                "ours_correction_share": default["correction_bytes"] / default["bytes"],
                 "ours_max_err": max(r["max_error"] for r in trials),
                 "sz3_bits": 8 * sz_bytes / n,
                 "sz3_max_err": sz_err,
@@ -140,14 +152,14 @@ def main() -> None:
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "trials"}), flush=True)
     lines = [
-        "| cube | E (of range) | cubecast bits/value | (offset) | max err / E | SZ3 bits "
+        "| cube | E (of range) | cubecast bits/value | offset kept | max err / E | SZ3 bits "
         "| max err / E | ZFP bits | max err / E | cubecast / SZ3 |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['cube']} | {r['frac']:g} | {r['ours_default_bits']:.3f} | "
-            f"{r['ours_best_offset']:g} dB | {r['ours_max_err'] / r['E']:.4f} | "
+            f"{r['ours_offset']:g} dB | {r['ours_max_err'] / r['E']:.4f} | "
             f"{r['sz3_bits']:.3f} | {r['sz3_max_err'] / r['E']:.4f} | {r['zfp_bits']:.3f} | "
             f"{r['zfp_max_err'] / r['E']:.4f} | {r['ours_default_bits'] / r['sz3_bits']:.2f}x |"
         )

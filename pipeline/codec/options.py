@@ -73,9 +73,9 @@ class EncodeOptions:
     # error-bounded mode: |x - x_decoded| <= E on every valid value of every continuous band
     # (``0.01`` in the band's units, or ``"0.1%"`` of each band's valid range); the video is
     # aimed at the PSNR of a uniform error of E less each of ``max_error_offsets`` (dB) in
-    # turn, and the encode with the fewest bytes (video + corrections) is kept
+    # increasing order, until the total bytes (video + corrections) stop shrinking
     max_error: MaxError | float | str | None = None
-    max_error_offsets: tuple[float, ...] = (0.0, 6.0, 12.0)
+    max_error_offsets: tuple[float, ...] = (0.0, 6.0, 12.0, 18.0, 24.0)
 
     @property
     def stream_keyint(self) -> int:
