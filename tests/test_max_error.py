@@ -179,6 +179,21 @@ def test_offsets_keep_the_smallest() -> None:
     assert b.nbytes <= a.nbytes
 
 
+def test_walk_offsets_finds_the_minimum_of_a_convex_cost() -> None:
+    from pipeline.codec.encode import walk_offsets
+
+    grid = (-12.0, -6.0, 0.0, 6.0, 12.0, 18.0, 24.0, 30.0)
+    for low in grid:
+        calls: list[float] = []
+
+        def cost(o: float, low: float = low, calls: list[float] = calls) -> int:
+            calls.append(o)
+            return int(abs(o - low) * 10)
+
+        assert walk_offsets(grid, cost) == low
+        assert len(set(calls)) <= abs(grid.index(low) - 2) + 3
+
+
 def test_decode_is_deterministic_across_threads(tmp_path: Path) -> None:
     """The reconstruction the encoder checked is the one readers get, whatever their
     thread counts (video decoders are bit-exact; the correction is elementwise)."""

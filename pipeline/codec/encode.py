@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -195,17 +195,33 @@ def encode_cube(
     options = replace(options, decorrelate="none")  # a KLT's float32 matmul is not bit-exact
     ctx, _ = _analyse(ds, options, roles, nodata)
     bounds = channel_bounds(ctx, options)
-    best: EncodedCube | None = None
-    # coarser and coarser video (more corrections) while the total keeps shrinking: the
-    # total is convex in the offset on the cubes measured (docs/BENCHMARKS.md)
-    for offset in sorted(options.max_error_offsets):
-        trial = _video_options(ctx, options, bounds, offset)
-        enc = _encode(ds, trial, cube_id, roles, nodata, progress, workdir, bounds)
-        if best is not None and enc.nbytes >= best.nbytes:
-            break
-        best = enc
+    tried: dict[float, EncodedCube] = {}
+
+    def encoded(offset: float) -> EncodedCube:
+        if offset not in tried:
+            trial = _video_options(ctx, options, bounds, offset)
+            tried[offset] = _encode(ds, trial, cube_id, roles, nodata, progress, workdir, bounds)
+        return tried[offset]
+
+    best = encoded(walk_offsets(options.max_error_offsets, lambda o: encoded(o).nbytes))
     assert best is not None
     return best
+
+
+def walk_offsets(grid: Sequence[float], cost: Callable[[float], int]) -> float:
+    """The offset of ``grid`` with the lowest ``cost``, assuming the cost is convex in it
+    (measured so on every cube tried, docs/BENCHMARKS.md): from the offset nearest 0 toward
+    the cheaper neighbour while the cost keeps falling. Two to a few costs are computed."""
+    grid = sorted(set(grid))
+    i = min(range(len(grid)), key=lambda j: abs(grid[j]))
+    step = 1
+    if i + 1 >= len(grid) or cost(grid[i + 1]) >= cost(grid[i]):
+        step = -1
+    else:
+        i += 1
+    while 0 <= i + step < len(grid) and cost(grid[i + step]) < cost(grid[i]):
+        i += step
+    return grid[i]
 
 
 def _bounded(options: EncodeOptions) -> bool:

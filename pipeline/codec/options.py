@@ -72,10 +72,10 @@ class EncodeOptions:
     class_codec: str = CLASS_CODEC  # one of CLASS_CODECS
     # error-bounded mode: |x - x_decoded| <= E on every valid value of every continuous band
     # (``0.01`` in the band's units, or ``"0.1%"`` of each band's valid range); the video is
-    # aimed at the PSNR of a uniform error of E less each of ``max_error_offsets`` (dB) in
-    # increasing order, until the total bytes (video + corrections) stop shrinking
+    # aimed at the PSNR of a uniform error of E less one of ``max_error_offsets`` (dB):
+    # from 0 toward the cheaper neighbour while the total bytes (video + corrections) fall
     max_error: MaxError | float | str | None = None
-    max_error_offsets: tuple[float, ...] = (0.0, 6.0, 12.0, 18.0, 24.0)
+    max_error_offsets: tuple[float, ...] = (-12.0, -6.0, 0.0, 6.0, 12.0, 18.0, 24.0, 30.0)
 
     @property
     def stream_keyint(self) -> int:
@@ -97,10 +97,10 @@ class EncodeOptions:
             _check_quality(f"{label} crf", g.crf, f"{label} psnr", g.psnr)
         _normalise_max_error(self, "max_error", self.lossless)
         if not self.max_error_offsets or not all(
-            _is_number(o) and 0 <= o <= 60 for o in self.max_error_offsets
+            _is_number(o) and -30 <= o <= 60 for o in self.max_error_offsets
         ):
             raise InvalidCubeError(
-                f"max_error_offsets {self.max_error_offsets!r}: one or more dB from 0 to 60"
+                f"max_error_offsets {self.max_error_offsets!r}: one or more dB from -30 to 60"
             )
         _check_int("keyint", self.keyint, 1)
         _check_int("workers", self.workers, 1)
