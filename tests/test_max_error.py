@@ -381,3 +381,21 @@ def test_verify_catches_tampered_corrections() -> None:
     bad = check_bands("s", compare_encoded(ds, tampered), lambda band: 10.0, max_error_bounds(m))
     assert not bad[0].passed
     assert "band 'v'" in bad[0].failure() and "max_error" in bad[0].failure()
+
+
+def test_card_states_the_bound_and_the_error_reached() -> None:
+    from pipeline.publish.card_sections import error_bound_paragraph
+    from pipeline.publish.verify import BandCheck, Verification
+    from pipeline.recipe import load_recipe
+
+    recipe = load_recipe("dynamicearthnet")
+    v = Verification()
+    assert error_bound_paragraph(recipe, v) == ""
+    codec = recipe.codec.model_copy(update={"max_error": "0.1%"})
+    bounded = recipe.model_copy(update={"codec": codec})
+    v.checks = [
+        BandCheck("a", "red", "continuous", 60.0, 40.0, False, True, 2.5, 2.4),
+        BandCheck("b", "red", "continuous", 61.0, 40.0, False, True, 3.0, 1.0),
+    ]
+    text = error_bound_paragraph(bounded, v)
+    assert "max_error` = 0.1%" in text and "| red | 3 | 2.4 |" in text
