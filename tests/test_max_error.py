@@ -399,3 +399,16 @@ def test_card_states_the_bound_and_the_error_reached() -> None:
     ]
     text = error_bound_paragraph(bounded, v)
     assert "max_error` = 0.1%" in text and "| red | 3 | 2.4 |" in text
+
+
+def test_decode_windows_smaller_than_the_layer_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder decodes a frame at a time on large frames; the layer is the same."""
+    from pipeline.codec import corrections
+
+    x = _field(t=40, h=10, w=12).astype(np.float32)
+    whole = _encode(_cube(x), "0.3%")
+    monkeypatch.setattr(corrections, "WINDOW_PX", 1)
+    framewise = _encode(_cube(x), "0.3%")
+    a, b = decode_cube(whole)["v"].values, decode_cube(framewise)["v"].values
+    assert np.array_equal(a, b)
+    assert _max_err(x, b, np.ones(x.shape, bool)) <= 0.003 * float(x.max() - x.min())

@@ -21,6 +21,7 @@ from pipeline.codec.streamchunks import CHUNK
 from pipeline.errors import InvalidCubeError
 
 STREAM = "corrections"
+WINDOW_PX = 1 << 22
 
 
 def _stream_name(m: Manifest) -> str:
@@ -70,7 +71,11 @@ def add_corrections(
     variables = list(dict.fromkeys(c.variable for c in lossy))
     t0 = 0
     try:
-        for block in iter_decode(video, variables=variables, window=chunk):
+        # a few Mpx per decode window (the layer's chunks are buffered by the writer): the
+        # float64 work arrays of a 1024 x 1024 cube stay a few tens of MiB
+        h, w = m.frame_shape
+        window = max(1, min(chunk, WINDOW_PX // max(1, h * w * len(lossy))))
+        for block in iter_decode(video, variables=variables, window=window):
             n = block.sizes[m.time_dim]
             idx = list(range(t0, t0 + n))
             original = read_block(ds, layout, lossy, idx)
