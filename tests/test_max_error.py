@@ -412,3 +412,14 @@ def test_decode_windows_smaller_than_the_layer_chunks(monkeypatch: pytest.Monkey
     a, b = decode_cube(whole)["v"].values, decode_cube(framewise)["v"].values
     assert np.array_equal(a, b)
     assert _max_err(x, b, np.ones(x.shape, bool)) <= 0.003 * float(x.max() - x.min())
+
+
+def test_with_a_psnr_floor_both_hold() -> None:
+    from pipeline.codec.metrics import compare
+
+    x = (_field(seed=8) * 10).astype(np.float32)
+    ds = _cube(x)
+    enc = encode_cube(ds, EncodeOptions(psnr=55.0, max_error="1%", **FAST))  # type: ignore[arg-type]
+    dec = decode_cube(enc)
+    assert compare(ds, dec)[0].psnr >= 55.0
+    assert _max_err(x, dec["v"].values, np.ones(x.shape, bool)) <= 0.01 * float(x.max() - x.min())
