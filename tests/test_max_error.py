@@ -423,3 +423,27 @@ def test_with_a_psnr_floor_both_hold() -> None:
     dec = decode_cube(enc)
     assert compare(ds, dec)[0].psnr >= 55.0
     assert _max_err(x, dec["v"].values, np.ones(x.shape, bool)) <= 0.01 * float(x.max() - x.min())
+
+
+def test_recipe_publish_verifies_and_states_the_bound(tmp_path: Path) -> None:
+    """A recipe with ``max_error`` packs, verifies each band's bound on the decoded shards,
+    and its card states the bound and the error reached."""
+    from pipeline.publish.incremental import publish_incremental
+    from pipeline.publish.verify import BandCheck, Verification
+    from pipeline.recipe import parse_recipe
+    from pipeline.sources.twins import write_dynamicearthnet
+    from tests.test_incremental import recipe_for
+
+    twin = tmp_path / "twin"
+    write_dynamicearthnet(twin, cubes=1, frames=4, size=16, seed=3, progress=False)
+    data = recipe_for(str(twin), 1, psnr_min=20.0).model_dump(exclude_none=True)
+    data["codec"]["max_error"] = "1%"
+    target = tmp_path / "target"
+    publish_incremental(parse_recipe(data), str(target), tmp_path / "work", log=lambda s: None)
+    record = json.loads((target / "verification" / "batch-00001.json").read_text())
+    v = Verification([BandCheck(**c) for c in record["checks"]])
+    bounded = [c for c in v.checks if c.max_error is not None]
+    assert v.passed and bounded
+    assert all(c.max_abs_error is not None and c.max_abs_error <= c.max_error for c in bounded)
+    card = (target / "README.md").read_text()
+    assert "Error-bounded mode" in card and "max abs error reached" in card
