@@ -447,3 +447,12 @@ def test_recipe_publish_verifies_and_states_the_bound(tmp_path: Path) -> None:
     assert all(c.max_abs_error is not None and c.max_abs_error <= c.max_error for c in bounded)
     card = (target / "README.md").read_text()
     assert "Error-bounded mode" in card and "max abs error reached" in card
+
+
+def test_a_tiny_bound_on_a_float_band() -> None:
+    """1e-6 of the range: past any video floor (capped where 12-bit codes reach), so the
+    corrections carry it, with finer videos tried too."""
+    x = (_field(t=4, h=8, w=8, seed=9) * 10).astype(np.float64)
+    enc = encode_cube(_cube(x), EncodeOptions(max_error="0.0001%", codec="libx265"))
+    e = 1e-6 * float(x.max() - x.min())
+    assert _max_err(x, decode_cube(enc)["v"].values, np.ones(x.shape, bool)) <= e

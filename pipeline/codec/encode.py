@@ -23,7 +23,7 @@ from pipeline.codec.corrections import add_corrections
 from pipeline.codec.cube import analyse, cube_stats
 from pipeline.codec.describe import channel_infos, coords_and_aux, stream_infos, variable_infos
 from pipeline.codec.encoded import EncodedCube, SpoolStore
-from pipeline.codec.errorbound import MaxError, check_dtype, video_psnr
+from pipeline.codec.errorbound import VIDEO_PSNR_MAX, MaxError, check_dtype, video_psnr
 from pipeline.codec.groupcoder import (
     CubeContext,
     coding_gains,
@@ -209,9 +209,10 @@ def encode_cube(
 
 
 def walk_offsets(grid: Sequence[float], cost: Callable[[float], int]) -> float:
-    """The offset of ``grid`` with the lowest ``cost``, assuming the cost is convex in it
-    (measured so on every cube tried, docs/BENCHMARKS.md): from the offset nearest 0 toward
-    the cheaper neighbour while the cost keeps falling. Two to a few costs are computed."""
+    """The offset of ``grid`` with the lowest ``cost``, assuming the cost falls toward one
+    minimum (so on every cube measured, docs/BENCHMARKS.md): from the offset nearest 0
+    toward the cheaper neighbour while the cost keeps falling. Two to a few costs are
+    computed."""
     grid = sorted(set(grid))
     i = min(range(len(grid)), key=lambda j: abs(grid[j]))
     step = 1
@@ -255,8 +256,10 @@ def _video_options(
     dB (the corrections take the rest), and never below a floor the caller set."""
 
     def floor(channels: Sequence[str], own: float | None) -> float | None:
-        aims = [
-            video_psnr(bounds[c], ctx.stats[c].vmin, ctx.stats[c].vmax) - offset
+        aims = [  # capped where x265's 12-bit codes still reach it (83 dB), finer or not
+            min(
+                video_psnr(bounds[c], ctx.stats[c].vmin, ctx.stats[c].vmax) - offset, VIDEO_PSNR_MAX
+            )
             for c in channels
             if c in bounds and c in ctx.stats and ctx.stats[c].n_valid
         ]
