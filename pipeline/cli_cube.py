@@ -21,6 +21,7 @@ from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.codec.decode import decode_cube
 from pipeline.codec.encode import encode_cube
 from pipeline.codec.encoded import EncodedCube
+from pipeline.codec.errorbound import MaxError
 from pipeline.codec.manifest import Manifest
 from pipeline.codec.metrics import bpppb
 from pipeline.codec.options import EncodeOptions
@@ -83,6 +84,23 @@ def check_quality(crf: float | None, psnr: float | None) -> None:
         )
 
 
+def check_max_error(text: str | None, lossless: bool, crf: float | None) -> MaxError | None:
+    """``--max-error`` parsed (``0.01`` or ``0.1%``), refused in one line: not finite or
+    not above 0, a percentage above 100, or with --lossless / --crf (the bound sets the
+    video's quality)."""
+    if text is None:
+        return None
+    try:
+        bound = MaxError.parse(text, "--max-error")
+    except CubecastError as exc:
+        raise CubecastError(str(exc)) from None
+    if lossless:
+        raise CubecastError("--max-error: --lossless is exact already; choose one of the two")
+    if crf is not None:
+        raise CubecastError("--max-error sets the video's quality: drop --crf (--psnr may stay)")
+    return bound
+
+
 def encode(
     input: Annotated[str, typer.Argument(help="netCDF file or zarr store")],
     output: Annotated[Path, typer.Argument(help="output folder (or .tar file)")],
@@ -94,6 +112,14 @@ def encode(
         bool, typer.Option("--lossless", help="FFV1 16-bit for every band")
     ] = False,
     psnr: PsnrFloorOpt = None,
+    max_error: Annotated[
+        str | None,
+        typer.Option(
+            "--max-error",
+            help="bound on every valid value's absolute error: in the band's units (0.01) or "
+            "a percentage of each band's valid range (0.1%); with --psnr both hold",
+        ),
+    ] = None,
     preset: Annotated[
         str, typer.Option(help="x265 preset name (mapped onto VVC's and libaom's speeds)")
     ] = "medium",
@@ -116,6 +142,7 @@ def encode(
     if sum(x is not None and x is not False for x in (crf, psnr, lossless or None)) > 1:
         raise CubecastError("choose one of --crf, --psnr, --lossless")
     check_quality(crf, psnr)
+    bound = check_max_error(max_error, lossless, crf)
     refuse_overlap(output, [input])
     check_new_output(output, overwrite, folder_ok=output.suffix != ".tar")
     ds = open_input(input)
@@ -123,6 +150,7 @@ def encode(
         crf=12.0 if crf is None else crf,
         psnr=psnr,
         lossless=lossless,
+        max_error=bound,
         preset=preset,
         keyint=keyint,
         workers=workers,
@@ -189,8 +217,27 @@ def info(input: Annotated[Path, typer.Argument(help="encoded cube folder or .tar
         console.print(
             f"KLT group {t.name}: {', '.join(t.channels)} -> {len(t.components)} components"
         )
+    bounded = _bound_table(m)
+    if bounded is not None:
+        console.print(bounded)
     console.print(_bytes_by_kind(enc))
     console.print(_read_cost_table(enc))
+
+
+def _bound_table(m: Manifest) -> Table | None:
+    """Error-bounded mode: each bounded band's bound and the largest error the encoder
+    measured on the decoded cube (None when no band is bounded)."""
+    rows = [c for c in m.channels if c.max_error is not None]
+    if not rows:
+        return None
+    table = Table(
+        "band", "max error (bound)", "reached", "correction step", title="error-bounded mode"
+    )
+    for c in rows:
+        step = "exact (lossless)" if c.correction_step is None else f"{c.correction_step:.6g}"
+        reached = "" if c.max_error_reached is None else f"{c.max_error_reached:.6g}"
+        table.add_row(c.name, f"{c.max_error:.6g}", reached, step)
+    return table
 
 
 def _read_cost_table(enc: EncodedCube) -> Table:
@@ -243,6 +290,7 @@ def _bytes_by_kind(enc: EncodedCube) -> Table:
             s.nbytes for s in m.streams if s.kind == "categorical" and s.name in chunked
         ),
         "masks": sum(s.nbytes for s in m.streams if s.kind == "mask"),
+        "corrections (max error)": sum(s.nbytes for s in m.streams if s.kind == "correction"),
         "manifest": len(m.to_bytes()),
         "aux.nc": m.aux.nbytes if m.aux else 0,
     }

@@ -10,17 +10,21 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
+import numpy as np
 import xarray as xr
 
 from pipeline.codec import jsonvalues
+from pipeline.codec.corrections import add_corrections
 from pipeline.codec.cube import analyse, cube_stats
 from pipeline.codec.describe import channel_infos, coords_and_aux, stream_infos, variable_infos
 from pipeline.codec.encoded import EncodedCube, SpoolStore
+from pipeline.codec.errorbound import VIDEO_PSNR_MAX, MaxError, check_dtype, video_psnr
 from pipeline.codec.groupcoder import (
     CubeContext,
     coding_gains,
@@ -225,9 +229,105 @@ def encode_cube(
     variables go to lossless zstd chunks, validity masks to bit-packed zstd; other variables ride
     along losslessly in ``aux.nc``. Streams are written to files as they are encoded (in a
     temporary folder under ``workdir``, default the system's), so memory does not grow
-    with the cube.
+    with the cube. With ``max_error``, every valid value of every continuous band is kept
+    within the bound by a correction layer (:mod:`pipeline.codec.errorbound`).
     """
     options = options or EncodeOptions()
+    if not _bounded(options):
+        return _encode(ds, options, cube_id, roles, nodata, progress, workdir)
+    options = replace(options, decorrelate="none")  # a KLT's float32 matmul is not bit-exact
+    ctx, _ = _analyse(ds, options, roles, nodata)
+    bounds = channel_bounds(ctx, options)
+    tried: dict[float, EncodedCube] = {}
+
+    def encoded(offset: float) -> EncodedCube:
+        if offset not in tried:
+            trial = _video_options(ctx, options, bounds, offset)
+            tried[offset] = _encode(ds, trial, cube_id, roles, nodata, progress, workdir, bounds)
+        return tried[offset]
+
+    best = encoded(walk_offsets(options.max_error_offsets, lambda o: encoded(o).nbytes))
+    assert best is not None
+    return best
+
+
+def walk_offsets(grid: Sequence[float], cost: Callable[[float], int]) -> float:
+    """The offset of ``grid`` with the lowest ``cost``, assuming the cost falls toward one
+    minimum (so on every cube measured, docs/BENCHMARKS.md): from the offset nearest 0
+    toward the cheaper neighbour while the cost keeps falling. Two to a few costs are
+    computed."""
+    grid = sorted(set(grid))
+    i = min(range(len(grid)), key=lambda j: abs(grid[j]))
+    step = 1
+    if i + 1 >= len(grid) or cost(grid[i + 1]) >= cost(grid[i]):
+        step = -1
+    else:
+        i += 1
+    while 0 <= i + step < len(grid) and cost(grid[i + step]) < cost(grid[i]):
+        i += step
+    return grid[i]
+
+
+def _bounded(options: EncodeOptions) -> bool:
+    return options.max_error is not None or any(g.max_error is not None for g in options.groups)
+
+
+def channel_bounds(ctx: CubeContext, options: EncodeOptions) -> dict[str, float]:
+    """The absolute bound of every continuous channel under ``max_error`` (its group's, else
+    the cube's): relative bounds times the band's valid range (0 for a constant band, which
+    must come back exact)."""
+    own = {c: g.max_error for g in options.groups if g.max_error is not None for c in g.channels}
+    bounds = {}
+    for ch in ctx.layout.channels:
+        spec = own.get(ch.name, options.max_error)
+        if ch.role != "continuous" or spec is None:
+            continue
+        assert isinstance(spec, MaxError)
+        check_dtype(ch.name, np.dtype(ctx.ds[ch.variable].dtype))
+        st = ctx.stats.get(ch.name)
+        if st is None or st.n_valid == 0:
+            bounds[ch.name] = spec.value if not spec.relative else 0.0
+            continue
+        bounds[ch.name] = spec.absolute(st.vmin, st.vmax)
+    return bounds
+
+
+def _video_options(
+    ctx: CubeContext, options: EncodeOptions, bounds: Mapping[str, float], offset: float
+) -> EncodeOptions:
+    """The video pass's PSNR floors: a uniform error of each band's bound, less ``offset``
+    dB (the corrections take the rest), and never below a floor the caller set."""
+
+    def floor(channels: Sequence[str], own: float | None) -> float | None:
+        aims = [  # capped where x265's 12-bit codes still reach it (83 dB), finer or not
+            min(
+                video_psnr(bounds[c], ctx.stats[c].vmin, ctx.stats[c].vmax) - offset, VIDEO_PSNR_MAX
+            )
+            for c in channels
+            if c in bounds and c in ctx.stats and ctx.stats[c].n_valid
+        ]
+        if not aims:
+            return own
+        return max(max(aims), own or 0.0)
+
+    everything = [c.name for c in ctx.layout.channels]
+    groups = tuple(
+        replace(g, psnr=floor(g.channels, g.psnr)) if g.crf is None else g for g in options.groups
+    )
+    return replace(options, psnr=floor(everything, options.psnr), groups=groups)
+
+
+def _encode(
+    ds: xr.Dataset,
+    options: EncodeOptions,
+    cube_id: str | None,
+    roles: Mapping[str, str] | None,
+    nodata: dict[str, float | int] | None,
+    progress: bool,
+    workdir: str | os.PathLike[str] | None,
+    bounds: Mapping[str, float] | None = None,
+) -> EncodedCube:
+    """One encode: the video pass, then (``bounds``) its correction layer."""
     ctx, groups = _analyse(ds, options, roles, nodata)
     store = SpoolStore(workdir)
     encoded = _encode_groups(ctx, store.path, groups, options, progress)
@@ -252,6 +352,8 @@ def encode_cube(
         aux=aux,
         data_vars_order=[str(v) for v in ds.data_vars],
     )
+    if bounds:
+        manifest = add_corrections(ds, layout, manifest, store, bounds, options.stream_keyint)
     if not manifest.cube_id:
         manifest = manifest.model_copy(update={"cube_id": _content_id(manifest)})
     return EncodedCube(manifest, store)
