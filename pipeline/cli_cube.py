@@ -47,7 +47,7 @@ DecorrelateOpt = Annotated[str, typer.Option(help="auto (KLT where bands correla
 HedgeOpt = Annotated[
     bool,
     typer.Option(
-        help="with --psnr, a small cube's final stream also encoded one step coarser on "
+        help="with --psnr, a small cube's final stream also encoded a little coarser on "
         "the core its encoder leaves idle; the smaller that meets the floor is kept"
     ),
 ]
@@ -204,7 +204,8 @@ def decode(
 
 
 def info(input: Annotated[Path, typer.Argument(help="encoded cube folder or .tar")]) -> None:
-    """Show an encoded cube's streams, sizes, bpppb, settings and where the bytes go."""
+    """Show an encoded cube's streams, each band's mode and the quality it reached, sizes,
+    bpppb and where the bytes go."""
     enc = EncodedCube.open(input)
     m = enc.manifest
     h, w = m.frame_shape
@@ -217,26 +218,38 @@ def info(input: Annotated[Path, typer.Argument(help="encoded cube folder or .tar
         console.print(
             f"KLT group {t.name}: {', '.join(t.channels)} -> {len(t.components)} components"
         )
-    bounded = _bound_table(m)
-    if bounded is not None:
-        console.print(bounded)
+    console.print(_quality_table(m))
     console.print(_bytes_by_kind(enc))
     console.print(_read_cost_table(enc))
 
 
-def _bound_table(m: Manifest) -> Table | None:
-    """Error-bounded mode: each bounded band's bound and the largest error the encoder
-    measured on the decoded cube (None when no band is bounded)."""
-    rows = [c for c in m.channels if c.max_error is not None]
-    if not rows:
-        return None
-    table = Table(
-        "band", "max error (bound)", "reached", "correction step", title="error-bounded mode"
-    )
-    for c in rows:
-        step = "exact (lossless)" if c.correction_step is None else f"{c.correction_step:.6g}"
-        reached = "" if c.max_error_reached is None else f"{c.max_error_reached:.6g}"
-        table.add_row(c.name, f"{c.max_error:.6g}", reached, step)
+def _quality_table(m: Manifest) -> Table:
+    """Per band: what it was encoded to (a PSNR floor, a quantiser, lossless, an error
+    bound), what the encoder measured on the decoded cube, and the stream and codec that
+    carry it."""
+    streams = {s.name: s for s in m.streams}
+    comps = {t.name: t.components[0].stream for t in m.transforms if t.components}
+    table = Table("band", "mode", "asked", "reached", "stream", "codec", title="quality per band")
+    for c in m.channels:
+        name = c.stream or comps.get(c.transform or "") or (c.words or [None])[0]
+        s = streams.get(name or "")
+        if c.max_error is not None:
+            mode, asked = "max error", f"|error| <= {c.max_error:.6g}"
+            reached = "" if c.max_error_reached is None else f"{c.max_error_reached:.6g}"
+        elif s is None:
+            mode, asked, reached = "masks only", "", ""
+        elif s.lossless:
+            mode, asked, reached = "lossless", "exact", "exact"
+        elif c.psnr_floor is not None:
+            mode, asked = "PSNR floor", f">= {c.psnr_floor:g} dB"
+            reached = "exact" if c.psnr is None else f"{c.psnr:.2f} dB"
+        else:
+            mode, asked = "quantiser", f"crf {s.crf:g}" if s.crf is not None else ""
+            reached = "" if c.psnr is None else f"{c.psnr:.2f} dB"
+        codec = "" if s is None else s.codec
+        if s is not None and s.crf is not None and not s.lossless:
+            codec += f" {s.crf:g}" + (f" x{s.gain:.3f}" if s.gain != 1 else "")
+        table.add_row(c.name, mode, asked, reached, "" if s is None else s.name, codec)
     return table
 
 

@@ -285,7 +285,7 @@ def test_cli_encode_info(tmp_path: Path) -> None:
     dec = decode_cube(EncodedCube.from_folder(out))["v"].values
     assert _max_err(x, dec, np.ones(x.shape, bool)) <= 0.005 * float(x.max() - x.min())
     r = runner.invoke(app, ["info", str(out)])
-    assert r.exit_code == 0 and "error-bounded mode" in r.output and "corrections" in r.output
+    assert r.exit_code == 0 and "max error" in r.output and "corrections" in r.output
 
 
 def test_recipe_max_error() -> None:

@@ -117,6 +117,12 @@ def channel_infos(
         t = enc.coder.transform_info(enc.streams)
         if t is not None:
             transforms.append(t)
+    floors = {
+        c.name: enc.group.psnr_target
+        for enc in encoded.values()
+        if enc.group.psnr_target is not None
+        for c in enc.group.channels
+    }
     channels = []
     for ch in ctx.layout.channels:
         mstream, mbit = masks.get(ch.name, (None, None))
@@ -126,6 +132,7 @@ def channel_infos(
             "posinf_bit": infs.get((ch.name, "+inf")),
             "neginf_bit": infs.get((ch.name, "-inf")),
             "psnr": _measured_psnr(encoded.values(), ch.name),
+            "psnr_floor": floors.get(ch.name),
         }
         # a channel with no valid pixel is in no group: the mask restores all of it
         info = infos.get(ch.name) or ChannelInfo(

@@ -73,6 +73,8 @@ class ChannelInfo(_Model):
     # PSNR (dB) over the whole cube as the encoder measured it on the decoded streams, where
     # it did (groups with a PSNR target); None otherwise, and for a band that came back exact
     psnr: float | None = None
+    # the PSNR floor (dB) the band was encoded to meet, where it had one
+    psnr_floor: float | None = None
     # error-bounded bands (``--max-error``): the bound on every valid value's absolute error
     # in the band's units, the largest error the encoder measured on the decoded cube, and
     # where its correction codes are (value += correction_step * code, see errorbound.py)
