@@ -61,11 +61,11 @@ def test_retarget_uses_the_cubes_own_gain_slope():
     at = AV1.__class__(**{**AV1.__dict__, "gain": 10 ** (-1 / 20)})  # 1 dB of gain
     # gain 1 measured 46.0, 1 dB of gain 44.0: 2 dB of PSNR per dB of gain (clamped to 2)
     points = [(AV1, 46.0), (at, 44.0)]
-    assert landing.gain_slope(at, 44.0, points) == pytest.approx(2.0)
+    assert landing.gain_slope(at, 44.0, points, 43.25) == pytest.approx(2.0)
     s = landing.retarget(at, None, 44.0, 43.0, points)
     # 0.75 dB of PSNR given up at 2 dB per dB: 0.375 dB more than the 1 dB held
     assert landing.amplitude_db(s.gain) == pytest.approx(1.0 + 0.75 / 2.0)
-    assert landing.gain_slope(at, 44.0, [(at, 44.0)]) == landing.GAIN_SLOPE
+    assert landing.gain_slope(at, 44.0, [(at, 44.0)], 43.25) == landing.GAIN_SLOPE
 
 
 def test_retarget_a_miss_beyond_the_gain_takes_a_finer_quantiser():
@@ -92,3 +92,22 @@ def test_psnr_target_lands_in_the_window(floor):
     assert floor <= worst <= floor + landing.WINDOW_DB + 0.05  # 0.05: this metric's rounding
     lossy = [s for s in enc.manifest.streams if s.kind == "continuous"]
     assert all(0 < s.gain <= 1 for s in lossy) and not math.isnan(worst)
+
+
+def test_bracketed_and_the_slope_across_the_aim():
+    def at(gain: float) -> VideoSettings:
+        return AV1.__class__(**{**AV1.__dict__, "gain": gain})
+
+    over, under, far = (at(0.9), 46.2), (at(0.8), 44.8), (at(1.0), 46.6)
+    assert landing.bracketed([over, under], 45.0)
+    assert not landing.bracketed([over, far], 45.0)  # both above the window
+    assert not landing.bracketed([over, (at(0.85), 45.3)], 45.0)  # one landed
+    other_q = (AV1.__class__(**{**AV1.__dict__, "crf": 12.0, "gain": 0.8}), 44.8)
+    assert not landing.bracketed([over, other_q], 45.0)
+    # from the encode above the window, the slope is the secant to the one below the aim,
+    # not to the nearer one in gain on the same side
+    slope = landing.gain_slope(over[0], over[1], [far, under], 45.25)
+    expected = (46.2 - 44.8) / (landing.amplitude_db(0.8) - landing.amplitude_db(0.9))
+    assert slope == pytest.approx(expected)
+    s = landing.retarget(over[0], None, over[1], 45.0, [far, under, over])
+    assert 0.8 < s.gain < 0.9 and s.crf == AV1.crf

@@ -31,7 +31,7 @@ from pipeline.codec.groupcoder import (
     klt_moments,
 )
 from pipeline.codec.hedge import encode_hedged, hedge_jobs, hedge_results, worth_hedging
-from pipeline.codec.landing import AIM_DB, MAX_REFINES, aimed, landed, retarget
+from pipeline.codec.landing import AIM_DB, MAX_REFINES, aimed, bracketed, landed, retarget
 from pipeline.codec.manifest import (
     Manifest,
 )
@@ -123,7 +123,8 @@ def _land(
         retry = []
         for g in pending:
             floor, measured = cast(float, g.psnr_target), psnr[g.name]
-            if landed(measured, floor) or (measured > floor and refines[g.name] >= MAX_REFINES):
+            limit = MAX_REFINES + bracketed(points[g.name], floor)
+            if landed(measured, floor) or (measured > floor and refines[g.name] >= limit):
                 continue
             if measured < floor:
                 _refuse_unreachable([g], done, psnr)
