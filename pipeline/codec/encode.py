@@ -16,7 +16,7 @@ from typing import cast
 
 import xarray as xr
 
-from pipeline.codec import jsonvalues
+from pipeline.codec import jsonvalues, rawcarrier
 from pipeline.codec.cube import analyse, cube_stats
 from pipeline.codec.describe import channel_infos, coords_and_aux, stream_infos, variable_infos
 from pipeline.codec.encoded import EncodedCube, SpoolStore
@@ -27,6 +27,7 @@ from pipeline.codec.groupcoder import (
 )
 from pipeline.codec.hedge import encode_hedged, hedge_jobs, keep_hedges, worth_hedging
 from pipeline.codec.manifest import (
+    RAW_CARRIER_VERSION,
     Manifest,
 )
 from pipeline.codec.memory import block_frames, limit_heap_growth, release_free_memory
@@ -193,7 +194,11 @@ def encode_cube(
     channels, transforms = channel_infos(ctx, encoded)
     coords, aux = coords_and_aux(ds, ctx, store)
     h, w = ctx.shape
+    streams = stream_infos(encoded, store, n_frames, options.carrier)
+    raw = any(s.carrier == rawcarrier.CARRIER for s in streams)
     manifest = Manifest(
+        # the oldest version that reads it: cubes without raw streams stay version 3
+        version=RAW_CARRIER_VERSION if raw else RAW_CARRIER_VERSION - 1,
         cube_id=cube_id or _cube_id(ds) or "",
         time_dim=layout.time_dim,
         y_dim=layout.y_dim,
@@ -204,7 +209,7 @@ def encode_cube(
         attrs=jsonvalues.dict_to_json(ds.attrs),
         variables=variable_infos(ds, ctx),
         channels=channels,
-        streams=stream_infos(encoded, store, n_frames),
+        streams=streams,
         transforms=transforms,
         aux=aux,
         data_vars_order=[str(v) for v in ds.data_vars],

@@ -20,6 +20,10 @@ WINDOW_KEYINT = 16
 # class layers' lossless carriers: zstd chunks (smaller, faster to decode), or FFV1 as
 # cubes of format version 2 had them
 CLASS_CODECS = (CLASS_CODEC, FFV1_CODEC.name)
+# video streams' carriers: "auto" writes a stream's packets without a container (the raw
+# carrier, pipeline.codec.rawcarrier) where that is smaller than its Matroska file;
+# "matroska" keeps every stream in Matroska (cubes that format version 3 readers decode)
+CARRIERS = ("auto", "matroska")
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class EncodeOptions:
     hedge: bool = True
     access: str = "whole"
     class_codec: str = CLASS_CODEC  # one of CLASS_CODECS
+    carrier: str = AUTO  # one of CARRIERS
 
     @property
     def stream_keyint(self) -> int:
@@ -94,6 +99,8 @@ class EncodeOptions:
             raise InvalidCubeError(
                 f"class_codec {self.class_codec!r} is not one of {', '.join(CLASS_CODECS)}"
             )
+        if self.carrier not in CARRIERS:
+            raise InvalidCubeError(f"carrier {self.carrier!r} is not one of {', '.join(CARRIERS)}")
         if self.decorrelate not in DECORRELATE:
             raise InvalidCubeError(
                 f"decorrelate {self.decorrelate!r} is not one of {', '.join(DECORRELATE)}"

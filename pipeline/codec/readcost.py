@@ -13,6 +13,7 @@ from fractions import Fraction
 
 import av
 
+from pipeline.codec import rawcarrier
 from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.manifest import Manifest, StreamInfo
@@ -87,7 +88,14 @@ class ReadCost:
 
 
 def packets(enc: EncodedCube, stream: StreamInfo) -> Packets:
-    """The stream's packet index, from its container (nothing is decoded)."""
+    """The stream's packet index, from its container (nothing is decoded), or from the
+    manifest for a raw-carrier stream (nothing is read)."""
+    if stream.packets is not None:
+        name = f"{enc.source}:{stream.file}"
+        n = len(stream.stored_frames(enc.manifest.n_frames))
+        index = rawcarrier.unpack(stream.packets, stream.nbytes, n, name)
+        keys = set(index.keys)
+        return Packets(index.frames, index.sizes, [i in keys for i in range(n)])
     data = enc.file_path(stream.file) or io.BytesIO(enc.read_file(stream.file))
     frames, sizes, keys = [], [], []
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from pipeline.codec import rawcarrier
 from pipeline.codec.chunkcodecs import ChunkCodec, chunk_codec
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.groupcoder import untile
@@ -106,8 +107,13 @@ class StreamFrames:
         first = bisect.bisect_left(self._stored, start)
         last = bisect.bisect_left(self._stored, stop)
         source: bytes | Path | None = enc.file_path(stream.file)
-        if source is None:
+        if source is None or stream.packets is not None:
             source = enc.read_file(stream.file)
+        packets = (
+            None
+            if stream.packets is None
+            else rawcarrier.unpack(stream.packets, len(source), len(self._stored), self.name)
+        )
         self._first: tuple[int, av.VideoFrame] | None = None
         if last > first:
             self._frames = decode_frames(
@@ -119,6 +125,8 @@ class StreamFrames:
                 stats=stats,
                 expect=frame_bounds(m, stream),
                 raw=True,
+                packets=packets,
+                codec=stream.codec,
             )
             # the first frame now: a stream whose frames are not the manifest's size or
             # pixel format is refused before any window is allocated
