@@ -38,8 +38,15 @@ MAX_VARINT = 9  # bytes of one varint: values below 2^63
 # (at most MAX_VARINT bytes each), the counts, and the extradata
 _PER_PACKET = 3 * MAX_VARINT
 
-# the FFmpeg decoder of each encoder (AV1: dav1d where PyAV has it, as av.open picks)
-_DECODERS = {"libx265": "hevc", "libvvenc": "vvc", "ffv1": "ffv1"}
+# the FFmpeg decoder of each encoder whose bitstream says its frame size (AV1: dav1d where
+# PyAV has it, as av.open picks). FFV1 takes its frame size from the container alone, so
+# FFV1 streams stay Matroska.
+_DECODERS = {"libx265": "hevc", "libvvenc": "vvc"}
+
+
+def carries(codec: str) -> bool:
+    """Whether streams of this encoder may be written in the raw carrier."""
+    return codec in _DECODERS or codec == "libaom-av1"
 
 
 def decoder_name(codec: str) -> str:
