@@ -74,7 +74,7 @@ def stream_infos(
                 planes = [planes[p] for p in s.planes]
                 bits = 8 if s.settings.pix_fmt == "gray" else enc.coder.quantisers[0].bits
             raw = carrier == "auto" and rawcarrier.carries(s.settings.codec)
-            packets = rawcarrier.to_raw(path) if raw else None
+            packets = rawcarrier.to_raw(path, s.settings.codec) if raw else None
             out.append(
                 StreamInfo(
                     name=s.name,

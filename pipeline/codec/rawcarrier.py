@@ -246,11 +246,36 @@ def demux(path: str | os.PathLike[str]) -> tuple[PacketIndex, list[bytes]]:
     return PacketIndex(sizes, frames, keys, extradata), payloads
 
 
-def to_raw(path: Path) -> str | None:
-    """Rewrite the Matroska stream at ``path`` as the raw carrier where that costs fewer
-    bytes, the index (as stored in the manifest) counted in; its packed index then, else
-    None (the file is left as it is). A stream that does not demux as one frame a packet,
-    shown once each, stays Matroska."""
+# encoders whose packets are NAL units with 4-byte lengths (hvcC / vvcC)
+_NAL_CODECS = frozenset(("libx265", "libvvenc"))
+MIN_SHARED_NAL = 4  # bytes: shorter units are not looked up in the extradata
+
+
+def strip_shared_nals(packet: bytes, extradata: bytes) -> bytes:
+    """The packet without the NAL units that the extradata holds byte for byte (parameter
+    sets and SEI the encoder repeats at each keyframe: the decoder reads them from the
+    extradata when it opens). A packet that does not parse as 4-byte-length NAL units is
+    left whole."""
+    out, pos = bytearray(), 0
+    while pos < len(packet):
+        if pos + 4 > len(packet):
+            return packet
+        n = int.from_bytes(packet[pos : pos + 4], "big")
+        unit = packet[pos + 4 : pos + 4 + n]
+        if len(unit) != n or n == 0:
+            return packet
+        if not (n >= MIN_SHARED_NAL and unit in extradata):
+            out += packet[pos : pos + 4 + n]
+        pos += 4 + n
+    return bytes(out) if out else packet
+
+
+def to_raw(path: Path, codec: str) -> str | None:
+    """Rewrite the Matroska stream at ``path`` (of encoder ``codec``) as the raw carrier
+    where that costs fewer bytes, the index (as stored in the manifest) counted in; its
+    packed index then, else None (the file is left as it is). A stream that does not demux
+    as one frame a packet, shown once each, stays Matroska. HEVC and VVC keyframes lose
+    the NAL units the extradata holds already (:func:`strip_shared_nals`)."""
     try:
         index, payloads = demux(path)
     except (av.FFmpegError, OSError, IndexError):
@@ -259,6 +284,11 @@ def to_raw(path: Path) -> str | None:
         return None
     if not index.keys or index.keys[0] != 0:
         return None
+    if codec in _NAL_CODECS and index.extradata:
+        for k in index.keys:
+            payloads[k] = strip_shared_nals(payloads[k], index.extradata)
+        sizes = [len(p) for p in payloads]
+        index = PacketIndex(sizes, index.frames, index.keys, index.extradata)
     packed = pack(index)
     if index.nbytes + len(packed) >= path.stat().st_size:
         return None
