@@ -211,6 +211,13 @@ def test_crafted_index_in_a_cube_is_refused_by_decode_and_read_costs(pair):
         decode_cube(_crafted(raw, packets=swapped))
 
 
+def test_raw_ffv1_is_refused_naming_the_stream(pair):
+    raw = pair["libaom-av1/auto"]
+    bad = _crafted(raw, codec="ffv1", pix_fmt="gray16le", lossless=True, crf=None)
+    with pytest.raises(CorruptStreamError, match=r"v\.mkv: codec 'ffv1' is never written raw"):
+        decode_cube(bad)
+
+
 def test_manifest_needs_packets_exactly_for_raw(pair):
     m = json.loads(pair["libaom-av1/auto"].manifest.to_json())
     m["streams"][0].pop("packets")

@@ -254,7 +254,9 @@ def _frames(
         if start > 0:
             stats.seeks.append(start)
         max_pixels = None if expect is None else expect.max_pixels
-        for frame in decode_packets(data, packets, codec, start, decode_threads(), max_pixels):
+        for frame in decode_packets(
+            data, packets, codec, start, decode_threads(), max_pixels, name
+        ):
             if frame.pts is None:
                 raise CorruptStreamError(f"{name}: a decoded frame has no timestamp")
             yield int(frame.pts), frame

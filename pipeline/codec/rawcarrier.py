@@ -49,13 +49,15 @@ def carries(codec: str) -> bool:
     return codec in _DECODERS or codec == "libaom-av1"
 
 
-def decoder_name(codec: str) -> str:
+def decoder_name(codec: str, name: str = "stream") -> str:
     if codec == "libaom-av1":
         return "libdav1d" if "libdav1d" in av.codecs_available else "av1"
     try:
         return _DECODERS[codec]
     except KeyError:
-        raise CorruptStreamError(f"codec {codec!r} has no raw-carrier decoder") from None
+        raise CorruptStreamError(
+            f"{name}: codec {codec!r} is never written raw (corrupt manifest)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -307,10 +309,11 @@ def decode_packets(
     first: int,
     threads: int,
     max_pixels: int | None,
+    name: str = "stream",
 ) -> Iterator[av.VideoFrame]:
     """Decoded frames (``pts``: the stored frame each shows) from the keyframe at or
     before stored frame ``first`` on, in display order as the decoder gives them."""
-    cc = av.CodecContext.create(decoder_name(codec), "r")
+    cc = av.CodecContext.create(decoder_name(codec, name), "r")
     if index.extradata:
         cc.extradata = index.extradata
     if max_pixels is not None:
