@@ -115,7 +115,7 @@ def _streams(shard: Path, sid: str) -> Streams:
     """Each stream's bytes, with its chunk offsets where it is zstd chunks (else None) and
     its packet index and codec where it is in the raw carrier (else None)."""
     from pipeline.codec.chunkcodecs import chunk_codec
-    from pipeline.codec.rawcarrier import unpack
+    from pipeline.codec.rawcarrier import CARRIER, read_index
     from pipeline.taco.read import _open_archive, sample_encoded
 
     archive, fh = _open_archive(shard)
@@ -125,7 +125,7 @@ def _streams(shard: Path, sid: str) -> Streams:
         for s in enc.manifest.streams:
             data = enc.read_file(s.file)
             n = len(s.stored_frames(enc.manifest.n_frames))
-            raw = None if s.packets is None else (unpack(s.packets, len(data), n, s.file), s.codec)
+            raw = (read_index(data, n, s.file), s.codec) if s.carrier == CARRIER else None
             chunks = None if chunk_codec(s.codec) is None else list(s.chunk_offsets or [0])
             out.append((data, chunks, raw))
         return out

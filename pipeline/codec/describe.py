@@ -74,7 +74,7 @@ def stream_infos(
                 planes = [planes[p] for p in s.planes]
                 bits = 8 if s.settings.pix_fmt == "gray" else enc.coder.quantisers[0].bits
             raw = carrier == "auto" and rawcarrier.carries(s.settings.codec)
-            packets = rawcarrier.to_raw(path, s.settings.codec) if raw else None
+            raw = raw and rawcarrier.to_raw(path, s.settings.codec)
             out.append(
                 StreamInfo(
                     name=s.name,
@@ -97,8 +97,7 @@ def stream_infos(
                     chunk_offsets=enc.offsets.get(s.name),
                     tiles=s.tiles,
                     frames=_runs(enc.kept, n_frames) if g.kind == "continuous" else None,
-                    carrier=rawcarrier.CARRIER if packets else rawcarrier.MATROSKA,
-                    packets=packets,
+                    carrier=rawcarrier.CARRIER if raw else rawcarrier.MATROSKA,
                 )
             )
     return out

@@ -21,7 +21,7 @@ MAX_SIDE = 1 << 20  # any one dimension's length
 MAX_FRAME = 1 << 30  # pixels in one frame: a reader allocates frames of this size
 # 2: KLT transforms, skipped empty frames, compact coordinates; 3: class layers as zstd
 # chunks (``zstd-codes``), which a version-2 reader cannot decode; 4: video streams in the
-# raw carrier (``carrier: raw``, packets without a container, indexed by ``packets``),
+# raw carrier (``carrier: raw``: packets without a container, after their index),
 # written only by cubes that have one (others stay version 3)
 FORMAT_VERSION = 4
 RAW_CARRIER_VERSION = 4
@@ -130,17 +130,14 @@ class StreamInfo(_Model):
     frames: list[tuple[int, int]] | None = None
     # planes stacked top to bottom in each frame, each tile H rounded up to even rows
     tiles: int = Field(default=1, ge=1)
-    # video streams: "matroska", or "raw" (the codec's packets back to back, no container;
-    # ``packets`` is their index: pipeline/codec/rawcarrier.py, docs/FORMAT.md "Raw carrier")
+    # video streams: "matroska", or "raw" (the codec's packets back to back after their
+    # index, no container: pipeline/codec/rawcarrier.py, docs/FORMAT.md "Raw carrier")
     carrier: Carrier = "matroska"
-    packets: str | None = None
 
     @model_validator(mode="after")
     def _tiles_are_its_planes(self) -> StreamInfo:
         if self.tiles > 1 and self.tiles != len(self.planes):
             raise ValueError(f"tiles {self.tiles} but {len(self.planes)} planes")
-        if (self.carrier == "raw") != (self.packets is not None):
-            raise ValueError("a raw carrier needs its packets, and only a raw carrier has them")
         return self
 
     def stored_frames(self, n_frames: int) -> list[int]:

@@ -107,12 +107,13 @@ class StreamFrames:
         first = bisect.bisect_left(self._stored, start)
         last = bisect.bisect_left(self._stored, stop)
         source: bytes | Path | None = enc.file_path(stream.file)
-        if source is None or stream.packets is not None:
+        raw = stream.carrier == rawcarrier.CARRIER
+        if source is None or raw:
             source = enc.read_file(stream.file)
         packets = (
-            None
-            if stream.packets is None
-            else rawcarrier.unpack(stream.packets, len(source), len(self._stored), self.name)
+            rawcarrier.read_index(source, len(self._stored), self.name)
+            if raw and isinstance(source, bytes)
+            else None
         )
         self._first: tuple[int, av.VideoFrame] | None = None
         if last > first:
