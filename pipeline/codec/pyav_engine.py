@@ -188,7 +188,7 @@ def _open_video(
 
 
 def decode_frames(
-    data: bytes | StreamTarget,
+    data: bytes | memoryview | StreamTarget,
     n_planes_: int,
     start: int = 0,
     stop: int | None = None,
@@ -235,7 +235,7 @@ def decode_frames(
 
 
 def _frames(
-    data: bytes | StreamTarget,
+    data: bytes | memoryview | StreamTarget,
     name: str,
     expect: FrameBounds | None,
     start: int,
@@ -249,7 +249,7 @@ def _frames(
         if isinstance(data, str | os.PathLike):
             with open(os.fspath(data), "rb") as fh:
                 data = fh.read()
-        elif not isinstance(data, bytes):
+        elif not isinstance(data, bytes | memoryview):
             data = data.read()
         if start > 0:
             stats.seeks.append(start)

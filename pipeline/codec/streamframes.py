@@ -4,6 +4,8 @@ through PyAV, chunked carriers (masks, class layers) a chunk at a time."""
 from __future__ import annotations
 
 import bisect
+import mmap
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +74,14 @@ class ChunkFrames:
         return got
 
 
+def _mapped(path: Path) -> bytes | memoryview:
+    """The file's bytes, memory-mapped read-only (they stay mapped while referenced)."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return b""
+        return memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+
+
 class StreamFrames:
     """Consecutive frames of one stream from ``start`` on, decoded as they are asked for.
 
@@ -106,15 +116,15 @@ class StreamFrames:
         self._stored_set = set(self._stored)
         first = bisect.bisect_left(self._stored, start)
         last = bisect.bisect_left(self._stored, stop)
-        source: bytes | Path | None = enc.file_path(stream.file)
-        raw = stream.carrier == rawcarrier.CARRIER
-        if source is None or raw:
+        source: bytes | memoryview | Path | None = enc.file_path(stream.file)
+        packets = None
+        if stream.carrier == rawcarrier.CARRIER:
+            # mapped where the file is on disk (checked against the manifest), read where
+            # it is not: a window's packets are the pages the decoder touches
+            source = _mapped(source) if source is not None else enc.read_file(stream.file)
+            packets = rawcarrier.read_index(source, len(self._stored), self.name)
+        elif source is None:
             source = enc.read_file(stream.file)
-        packets = (
-            rawcarrier.read_index(source, len(self._stored), self.name)
-            if raw and isinstance(source, bytes)
-            else None
-        )
         self._first: tuple[int, av.VideoFrame] | None = None
         if last > first:
             self._frames = decode_frames(
