@@ -349,9 +349,16 @@ def decode_packets(
     view = memoryview(data)
     offsets = index.offsets
     start = index.seek_packet(first)
-    for i in range(start, len(index.sizes)):
-        packet = av.Packet(view[offsets[i] : offsets[i] + index.sizes[i]])
-        packet.pts = index.frames[i]
-        packet.time_base = Fraction(1, 1)
-        yield from cc.decode(packet)
-    yield from cc.decode(None)
+    try:
+        for i in range(start, len(index.sizes)):
+            packet = av.Packet(view[offsets[i] : offsets[i] + index.sizes[i]])
+            packet.pts = index.frames[i]
+            packet.time_base = Fraction(1, 1)
+            yield from cc.decode(packet)
+        yield from cc.decode(None)
+    finally:
+        # a decoder left mid-stream (a reader closed early) is flushed, which waits for
+        # its threads without holding the GIL: freeing it with frames in flight holds the
+        # GIL while joining threads that may need it (a deadlock, found by bench/fuzz.py)
+        if cc.is_open:
+            cc.flush_buffers()
