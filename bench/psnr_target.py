@@ -28,7 +28,14 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.rate_distortion import dec_twin, den_twin, hourly_field, sparse_swath  # noqa: E402
+from bench.rate_distortion import (  # noqa: E402
+    dec_twin,
+    den_twin,
+    hourly_field,
+    precipitation,
+    sparse_swath,
+    tiny_frames,
+)
 from pipeline import EncodeOptions, GroupSpec, decode_cube, encode_cube  # noqa: E402
 from pipeline.codec.encoded import EncodedCube  # noqa: E402
 from pipeline.codec.metrics import compare  # noqa: E402
@@ -45,6 +52,8 @@ def cubes(names: list[str]) -> dict[str, xr.Dataset]:
         "den-twin": lambda: den_twin(60, 256),
         "hourly": lambda: hourly_field(744),
         "sparse": lambda: sparse_swath(5, 500, 1000),
+        "tiny": lambda: tiny_frames(1000),
+        "precip": lambda: precipitation(240, 96, 96),
     }
     return {n: makers[n]().load() for n in names}
 

@@ -21,6 +21,7 @@ from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.codec.decode import decode_cube
 from pipeline.codec.encode import encode_cube
 from pipeline.codec.encoded import EncodedCube
+from pipeline.codec.errorbound import MaxError
 from pipeline.codec.manifest import Manifest
 from pipeline.codec.metrics import bpppb
 from pipeline.codec.options import EncodeOptions
@@ -46,7 +47,7 @@ DecorrelateOpt = Annotated[str, typer.Option(help="auto (KLT where bands correla
 HedgeOpt = Annotated[
     bool,
     typer.Option(
-        help="with --psnr, a small cube's final stream also encoded one step coarser on "
+        help="with --psnr, a small cube's final stream also encoded a little coarser on "
         "the core its encoder leaves idle; the smaller that meets the floor is kept"
     ),
 ]
@@ -83,6 +84,23 @@ def check_quality(crf: float | None, psnr: float | None) -> None:
         )
 
 
+def check_max_error(text: str | None, lossless: bool, crf: float | None) -> MaxError | None:
+    """``--max-error`` parsed (``0.01`` or ``0.1%``), refused in one line: not finite or
+    not above 0, a percentage above 100, or with --lossless / --crf (the bound sets the
+    video's quality)."""
+    if text is None:
+        return None
+    try:
+        bound = MaxError.parse(text, "--max-error")
+    except CubecastError as exc:
+        raise CubecastError(str(exc)) from None
+    if lossless:
+        raise CubecastError("--max-error: --lossless is exact already; choose one of the two")
+    if crf is not None:
+        raise CubecastError("--max-error sets the video's quality: drop --crf (--psnr may stay)")
+    return bound
+
+
 def encode(
     input: Annotated[str, typer.Argument(help="netCDF file or zarr store")],
     output: Annotated[Path, typer.Argument(help="output folder (or .tar file)")],
@@ -94,6 +112,14 @@ def encode(
         bool, typer.Option("--lossless", help="FFV1 16-bit for every band")
     ] = False,
     psnr: PsnrFloorOpt = None,
+    max_error: Annotated[
+        str | None,
+        typer.Option(
+            "--max-error",
+            help="bound on every valid value's absolute error: in the band's units (0.01) or "
+            "a percentage of each band's valid range (0.1%); with --psnr both hold",
+        ),
+    ] = None,
     preset: Annotated[
         str, typer.Option(help="x265 preset name (mapped onto VVC's and libaom's speeds)")
     ] = "medium",
@@ -116,6 +142,7 @@ def encode(
     if sum(x is not None and x is not False for x in (crf, psnr, lossless or None)) > 1:
         raise CubecastError("choose one of --crf, --psnr, --lossless")
     check_quality(crf, psnr)
+    bound = check_max_error(max_error, lossless, crf)
     refuse_overlap(output, [input])
     check_new_output(output, overwrite, folder_ok=output.suffix != ".tar")
     ds = open_input(input)
@@ -123,6 +150,7 @@ def encode(
         crf=12.0 if crf is None else crf,
         psnr=psnr,
         lossless=lossless,
+        max_error=bound,
         preset=preset,
         keyint=keyint,
         workers=workers,
@@ -176,7 +204,8 @@ def decode(
 
 
 def info(input: Annotated[Path, typer.Argument(help="encoded cube folder or .tar")]) -> None:
-    """Show an encoded cube's streams, sizes, bpppb, settings and where the bytes go."""
+    """Show an encoded cube's streams, each band's mode and the quality it reached, sizes,
+    bpppb and where the bytes go."""
     enc = EncodedCube.open(input)
     m = enc.manifest
     h, w = m.frame_shape
@@ -189,8 +218,39 @@ def info(input: Annotated[Path, typer.Argument(help="encoded cube folder or .tar
         console.print(
             f"KLT group {t.name}: {', '.join(t.channels)} -> {len(t.components)} components"
         )
+    console.print(_quality_table(m))
     console.print(_bytes_by_kind(enc))
     console.print(_read_cost_table(enc))
+
+
+def _quality_table(m: Manifest) -> Table:
+    """Per band: what it was encoded to (a PSNR floor, a quantiser, lossless, an error
+    bound), what the encoder measured on the decoded cube, and the stream and codec that
+    carry it."""
+    streams = {s.name: s for s in m.streams}
+    comps = {t.name: t.components[0].stream for t in m.transforms if t.components}
+    table = Table("band", "mode", "asked", "reached", "stream", "codec", title="quality per band")
+    for c in m.channels:
+        name = c.stream or comps.get(c.transform or "") or (c.words or [None])[0]
+        s = streams.get(name or "")
+        if c.max_error is not None:
+            mode, asked = "max error", f"|error| <= {c.max_error:.6g}"
+            reached = "" if c.max_error_reached is None else f"{c.max_error_reached:.6g}"
+        elif s is None:
+            mode, asked, reached = "masks only", "", ""
+        elif s.lossless:
+            mode, asked, reached = "lossless", "exact", "exact"
+        elif c.psnr_floor is not None:
+            mode, asked = "PSNR floor", f">= {c.psnr_floor:g} dB"
+            reached = "exact" if c.psnr is None else f"{c.psnr:.2f} dB"
+        else:
+            mode, asked = "quantiser", f"crf {s.crf:g}" if s.crf is not None else ""
+            reached = "" if c.psnr is None else f"{c.psnr:.2f} dB"
+        codec = "" if s is None else s.codec
+        if s is not None and s.crf is not None and not s.lossless:
+            codec += f" {s.crf:g}" + (f" x{s.gain:.3f}" if s.gain != 1 else "")
+        table.add_row(c.name, mode, asked, reached, "" if s is None else s.name, codec)
+    return table
 
 
 def _read_cost_table(enc: EncodedCube) -> Table:
@@ -245,6 +305,7 @@ def _bytes_by_kind(enc: EncodedCube) -> Table:
             s.nbytes for s in m.streams if s.kind == "categorical" and s.name in chunked
         ),
         "masks": sum(s.nbytes for s in m.streams if s.kind == "mask"),
+        "corrections (max error)": sum(s.nbytes for s in m.streams if s.kind == "correction"),
         "manifest": len(m.to_bytes()),
         "aux.nc": m.aux.nbytes if m.aux else 0,
     }

@@ -92,13 +92,21 @@ class Recipe(StrictModel):
     def encode_options(self, **overrides: object) -> EncodeOptions:
         c = self.codec
         groups = tuple(
-            GroupSpec(tuple(g.bands), name=g.name, crf=g.crf, psnr=g.psnr, lossless=g.lossless)
+            GroupSpec(
+                tuple(g.bands),
+                name=g.name,
+                crf=g.crf,
+                psnr=g.psnr,
+                lossless=g.lossless,
+                max_error=g.max_error,
+            )
             for g in c.groups
         )
         opts = EncodeOptions(
             crf=c.crf,
             preset=c.preset,
             psnr=c.psnr,
+            max_error=c.max_error,
             groups=groups,
             keyint=c.keyint,
             access=c.access,

@@ -26,6 +26,19 @@ def _psnr_target(v: float | None) -> float | None:
     return v
 
 
+def _max_error_bound(v: float | str | None) -> float | str | None:
+    if v is None:
+        return v
+    from pipeline.codec.errorbound import MaxError
+    from pipeline.errors import InvalidCubeError
+
+    try:
+        MaxError.parse(v, "max_error")
+    except InvalidCubeError as exc:
+        raise ValueError(str(exc)) from None
+    return v
+
+
 def _relative_file(v: str | None) -> str | None:
     """Files named by a recipe are read from the source: no absolute paths, no ``..``."""
     if v is None:
@@ -103,8 +116,16 @@ class GroupRecipe(StrictModel):
     crf: Annotated[float, Field(ge=0, le=63)] | None = None
     psnr: Annotated[float, Field(gt=0)] | None = None
     lossless: bool | None = None
+    max_error: float | str | None = None  # 0.01 (band units) or "0.1%" of the valid range
 
     _psnr = field_validator("psnr")(_psnr_target)
+    _max_error = field_validator("max_error")(_max_error_bound)
+
+    @model_validator(mode="after")
+    def _bound_or_lossless(self) -> GroupRecipe:
+        if self.lossless and self.max_error is not None:
+            raise ValueError("max_error with lossless: lossless bands are exact already")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -129,6 +150,8 @@ class CodecSpec(StrictModel):
     # encode-time budget for codec = "auto", in multiples of x265 medium's time
     max_cost: Annotated[float, Field(gt=0)] = 8.0
     psnr: Annotated[float, Field(gt=0)] | None = None
+    # every valid value within this of the source: 0.01 (band units) or "0.1%" of its range
+    max_error: float | str | None = None
     keyint: Annotated[int, Field(ge=1, le=1000)] = 250  # x265's own default
     # what a reader can read alone, paid for in bits: "whole" cubes, short time "windows"
     # (a keyframe every 16 frames at most), single "bands" (a stream per band), or both
@@ -141,6 +164,7 @@ class CodecSpec(StrictModel):
     groups: list[GroupRecipe] = []
 
     _psnr = field_validator("psnr")(_psnr_target)
+    _max_error = field_validator("max_error")(_max_error_bound)
 
     @field_validator("x265_params")
     @classmethod

@@ -59,7 +59,7 @@ def test_small_frames_go_raw_smaller_and_decode_the_same(pair, codec):
     raw, mkv = pair[f"{codec}/auto"], pair[f"{codec}/matroska"]
     (rs,), (ms,) = raw.manifest.streams, mkv.manifest.streams
     assert rs.carrier == "raw" and ms.carrier == "matroska"
-    assert raw.manifest.version == FORMAT_VERSION == 4 and mkv.manifest.version == 3
+    assert raw.manifest.version == FORMAT_VERSION == 5 and mkv.manifest.version == 3
     assert rs.nbytes < ms.nbytes and raw.nbytes < mkv.nbytes
     whole = decode_cube(mkv).v.values
     np.testing.assert_array_equal(decode_cube(raw).v.values, whole)
@@ -249,8 +249,8 @@ def test_raw_ffv1_is_refused_naming_the_stream(pair):
 
 def test_old_readers_are_told_to_upgrade(pair):
     m = json.loads(pair["libaom-av1/auto"].manifest.to_json())
-    assert m["version"] == 4 and m["streams"][0]["carrier"] == "raw"
-    m["version"] = 5
+    assert m["version"] == 5 and m["streams"][0]["carrier"] == "raw"
+    m["version"] = 6
     with pytest.raises(ManifestError, match="newer than this cubecast supports"):
         Manifest.from_json(json.dumps(m))
 

@@ -2,10 +2,12 @@
 codecs (``videocodecs``): a stream of independently compressed chunks of ``keyint`` frames,
 found by the manifest's ``chunk_offsets``, so a time window decompresses only its chunks.
 
-Validity masks (``zstd-bitpack``, :mod:`pipeline.codec.masks`) and class layers
-(``zstd-codes``, :mod:`pipeline.codec.classcodes`) are the two. The planner, the writers,
-the decoder, the decode budget and the read costs look a stream's codec up here, so none of
-them branches on a codec's name; a codec not registered here is a video codec.
+Validity masks (``zstd-bitpack``, :mod:`pipeline.codec.masks`), class layers
+(``zstd-codes``, :mod:`pipeline.codec.classcodes`) and the correction layers of
+error-bounded bands (``zstd-corrections``, :mod:`pipeline.codec.errorbound`) are the
+three. The planner, the writers, the decoder, the decode budget and the read costs look a
+stream's codec up here, so none of them branches on a codec's name; a codec not registered
+here is a video codec.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 
-from pipeline.codec import classcodes, masks
+from pipeline.codec import classcodes, errorbound, masks
 
 Target = str | os.PathLike[str] | BinaryIO
 ChunkDecoder = Callable[[bytes | memoryview, int, tuple[int, int, int], str, str, int], np.ndarray]
@@ -88,7 +90,15 @@ CLASS_CODES = ChunkCodec(
     decode_chunk=classcodes.codes_chunk,
     work_bytes=_codes_work,
 )
-_REGISTRY = {c.name: c for c in (MASKS, CLASS_CODES)}
+CORRECTIONS = ChunkCodec(
+    name=errorbound.CODEC,
+    suffix=errorbound.SUFFIX,
+    dtype=np.dtype(np.int32),
+    open_writer=errorbound.CorrectionWriter,
+    decode_chunk=errorbound.correction_chunk,
+    work_bytes=lambda pix_fmt: 8,  # codes of up to 4 bytes as stored, and as int32
+)
+_REGISTRY = {c.name: c for c in (MASKS, CLASS_CODES, CORRECTIONS)}
 
 
 def chunk_codec(name: str) -> ChunkCodec | None:

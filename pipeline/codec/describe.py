@@ -86,6 +86,7 @@ def stream_infos(
                     bits=bits,
                     lossless=s.settings.lossless,
                     crf=s.settings.crf if lossy and not s.settings.lossless else None,
+                    gain=round(s.settings.gain, 6) if lossy and not s.settings.lossless else 1.0,
                     preset=s.settings.preset if lossy else None,
                     x265_params=(
                         s.settings.x265_params if s.settings.codec == X265_CODEC.name else ""
@@ -121,6 +122,12 @@ def channel_infos(
         t = enc.coder.transform_info(enc.streams)
         if t is not None:
             transforms.append(t)
+    floors = {
+        c.name: enc.group.psnr_target
+        for enc in encoded.values()
+        if enc.group.psnr_target is not None
+        for c in enc.group.channels
+    }
     channels = []
     for ch in ctx.layout.channels:
         mstream, mbit = masks.get(ch.name, (None, None))
@@ -130,6 +137,7 @@ def channel_infos(
             "posinf_bit": infs.get((ch.name, "+inf")),
             "neginf_bit": infs.get((ch.name, "-inf")),
             "psnr": _measured_psnr(encoded.values(), ch.name),
+            "psnr_floor": floors.get(ch.name),
         }
         # a channel with no valid pixel is in no group: the mask restores all of it
         info = infos.get(ch.name) or ChannelInfo(

@@ -8,25 +8,32 @@ holds a few frames per stream.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
+import numpy as np
 import xarray as xr
 
 from pipeline.codec import jsonvalues, rawcarrier
+from pipeline.codec.corrections import add_corrections
 from pipeline.codec.cube import analyse, cube_stats
 from pipeline.codec.describe import channel_infos, coords_and_aux, stream_infos, variable_infos
 from pipeline.codec.encoded import EncodedCube, SpoolStore
+from pipeline.codec.errorbound import VIDEO_PSNR_MAX, MaxError, check_dtype, video_psnr
 from pipeline.codec.groupcoder import (
     CubeContext,
     coding_gains,
     klt_moments,
 )
-from pipeline.codec.hedge import encode_hedged, hedge_jobs, keep_hedges, worth_hedging
+from pipeline.codec.hedge import encode_hedged, hedge_jobs, hedge_results, worth_hedging
+from pipeline.codec.landing import AIM_DB, MAX_REFINES, aimed, landed, retarget
 from pipeline.codec.manifest import (
+    BASE_VERSION,
     RAW_CARRIER_VERSION,
     Manifest,
 )
@@ -39,7 +46,7 @@ from pipeline.codec.planning import (
     plan_groups,
 )
 from pipeline.codec.quality import group_psnr
-from pipeline.codec.search import Choice, choose, step_down
+from pipeline.codec.search import Choice, choose
 from pipeline.codec.settings import VideoSettings
 from pipeline.errors import InvalidCubeError
 
@@ -59,9 +66,10 @@ def _encode_groups(
     progress: bool,
 ) -> dict[str, EncodedGroup]:
     """All groups of a cube: codec and quantiser of PSNR-target groups chosen from trials
-    on a sample, then one pass over the whole cube for every group, then PSNR-target groups
-    checked in full and, in the rare case the model was off, re-encoded finer (down to
-    lossless x265) until they meet their target."""
+    on a sample and aimed just above their floor by their gain, then one pass over the
+    whole cube for every group, then PSNR-target groups checked in full and those that
+    missed their floor or landed above its window re-aimed from what they measured
+    (:mod:`pipeline.codec.landing`)."""
     targeted = [
         g
         for g in groups
@@ -74,38 +82,74 @@ def _encode_groups(
         }
     groups = [choices[g.name].group if g.name in choices else g for g in groups]
     h, w = ctx.shape
-    settings = {
-        g.name: bounded_lookahead(
-            choices[g.name].settings if g.name in choices else g.settings, h * w
-        )
-        for g in groups
-    }
+    settings = {g.name: bounded_lookahead(_planned(g, choices), h * w) for g in groups}
     all_idx = list(range(ctx.ds.sizes[ctx.layout.time_dim]))
-    jobs = [(g, settings[g.name]) for g in groups]
-    hedges = hedge_jobs(jobs, set(choices), options, ctx.shape[1])
+    jobs, hedges = hedge_jobs(
+        [(g, settings[g.name]) for g in groups], set(choices), options, ctx.shape[1]
+    )
     done, alts = encode_hedged(ctx, spool, jobs, hedges, all_idx, options, progress)
     pending = [choices[n].group for n in choices]  # lossless x265 too: its codes are 12-bit
-    attempt = 0
-    while pending:
-        psnr = keep_hedges(done, alts)
-        alts = None
-        unchecked = [done[g.name] for g in pending if g.name not in psnr]
-        psnr |= group_psnr(ctx, unchecked, all_idx) if unchecked else {}
-        failed = [g for g in pending if psnr[g.name] < cast(float, g.psnr_target)]
-        if not failed:
-            break
-        _refuse_unreachable(failed, done, psnr)
-        attempt += 1
-        retry = []
-        for g in failed:
-            shortfall = cast(float, g.psnr_target) - psnr[g.name]
-            finer = step_down(done[g.name].settings, choices[g.name].model, shortfall)
-            retry.append((g, bounded_lookahead(finer, h * w)))
-        for name, enc in encode_pass(ctx, spool, retry, all_idx, f".{attempt}", options).items():
+    psnr = group_psnr(ctx, [done[g.name] for g in pending], all_idx) if pending else {}
+    points = {name: [(done[name].settings, measured)] for name, measured in psnr.items()}
+    for name, (alt, measured) in hedge_results(alts).items():
+        points[name].append((alt.settings, measured))
+        floor = cast(float, alt.group.psnr_target)
+        if measured >= floor and (psnr[name] < floor or alt.nbytes < done[name].nbytes):
             done[name].unlink()
-            done[name] = enc
-        pending = [g for g, _ in retry]
+            done[name], psnr[name] = alt, measured
+        else:
+            alt.unlink()
+    _land(ctx, spool, pending, choices, done, psnr, points, options)
     return done
+
+
+def _land(
+    ctx: CubeContext,
+    spool: Path,
+    pending: Sequence[GroupPlan],
+    choices: Mapping[str, Choice],
+    done: dict[str, EncodedGroup],
+    psnr: dict[str, float],
+    points: dict[str, list[tuple[VideoSettings, float]]],
+    options: EncodeOptions,
+) -> None:
+    """Re-encode each group that missed its floor (until it meets it, down to lossless
+    x265) or landed above the window (``MAX_REFINES`` times), re-aimed from the measured
+    encode nearest the aim; the smallest encode that meets the floor is kept (``done`` and
+    ``psnr`` updated in place)."""
+    h, w = ctx.shape
+    all_idx = list(range(ctx.ds.sizes[ctx.layout.time_dim]))
+    refines = dict.fromkeys((g.name for g in pending), 0)
+    attempt = 0
+    while True:
+        retry = []
+        for g in pending:
+            floor, measured = cast(float, g.psnr_target), psnr[g.name]
+            if landed(measured, floor) or (measured > floor and refines[g.name] >= MAX_REFINES):
+                continue
+            if measured < floor:
+                _refuse_unreachable([g], done, psnr)
+            else:
+                refines[g.name] += 1
+            aim = floor + AIM_DB
+            nearest, at = min(points[g.name], key=lambda p: abs(p[1] - aim))
+            settings = retarget(nearest, choices[g.name].model, at, floor, points[g.name])
+            retry.append((g, bounded_lookahead(settings, h * w)))
+        if not retry:
+            return
+        attempt += 1
+        encoded = encode_pass(ctx, spool, retry, all_idx, f".{attempt}", options)
+        measured_now = group_psnr(ctx, [e for e in encoded.values() if e.failed is None], all_idx)
+        for g, _ in retry:
+            enc, before = encoded[g.name], psnr[g.name]
+            now = measured_now.get(g.name, -math.inf)
+            points[g.name].append((enc.settings, now))
+            floor = cast(float, g.psnr_target)
+            if before < floor or (now >= floor and enc.nbytes < done[g.name].nbytes):
+                done[g.name].unlink()
+                done[g.name], psnr[g.name] = enc, now
+            else:
+                enc.unlink()
 
 
 def _refuse_unreachable(
@@ -123,7 +167,11 @@ def _refuse_unreachable(
 
 
 def _planned(group: GroupPlan, choices: Mapping[str, Choice]) -> VideoSettings:
-    return choices[group.name].settings if group.name in choices else group.settings
+    """A group's settings: a PSNR-target group's chosen ones, aimed by their gain."""
+    if group.name not in choices:
+        return group.settings
+    choice = choices[group.name]
+    return aimed(choice.settings, choice.excess - AIM_DB)
 
 
 def _cube_id(ds: xr.Dataset) -> str | None:
@@ -183,9 +231,105 @@ def encode_cube(
     variables go to lossless zstd chunks, validity masks to bit-packed zstd; other variables ride
     along losslessly in ``aux.nc``. Streams are written to files as they are encoded (in a
     temporary folder under ``workdir``, default the system's), so memory does not grow
-    with the cube.
+    with the cube. With ``max_error``, every valid value of every continuous band is kept
+    within the bound by a correction layer (:mod:`pipeline.codec.errorbound`).
     """
     options = options or EncodeOptions()
+    if not _bounded(options):
+        return _encode(ds, options, cube_id, roles, nodata, progress, workdir)
+    options = replace(options, decorrelate="none")  # a KLT's float32 matmul is not bit-exact
+    ctx, _ = _analyse(ds, options, roles, nodata)
+    bounds = channel_bounds(ctx, options)
+    tried: dict[float, EncodedCube] = {}
+
+    def encoded(offset: float) -> EncodedCube:
+        if offset not in tried:
+            trial = _video_options(ctx, options, bounds, offset)
+            tried[offset] = _encode(ds, trial, cube_id, roles, nodata, progress, workdir, bounds)
+        return tried[offset]
+
+    best = encoded(walk_offsets(options.max_error_offsets, lambda o: encoded(o).nbytes))
+    assert best is not None
+    return best
+
+
+def walk_offsets(grid: Sequence[float], cost: Callable[[float], int]) -> float:
+    """The offset of ``grid`` with the lowest ``cost``, assuming the cost falls toward one
+    minimum (so on every cube measured, docs/BENCHMARKS.md): from the offset nearest 0
+    toward the cheaper neighbour while the cost keeps falling. Two to a few costs are
+    computed."""
+    grid = sorted(set(grid))
+    i = min(range(len(grid)), key=lambda j: abs(grid[j]))
+    step = 1
+    if i + 1 >= len(grid) or cost(grid[i + 1]) >= cost(grid[i]):
+        step = -1
+    else:
+        i += 1
+    while 0 <= i + step < len(grid) and cost(grid[i + step]) < cost(grid[i]):
+        i += step
+    return grid[i]
+
+
+def _bounded(options: EncodeOptions) -> bool:
+    return options.max_error is not None or any(g.max_error is not None for g in options.groups)
+
+
+def channel_bounds(ctx: CubeContext, options: EncodeOptions) -> dict[str, float]:
+    """The absolute bound of every continuous channel under ``max_error`` (its group's, else
+    the cube's): relative bounds times the band's valid range (0 for a constant band, which
+    must come back exact)."""
+    own = {c: g.max_error for g in options.groups if g.max_error is not None for c in g.channels}
+    bounds = {}
+    for ch in ctx.layout.channels:
+        spec = own.get(ch.name, options.max_error)
+        if ch.role != "continuous" or spec is None:
+            continue
+        assert isinstance(spec, MaxError)
+        check_dtype(ch.name, np.dtype(ctx.ds[ch.variable].dtype))
+        st = ctx.stats.get(ch.name)
+        if st is None or st.n_valid == 0:
+            bounds[ch.name] = spec.value if not spec.relative else 0.0
+            continue
+        bounds[ch.name] = spec.absolute(st.vmin, st.vmax)
+    return bounds
+
+
+def _video_options(
+    ctx: CubeContext, options: EncodeOptions, bounds: Mapping[str, float], offset: float
+) -> EncodeOptions:
+    """The video pass's PSNR floors: a uniform error of each band's bound, less ``offset``
+    dB (the corrections take the rest), and never below a floor the caller set."""
+
+    def floor(channels: Sequence[str], own: float | None) -> float | None:
+        aims = [  # capped where x265's 12-bit codes still reach it (83 dB), finer or not
+            min(
+                video_psnr(bounds[c], ctx.stats[c].vmin, ctx.stats[c].vmax) - offset, VIDEO_PSNR_MAX
+            )
+            for c in channels
+            if c in bounds and c in ctx.stats and ctx.stats[c].n_valid
+        ]
+        if not aims:
+            return own
+        return max(max(aims), own or 0.0)
+
+    everything = [c.name for c in ctx.layout.channels]
+    groups = tuple(
+        replace(g, psnr=floor(g.channels, g.psnr)) if g.crf is None else g for g in options.groups
+    )
+    return replace(options, psnr=floor(everything, options.psnr), groups=groups)
+
+
+def _encode(
+    ds: xr.Dataset,
+    options: EncodeOptions,
+    cube_id: str | None,
+    roles: Mapping[str, str] | None,
+    nodata: dict[str, float | int] | None,
+    progress: bool,
+    workdir: str | os.PathLike[str] | None,
+    bounds: Mapping[str, float] | None = None,
+) -> EncodedCube:
+    """One encode: the video pass, then (``bounds``) its correction layer."""
     ctx, groups = _analyse(ds, options, roles, nodata)
     store = SpoolStore(workdir)
     encoded = _encode_groups(ctx, store.path, groups, options, progress)
@@ -197,8 +341,8 @@ def encode_cube(
     streams = stream_infos(encoded, store, n_frames, options.carrier)
     raw = any(s.carrier == rawcarrier.CARRIER for s in streams)
     manifest = Manifest(
-        # the oldest version that reads it: cubes without raw streams stay version 3
-        version=RAW_CARRIER_VERSION if raw else RAW_CARRIER_VERSION - 1,
+        # the oldest version that reads it (corrections may raise it to theirs)
+        version=RAW_CARRIER_VERSION if raw else BASE_VERSION,
         cube_id=cube_id or _cube_id(ds) or "",
         time_dim=layout.time_dim,
         y_dim=layout.y_dim,
@@ -214,6 +358,8 @@ def encode_cube(
         aux=aux,
         data_vars_order=[str(v) for v in ds.data_vars],
     )
+    if bounds:
+        manifest = add_corrections(ds, layout, manifest, store, bounds, options.stream_keyint)
     if not manifest.cube_id:
         manifest = manifest.model_copy(update={"cube_id": _content_id(manifest)})
     return EncodedCube(manifest, store)

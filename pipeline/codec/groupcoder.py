@@ -134,12 +134,12 @@ class GroupCoder:
                 Quantiser(ctx.stats[c.name].vmin, self._range(c) / 65535, KLT_FILL_BITS)
                 for c in group.channels
             ]
-            self.quantisers = self.klt.quantisers(bits)
+            self.quantisers = [q.amplified(settings.gain) for q in self.klt.quantisers(bits)]
         else:
             self.band_q = [
                 Quantiser.for_range(
                     ctx.stats[c.name].vmin, ctx.stats[c.name].vmax, bits, _integer(ctx.ds, c)
-                )
+                ).amplified(settings.gain)
                 for c in group.channels
             ]
             self.quantisers = self.band_q

@@ -1,12 +1,14 @@
-"""A second final encode one quantiser step coarser, on the core a small group leaves idle.
+"""A second final encode a little coarser, on the core a small group leaves idle.
 
 libvvenc runs single-threaded here, and libaom and x265 find nothing to split on frames two
 64 px blocks wide (NDVI's AV1 encode, Landsat's VVC and a 128 px DeepExtremeCubes twin's AV1
 one measured 1.0 core of 2; AV1 on 256 px wide frames 1.4), so while such a PSNR-target
 group's final stream is written the other core has nothing to do. It encodes the group once
-more one quantiser step coarser; both are measured over the whole cube and the smaller that
-meets the floor is kept. The sample predicts the cube to within about a step, and a step is
-worth 5-8 % of the bytes at high quality, so this buys bytes with time that was idle."""
+more ``HEDGE_DB`` lower by its gain (:mod:`pipeline.codec.landing`), the pair aimed either
+side of the aim; both are measured over the whole cube and the smaller that meets the floor
+is kept. The sample predicts the cube to a few tenths of a dB, so one of the two usually
+lands in the window above the floor and no third encode is needed: time that was idle buys
+precision and bytes."""
 
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import cast
 
 from pipeline.codec.groupcoder import CubeContext
+from pipeline.codec.landing import HEDGE_DB, shifted
 from pipeline.codec.passes import EncodedGroup, encode_pass
 from pipeline.codec.planning import EncodeOptions, GroupPlan
 from pipeline.codec.quality import group_psnr
@@ -52,23 +54,26 @@ def one_core(group: GroupPlan, codec: str, width: int) -> bool:
 
 def hedge_jobs(
     jobs: Sequence[Job], targeted: set[str], options: EncodeOptions, width: int
-) -> list[Job]:
-    """The coarser twin of each PSNR-target group that ``worth_hedging`` left hedging on
-    for, coded in one stream by an encoder that keeps one core busy."""
+) -> tuple[list[Job], list[Job]]:
+    """``jobs`` with each PSNR-target group that ``worth_hedging`` left hedging on for
+    (coded in one stream by an encoder that keeps one core busy) aimed ``HEDGE_DB / 2``
+    higher, and their twins aimed as much lower."""
     if not options.hedge:
-        return []
-    out = []
+        return list(jobs), []
+    out, hedges = [], []
     for group, settings in jobs:
         if (
             group.name in targeted
             and not settings.lossless
             and settings.crf is not None
-            and settings.crf + 1 <= get_codec(settings.codec).max_quality
             and len(group.streams(settings)) == 1
             and one_core(group, settings.codec, width)
         ):
-            out.append((group, replace(settings, crf=settings.crf + 1)))
-    return out
+            out.append((group, shifted(settings, HEDGE_DB / 2)))
+            hedges.append((group, shifted(settings, -HEDGE_DB / 2)))
+        else:
+            out.append((group, settings))
+    return out, hedges
 
 
 def encode_hedged(
@@ -110,25 +115,12 @@ def _measured_pass(
     return {n: (a, psnr.get(n, -math.inf)) for n, a in alts.items()}
 
 
-def keep_hedges(done: dict[str, EncodedGroup], alts: Future[Measured] | None) -> dict[str, float]:
-    """Swap in each coarser twin that met its floor in fewer bytes (``done`` updated in
-    place) and delete the others; the PSNR of the groups swapped, whose finer encode then
-    needs no check."""
-    kept: dict[str, float] = {}
+def hedge_results(alts: Future[Measured] | None) -> Measured:
+    """The hedges and their worst channel's PSNR; none where there were none or their pass
+    failed (the hedge is optional: the finer encode stands alone)."""
     if alts is None:
-        return kept
+        return {}
     try:
-        measured_alts = alts.result()
-    except Exception:  # the hedge is optional: the finer encode is checked as without one
-        return kept
-    for name, (alt, measured) in measured_alts.items():
-        if (
-            alt.settings.codec == done[name].settings.codec
-            and measured >= cast(float, alt.group.psnr_target)
-            and alt.nbytes < done[name].nbytes
-        ):
-            done[name].unlink()
-            done[name], kept[name] = alt, measured
-        else:
-            alt.unlink()
-    return kept
+        return alts.result()
+    except Exception:
+        return {}

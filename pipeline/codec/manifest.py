@@ -7,6 +7,7 @@ without our code; pydantic validates it once when it is read.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,15 +21,20 @@ MAX_DEPTH = 64  # JSON nesting: real manifests nest about 8 deep
 MAX_SIDE = 1 << 20  # any one dimension's length
 MAX_FRAME = 1 << 30  # pixels in one frame: a reader allocates frames of this size
 # 2: KLT transforms, skipped empty frames, compact coordinates; 3: class layers as zstd
-# chunks (``zstd-codes``), which a version-2 reader cannot decode; 4: video streams in the
-# raw carrier (``carrier: raw``: packets without a container, after their index),
-# written only by cubes that have one (others stay version 3)
-FORMAT_VERSION = 4
-RAW_CARRIER_VERSION = 4
+# chunks (``zstd-codes``), which a version-2 reader cannot decode; 4: correction layers of
+# error-bounded bands (``zstd-corrections``), which a version-3 reader would leave out (its
+# values off by up to the video's error); 5: video streams in the raw carrier (``carrier:
+# raw``: packets without a container, after their index), which a version-4 reader would
+# open as Matroska and refuse. A cube is written as the oldest version that reads it:
+# version 3 without corrections or raw streams.
+FORMAT_VERSION = 5
+BASE_VERSION = 3
+CORRECTION_VERSION = 4
+RAW_CARRIER_VERSION = 5
 
 Role = Literal["continuous", "categorical"]
 Carrier = Literal["matroska", "raw"]
-StreamKind = Literal["continuous", "categorical", "mask"]
+StreamKind = Literal["continuous", "categorical", "mask", "correction"]
 _T = TypeVar("_T")
 
 
@@ -72,6 +78,34 @@ class ChannelInfo(_Model):
     # PSNR (dB) over the whole cube as the encoder measured it on the decoded streams, where
     # it did (groups with a PSNR target); None otherwise, and for a band that came back exact
     psnr: float | None = None
+    # the PSNR floor (dB) the band was encoded to meet, where it had one
+    psnr_floor: float | None = None
+    # error-bounded bands (``--max-error``): the bound on every valid value's absolute error
+    # in the band's units, the largest error the encoder measured on the decoded cube, and
+    # where its correction codes are (value += correction_step * code, see errorbound.py)
+    max_error: float | None = None
+    max_error_reached: float | None = None
+    correction_stream: str | None = None
+    correction_plane: int | None = None
+    correction_step: float | None = None
+
+    @model_validator(mode="after")
+    def _sane_correction(self) -> ChannelInfo:
+        for name in ("max_error", "max_error_reached", "correction_step"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"channel {self.name!r}: {name} {v} is not a finite number >= 0")
+        if self.correction_stream is not None and (
+            self.correction_plane is None
+            or self.correction_plane < 0
+            or not self.correction_step
+            or self.max_error is None
+        ):
+            raise ValueError(
+                f"channel {self.name!r}: a correction stream needs a plane, a step above 0 "
+                "and a max_error"
+            )
+        return self
 
 
 class VariableInfo(_Model):
@@ -117,6 +151,9 @@ class StreamInfo(_Model):
     bits: int
     lossless: bool = False
     crf: float | None = None
+    # the codes' amplitude under a PSNR target (pipeline.codec.landing); informative only:
+    # each channel's or component's scale already holds it
+    gain: float = Field(default=1.0, gt=0, le=1)
     preset: str | None = None
     x265_params: str = ""
     keyint: int
@@ -159,7 +196,7 @@ class AuxInfo(_Model):
 
 class Manifest(_Model):
     format: Literal["cubecast-cube"] = FORMAT
-    version: int = FORMAT_VERSION
+    version: int = BASE_VERSION
     cube_id: str
     time_dim: str
     y_dim: str

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from pipeline.codec.classcodes import CODEC as CLASS_CODEC
+from pipeline.codec.errorbound import MaxError
 from pipeline.codec.videocodecs import AOM_CODEC, FFV1_CODEC, VVC_CODEC, X265_CODEC, codec_names
 from pipeline.errors import InvalidCubeError
 
@@ -22,7 +23,7 @@ WINDOW_KEYINT = 16
 CLASS_CODECS = (CLASS_CODEC, FFV1_CODEC.name)
 # video streams' carriers: "auto" writes a stream's packets without a container (the raw
 # carrier, pipeline.codec.rawcarrier) where that is smaller than its Matroska file;
-# "matroska" keeps every stream in Matroska (cubes that format version 3 readers decode)
+# "matroska" keeps every stream in Matroska (cubes that format version 3-4 readers decode)
 CARRIERS = ("auto", "matroska")
 
 
@@ -35,6 +36,13 @@ class GroupSpec:
     crf: float | None = None
     psnr: float | None = None
     lossless: bool | None = None
+    # a bound on every valid value's absolute error (``0.01``, or ``"0.1%"`` of each band's
+    # valid range): see pipeline.codec.errorbound
+    max_error: MaxError | float | str | None = None
+
+    def __post_init__(self) -> None:
+        label = f"group {self.name or list(self.channels)}"
+        _normalise_max_error(self, f"{label} max_error", bool(self.lossless))
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,12 @@ class EncodeOptions:
     hedge: bool = True
     access: str = "whole"
     class_codec: str = CLASS_CODEC  # one of CLASS_CODECS
+    # error-bounded mode: |x - x_decoded| <= E on every valid value of every continuous band
+    # (``0.01`` in the band's units, or ``"0.1%"`` of each band's valid range); the video is
+    # aimed at the PSNR of a uniform error of E less one of ``max_error_offsets`` (dB):
+    # from 0 toward the cheaper neighbour while the total bytes (video + corrections) fall
+    max_error: MaxError | float | str | None = None
+    max_error_offsets: tuple[float, ...] = (-12.0, -6.0, 0.0, 6.0, 12.0, 18.0, 24.0, 30.0)
     carrier: str = AUTO  # one of CARRIERS
 
     @property
@@ -86,6 +100,13 @@ class EncodeOptions:
         for g in self.groups:
             label = f"group {g.name or list(g.channels)}"
             _check_quality(f"{label} crf", g.crf, f"{label} psnr", g.psnr)
+        _normalise_max_error(self, "max_error", self.lossless)
+        if not self.max_error_offsets or not all(
+            _is_number(o) and -30 <= o <= 60 for o in self.max_error_offsets
+        ):
+            raise InvalidCubeError(
+                f"max_error_offsets {self.max_error_offsets!r}: one or more dB from -30 to 60"
+            )
         _check_int("keyint", self.keyint, 1)
         _check_int("workers", self.workers, 1)
         _check_int("threads", self.threads, 0)
@@ -133,6 +154,18 @@ def _check_quality(crf_name: str, crf: float | None, psnr_name: str, psnr: float
             f"{psnr_name} {psnr!r}: a PSNR floor must be above 0 and at most "
             f"{PSNR_CEILING:g} dB (use lossless above that)"
         )
+
+
+def _normalise_max_error(owner: GroupSpec | EncodeOptions, name: str, lossless: bool) -> None:
+    """``max_error`` parsed into a :class:`MaxError` (in place: the dataclasses are frozen),
+    refused with ``lossless`` (exact already)."""
+    value = owner.max_error
+    if value is None:
+        return
+    parsed = MaxError.parse(value, name)
+    if lossless:
+        raise InvalidCubeError(f"{name} {parsed}: lossless bands are exact, drop one of the two")
+    object.__setattr__(owner, "max_error", parsed)
 
 
 def _check_int(name: str, value: object, low: int) -> None:

@@ -48,6 +48,11 @@ class Quantiser:
             scale = vmax / max_code - vmin / max_code
         return cls(offset=vmin, scale=scale if scale > 0 else 1.0, bits=bits)
 
+    def amplified(self, gain: float) -> Quantiser:
+        """The same mapping with codes ``gain`` times as large (a gain below 1 leaves the top
+        of the code space unused)."""
+        return self if gain == 1.0 else Quantiser(self.offset, self.scale / gain, self.bits)
+
     def work_dtype(self, dtype: np.dtype) -> np.dtype:
         """float32 where it is exact enough: integers up to 16 bits are exact in it, and for
         float32 data (v - offset) rounds once relative to the result, not to v. Wider types,

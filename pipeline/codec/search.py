@@ -22,13 +22,13 @@ from typing import cast
 from pipeline.codec.codecchoice import codec_candidates
 from pipeline.codec.groupcoder import CubeContext
 from pipeline.codec.hedge import one_core
+from pipeline.codec.landing import AIM_DB
 from pipeline.codec.passes import bounded_lookahead, encode_pass, encode_together
 from pipeline.codec.planning import AUTO, EncodeOptions, GroupPlan
 from pipeline.codec.quality import group_psnr
 from pipeline.codec.ratecontrol import (
     MARGIN_DB,
     RATE_PRIOR,
-    SLOPE_PRIOR,
     RateModel,
     Trial,
     fit_rate_model,
@@ -56,7 +56,8 @@ class Choice:
     group: GroupPlan  # the group as it will be coded (its KLT may have been dropped)
     settings: VideoSettings
     model: RateModel | None  # None: lossless, no lossy codec reaches the floor
-    predicted_bytes: float = math.inf
+    predicted_bytes: float = math.inf  # at the floor plus AIM_DB (pipeline.codec.landing)
+    excess: float = 0.0  # dB the cube is predicted to land above its floor at gain 1
 
 
 def choose(ctx: CubeContext, spool: Path, group: GroupPlan, options: EncodeOptions) -> Choice:
@@ -167,18 +168,6 @@ def _start(codec: str, floor: float, lone: tuple[float, float], probe: Trial) ->
         return _prior(aim)
     u = probe.psnr + probe.q + c.probe_offset_db - aim
     return int(min(max(round(c.quantiser_scale.q(u)), 0), c.max_quality))
-
-
-def step_down(settings: VideoSettings, model: RateModel | None, shortfall: float) -> VideoSettings:
-    """Finer settings for a group that missed its floor by ``shortfall`` dB over the whole
-    cube: as many quantiser steps as the model's slope says, then lossless x265."""
-    crf = cast(float, settings.crf)
-    slope = model.slope if model is not None else SLOPE_PRIOR
-    scale = get_codec(settings.codec).quantiser_scale
-    finer = scale.q(scale.u(crf) - (shortfall + MARGIN_DB) / slope)
-    if crf > 0:
-        return replace(settings, crf=max(min(math.floor(finer + 1e-9), crf - 1), 0.0))
-    return replace(settings, codec=X265_CODEC.name, lossless=True, crf=None)
 
 
 def sample_bias(
@@ -311,4 +300,8 @@ def _fit(
         return None
     q, model = found
     settings = replace(group.settings, codec=codec, crf=float(q))
-    return Choice(group, settings, model, model.bytes_at(q))
+    excess = model.psnr_at(q) - target
+    # compared at the aim, where the gain will put it: a codec with a quantiser step just
+    # above the floor has no edge over one whose nearest step is a dB higher
+    at_aim = model.bytes_at(q) * math.exp(-RATE_PRIOR * max(excess - AIM_DB, 0.0))
+    return Choice(group, settings, model, at_aim, excess)

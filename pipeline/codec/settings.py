@@ -23,6 +23,10 @@ class VideoSettings:
     # frames the encoder looks ahead (x265 rc-lookahead, libaom lag-in-frames); None: its own
     lookahead: int | None = None
     engine: str = "pyav"  # or "ffmpeg": the command-line backend (pipeline.codec.ffmpeg_engine)
+    # amplitude of the codes (<= 1): the codec's error in codes stays about what its quantiser
+    # makes it, so scaling the codes by ``gain`` moves PSNR by 20 log10(gain) dB, a step finer
+    # than any integer quantiser (pipeline.codec.landing)
+    gain: float = 1.0
 
     def x265_param_string(self) -> str:
         params = [

@@ -19,10 +19,12 @@ from pipeline.errors import CubecastError
 
 
 def needed_streams(m: Manifest, wanted: Sequence[str]) -> list[StreamInfo]:
-    """The streams the ``wanted`` variables are decoded from: their channels' and masks'."""
+    """The streams the ``wanted`` variables are decoded from: their channels', masks' and
+    correction layers'."""
     names = [c for v in m.variables if v.name in wanted for c in v.channels]
     needed = {s for c in names for s in m.channel_streams(c)}
     needed |= {m.channel(c).mask_stream for c in names if m.channel(c).mask_stream}
+    needed |= {m.channel(c).correction_stream for c in names if m.channel(c).correction_stream}
     return [s for s in m.streams if s.name in needed]
 
 

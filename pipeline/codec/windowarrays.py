@@ -3,7 +3,7 @@
 Each wanted variable gets one array for the whole window, allocated once; every chunk of
 decoded codes is written straight into its slice of them (codes mapped back, clipped to
 the valid range, invalid pixels set to nodata or NaN, infinities restored from their mask
-bits), so no per-chunk arrays are stacked or copied afterwards.
+bits, error-bounded bands corrected), so no per-chunk arrays are stacked or copied afterwards.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pipeline.codec import jsonvalues
+from pipeline.codec import errorbound, jsonvalues
 from pipeline.codec.codemap import Clip, CodeMap
 from pipeline.codec.manifest import Manifest, VariableInfo
 
@@ -49,6 +49,10 @@ class WindowArrays:
         codemap.fill(outputs, decoded, self.clips)
         for cname, out in outputs.items():
             c = self.m.channel(cname)
+            if c.correction_stream is not None:  # error-bounded: before the mask, as encoded
+                assert c.correction_plane is not None and c.correction_step is not None
+                k = decoded[c.correction_stream][:, c.correction_plane]
+                errorbound.apply(out, k, c.correction_step)
             if c.mask_stream is None:
                 continue
             bits = decoded[c.mask_stream]

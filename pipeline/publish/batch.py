@@ -32,7 +32,7 @@ from pipeline.publish.index import (
     settings_of,
 )
 from pipeline.publish.remote import Remote, RemoteFile
-from pipeline.publish.verify import Verification, check_bands
+from pipeline.publish.verify import Verification, check_bands, max_error_bounds
 from pipeline.recipe import Recipe
 from pipeline.sources import Mirror, load_cube
 from pipeline.taco.pack import StagedSample, split_bytes, split_groups, write_shard
@@ -139,7 +139,9 @@ def verify_batch(ctx: Context, batch: Batch, shards: dict[str, list[str]]) -> Ve
                         f"source has {n}"
                     )
                 quality = compare_encoded(source, enc, roles=ctx.recipe.roles())
-                v.checks += check_bands(sid, quality, ctx.recipe.verify.threshold)
+                v.checks += check_bands(
+                    sid, quality, ctx.recipe.verify.threshold, max_error_bounds(enc.manifest)
+                )
                 v.samples[sid] = {"id": sid, **new[sid].metadata()}
     ctx.fault("verify", str(batch.number))
     return v

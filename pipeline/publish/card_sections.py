@@ -85,7 +85,7 @@ layers are stored losslessly as zstd chunks of their codes and validity masks as
 bit-packed zstd. Everything that is not a (time, y, x) stack is stored losslessly. Every
 video stream decodes with PyAV alone; class layers and masks with zstd.
 
-{access_paragraph(recipe, v)}
+{access_paragraph(recipe, v)}{error_bound_paragraph(recipe, v)}
 
 Settings actually used, per stream and sample:
 
@@ -115,6 +115,33 @@ def access_paragraph(recipe: Recipe, v: Verification) -> str:
             f"window decodes {frames[len(frames) // 2]} frames "
             "(`open_sample(..., variables=[band], time=slice(t, t + 8))`)."
         )
+    return text
+
+
+def error_bound_paragraph(recipe: Recipe, v: Verification) -> str:
+    """Error-bounded mode (``max_error``): the bound asked for, and per band the bound
+    (absolute, the largest over samples) and the largest error measured on the decoded
+    samples. Empty when no band is bounded."""
+    c = recipe.codec
+    asked = [f"{g.name}: {g.max_error}" for g in c.groups if g.max_error is not None]
+    bounded = [k for k in v.checks if k.max_error is not None]
+    if c.max_error is None and not asked and not bounded:
+        return ""
+    text = (
+        "\n\nError-bounded mode (`max_error`"
+        + (f" = {c.max_error}" if c.max_error is not None else "")
+        + (f"; {', '.join(asked)}" if asked else "")
+        + "): every valid value of a bounded band is within its bound of the source (a "
+        "correction layer added after the video decode, in `corrections.k.zst`)."
+    )
+    bands: dict[str, tuple[float, float]] = {}
+    for k in bounded:
+        bound, got = bands.get(k.band, (0.0, 0.0))
+        bands[k.band] = (max(bound, k.max_error or 0.0), max(got, k.max_abs_error or 0.0))
+    if bands:
+        rows = [f"| {b} | {bound:.6g} | {got:.6g} |" for b, (bound, got) in bands.items()]
+        text += "\n\n| band | bound (largest) | max abs error reached |\n|---|---|---|\n"
+        text += "\n".join(rows)
     return text
 
 

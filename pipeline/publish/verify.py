@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from pipeline.codec.encoded import file_sha256
+from pipeline.codec.manifest import Manifest
 from pipeline.codec.metrics import BandQuality, compare_encoded
 from pipeline.codec.readcost import access_fields
 from pipeline.errors import UnsafePathError, VerificationError
@@ -72,8 +73,21 @@ class BandCheck:
     required: float | None
     exact: bool
     passed: bool
+    # error-bounded bands (``--max-error``): the manifest's bound, and the largest absolute
+    # error measured on the decoded sample (valid values)
+    max_error: float | None = None
+    max_abs_error: float | None = None
+
+    @property
+    def bound_broken(self) -> bool:
+        return self.max_error is not None and not _within(self.max_abs_error, self.max_error)
 
     def failure(self) -> str:
+        if self.bound_broken:
+            return (
+                f"sample {self.sample!r} band {self.band!r}: max abs error "
+                f"{self.max_abs_error:.6g} > its bound {self.max_error:.6g} (max_error)"
+            )
         if self.role == "categorical":
             return f"sample {self.sample!r} band {self.band!r}: class layer is not bit-exact"
         if not self.exact and self.required is None:
@@ -133,7 +147,13 @@ class Verification:
         def clean(v: float) -> float | str:
             return v if math.isfinite(v) else str(v)
 
-        rows = [{**asdict(c), "psnr": clean(c.psnr)} for c in self.checks]
+        rows = [
+            {
+                **{k: v for k, v in asdict(c).items() if v is not None or "max_" not in k},
+                "psnr": clean(c.psnr),
+            }
+            for c in self.checks
+        ]
         return json.dumps(
             {
                 "passed": self.passed,
@@ -177,18 +197,41 @@ class Verification:
         return result
 
 
+# float32 rounding of |x - x'| when measured (the encoder keeps a 1e-4 margin below E)
+BOUND_TOLERANCE = 1e-6
+
+
+def _within(err: float | None, bound: float) -> bool:
+    return err is not None and err <= bound * (1 + BOUND_TOLERANCE)
+
+
+def max_error_bounds(manifest: Manifest) -> dict[str, float]:
+    """Each error-bounded band's bound as its manifest records it."""
+    return {c.name: c.max_error for c in manifest.channels if c.max_error is not None}
+
+
 def check_bands(
     sample: str,
     quality: Sequence[BandQuality],
     threshold: Callable[[str], float],
+    bounds: Mapping[str, float] | None = None,
 ) -> list[BandCheck]:
+    """PSNR against the recipe's threshold per band, class layers bit-exact, and, for an
+    error-bounded band (``bounds``: the manifest's), every valid value within its bound."""
     out = []
+    bounds = bounds or {}
     for q in quality:
         if q.role == "categorical":
             out.append(BandCheck(sample, q.channel, q.role, q.psnr, None, q.exact, q.exact))
             continue
         need = threshold(q.channel)
         ok = q.psnr >= need
+        bound = bounds.get(q.channel)
+        if bound is not None:
+            ok &= _within(q.max_abs_error, bound)
+            err = q.max_abs_error
+            out.append(BandCheck(sample, q.channel, q.role, q.psnr, need, q.exact, ok, bound, err))
+            continue
         out.append(BandCheck(sample, q.channel, q.role, q.psnr, need, q.exact, ok))
     return out
 
@@ -237,7 +280,7 @@ def verify_shards(
                         f"its source has {n}"
                     )
                 quality = compare_encoded(source, enc, roles=roles, window=window)
-                result.checks += check_bands(sid, quality, threshold)
+                result.checks += check_bands(sid, quality, threshold, max_error_bounds(manifest))
                 # what reading part of it costs (the recipe's ``access`` trade), for the card
                 result.samples[sid] = {**rows.get(sid, {"id": sid}), **access_fields(enc)}
     if not result.samples:
