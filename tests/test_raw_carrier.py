@@ -306,3 +306,13 @@ def test_a_decoder_closed_mid_stream_does_not_deadlock(tmp_path):
         timeout=300,
     )
     assert out.returncode == 0 and "closed" in out.stdout, out.stderr[-2000:]
+
+
+def test_an_error_bounded_cube_with_raw_streams_keeps_version_5():
+    """Correction layers (version 4) do not lower the version raw streams need."""
+    ds = tiny_frames()
+    opts = EncodeOptions(max_error=0.01, max_error_offsets=(12.0,), hedge=False)
+    enc = encode_cube(ds, opts)
+    assert enc.manifest.version == 5
+    assert "raw" in {s.carrier for s in enc.manifest.streams}
+    assert float(np.abs(decode_cube(enc).v.values - ds.v.values).max()) <= 0.01
