@@ -71,7 +71,10 @@ def _zarr_read(args) -> None:
         ds[VARIABLES].load()
 
 
-def _bare_decode(streams: list[tuple[bytes, list[int] | None]]) -> None:
+Streams = list[tuple[bytes, list[int] | None, tuple | None]]
+
+
+def _bare_decode(streams: Streams) -> None:
     """The streams' own decoders alone: every frame of every video stream to a numpy array
     with PyAV (default threading), every zstd chunk of the class layers and masks
     inflated (no palette, no bits unpacked, no mapping to values)."""
@@ -80,7 +83,14 @@ def _bare_decode(streams: list[tuple[bytes, list[int] | None]]) -> None:
     import av
     import zstandard
 
-    for data, offsets in streams:
+    from pipeline.codec.rawcarrier import decode_packets
+
+    for data, offsets, raw in streams:
+        if raw is not None:  # the raw carrier: packets straight to the decoder
+            index, codec = raw
+            for frame in decode_packets(data, index, codec, 0, 0, None):
+                frame.to_ndarray()
+            continue
         if offsets is None:
             with av.open(io.BytesIO(data)) as c:
                 for frame in c.decode(video=0):
@@ -101,21 +111,24 @@ def _open(shard: Path, sid: str, variables=None, time=None):
     return open_sample(shard, sid, variables=variables, time=time)
 
 
-def _streams(shard: Path, sid: str) -> list[tuple[bytes, list[int] | None]]:
-    """Each stream's bytes, with its chunk offsets where it is zstd chunks (else None)."""
+def _streams(shard: Path, sid: str) -> Streams:
+    """Each stream's bytes, with its chunk offsets where it is zstd chunks (else None) and
+    its packet index and codec where it is in the raw carrier (else None)."""
     from pipeline.codec.chunkcodecs import chunk_codec
+    from pipeline.codec.rawcarrier import CARRIER, read_index
     from pipeline.taco.read import _open_archive, sample_encoded
 
     archive, fh = _open_archive(shard)
     with archive, fh:
         enc = sample_encoded(archive, sid, str(shard))
-        return [
-            (
-                enc.read_file(s.file),
-                None if chunk_codec(s.codec) is None else list(s.chunk_offsets or [0]),
-            )
-            for s in enc.manifest.streams
-        ]
+        out: Streams = []
+        for s in enc.manifest.streams:
+            data = enc.read_file(s.file)
+            n = len(s.stored_frames(enc.manifest.n_frames))
+            raw = (read_index(data, n, s.file), s.codec) if s.carrier == CARRIER else None
+            chunks = None if chunk_codec(s.codec) is None else list(s.chunk_offsets or [0])
+            out.append((data, chunks, raw))
+        return out
 
 
 def _info(shard: Path) -> dict:

@@ -275,6 +275,8 @@ def _stream_table(m: Manifest) -> Table:
         )
         if chunk_codec(s.codec) is not None:
             settings += f", chunks of {s.keyint} frames"
+        if s.carrier == "raw":
+            settings += ", raw carrier"
         stored = len(s.stored_frames(m.n_frames)) if s.kind != "mask" else m.n_frames
         table.add_row(
             s.name,

@@ -66,7 +66,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tar.write_bytes(enc.to_bytes())
     sample = encode_sample(ds, opts, cube_id="cube_a")
     shard = pack_shards([sample], root / "shards", DatasetInfo(id="budgets"))[0]
-    old = EncodeOptions(crf=20, class_codec="ffv1")
+    # as format versions 2 and 3 wrote them: SCL in FFV1, every video stream in Matroska
+    old = EncodeOptions(crf=20, class_codec="ffv1", carrier="matroska")
     ffv1 = encode_cube(ds, old).to_folder(root / "ffv1")
     big = encode_cube(s2_like(t=4, h=96, w=80, seed=2), old).to_folder(root / "big")
     small = encode_cube(s2_like(t=4, h=12, w=10, seed=3), old).to_folder(root / "small")
@@ -613,7 +614,7 @@ def _error(folder: Path) -> BaseException:
 
 def test_stream_of_another_pixel_format_is_refused(base, tmp_path):
     """b8a.mkv (AV1, gray12le) of the same cube stands in for scl.mkv (FFV1, gray)."""
-    data = (base["folder"] / "b8a.mkv").read_bytes()
+    data = (base["ffv1"] / "b8a.mkv").read_bytes()
     folder = crafted_folder(base, tmp_path / "c", files={"scl.mkv": data}, src="ffv1")
     text = refused_small(lambda: decode_cube(EncodedCube.from_folder(folder), ["SCL"]))
     assert "scl.mkv" in text and "gray12le" in text

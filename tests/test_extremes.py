@@ -5,6 +5,7 @@ Each test failed on the code before the fix (values collapsed, off by one, NaN, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -247,7 +248,9 @@ def test_corrupt_aux_nc_is_one_line(tmp_path):
 def test_mkv_without_video_stream_is_refused(tmp_path):
     from pipeline.codec.ffmpeg_engine import ffmpeg_exe
 
-    folder = encode_cube(cube(SMOOTH.astype(np.float32)), LOSSY).to_folder(tmp_path / "c")
+    # a Matroska stream (the raw carrier's streams have no container to hold audio)
+    opts = dataclasses.replace(LOSSY, carrier="matroska")
+    folder = encode_cube(cube(SMOOTH.astype(np.float32)), opts).to_folder(tmp_path / "c")
     mkv = next(folder.glob("*.mkv"))
     audio = tmp_path / "a.mkv"
     exe = ffmpeg_exe()

@@ -32,7 +32,7 @@ def shards(tmp_path_factory):
         ds = s2_like(t=t, h=H, w=W, seed=i)
         ds.attrs["id"] = sid
         samples.append(encode_sample(ds, EncodeOptions(crf=8, keyint=4)))
-    paths = pack_shards(samples, out, DatasetInfo(id="loader"), split_size="30KB")
+    paths = pack_shards(samples, out, DatasetInfo(id="loader"), split_size="20KB")
     assert len(paths) >= 2
     return out, [str(p) for p in paths]
 

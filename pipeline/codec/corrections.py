@@ -144,5 +144,9 @@ def _with_bounds(
         channels.append(c)
     streams = m.streams + ([stream] if stream is not None else [])
     return m.model_copy(
-        update={"channels": channels, "streams": streams, "version": CORRECTION_VERSION}
+        update={
+            "channels": channels,
+            "streams": streams,
+            "version": max(m.version, CORRECTION_VERSION),  # raw streams need a later one
+        }
     )

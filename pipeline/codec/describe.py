@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from pipeline.codec import jsonvalues
+from pipeline.codec import jsonvalues, rawcarrier
 from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.codec.encoded import SpoolStore, file_sha256, sha256
 from pipeline.codec.groupcoder import (
@@ -46,8 +46,10 @@ def _runs(kept: Sequence[int], n_frames: int) -> list[tuple[int, int]] | None:
 
 
 def stream_infos(
-    encoded: Mapping[str, EncodedGroup], store: SpoolStore, n_frames: int
+    encoded: Mapping[str, EncodedGroup], store: SpoolStore, n_frames: int, carrier: str = "auto"
 ) -> list[StreamInfo]:
+    """Each stream's entry, its file final: a video stream is rewritten in the raw carrier
+    where that is smaller (``carrier`` "auto"; see pipeline.codec.rawcarrier)."""
     out = []
     for enc in encoded.values():
         g, settings = enc.group, enc.settings
@@ -71,6 +73,8 @@ def stream_infos(
                 )
                 planes = [planes[p] for p in s.planes]
                 bits = 8 if s.settings.pix_fmt == "gray" else enc.coder.quantisers[0].bits
+            raw = carrier == "auto" and rawcarrier.carries(s.settings.codec)
+            raw = raw and rawcarrier.to_raw(path, s.settings.codec)
             out.append(
                 StreamInfo(
                     name=s.name,
@@ -94,6 +98,7 @@ def stream_infos(
                     chunk_offsets=enc.offsets.get(s.name),
                     tiles=s.tiles,
                     frames=_runs(enc.kept, n_frames) if g.kind == "continuous" else None,
+                    carrier=rawcarrier.CARRIER if raw else rawcarrier.MATROSKA,
                 )
             )
     return out

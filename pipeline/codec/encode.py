@@ -19,7 +19,7 @@ from typing import cast
 import numpy as np
 import xarray as xr
 
-from pipeline.codec import jsonvalues
+from pipeline.codec import jsonvalues, rawcarrier
 from pipeline.codec.corrections import add_corrections
 from pipeline.codec.cube import analyse, cube_stats
 from pipeline.codec.describe import channel_infos, coords_and_aux, stream_infos, variable_infos
@@ -33,6 +33,8 @@ from pipeline.codec.groupcoder import (
 from pipeline.codec.hedge import encode_hedged, hedge_jobs, hedge_results, worth_hedging
 from pipeline.codec.landing import AIM_DB, MAX_REFINES, aimed, bracketed, landed, retarget
 from pipeline.codec.manifest import (
+    BASE_VERSION,
+    RAW_CARRIER_VERSION,
     Manifest,
 )
 from pipeline.codec.memory import block_frames, limit_heap_growth, release_free_memory
@@ -337,7 +339,11 @@ def _encode(
     channels, transforms = channel_infos(ctx, encoded)
     coords, aux = coords_and_aux(ds, ctx, store)
     h, w = ctx.shape
+    streams = stream_infos(encoded, store, n_frames, options.carrier)
+    raw = any(s.carrier == rawcarrier.CARRIER for s in streams)
     manifest = Manifest(
+        # the oldest version that reads it (corrections may raise it to theirs)
+        version=RAW_CARRIER_VERSION if raw else BASE_VERSION,
         cube_id=cube_id or _cube_id(ds) or "",
         time_dim=layout.time_dim,
         y_dim=layout.y_dim,
@@ -348,7 +354,7 @@ def _encode(
         attrs=jsonvalues.dict_to_json(ds.attrs),
         variables=variable_infos(ds, ctx),
         channels=channels,
-        streams=stream_infos(encoded, store, n_frames),
+        streams=streams,
         transforms=transforms,
         aux=aux,
         data_vars_order=[str(v) for v in ds.data_vars],

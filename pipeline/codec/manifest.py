@@ -23,12 +23,17 @@ MAX_FRAME = 1 << 30  # pixels in one frame: a reader allocates frames of this si
 # 2: KLT transforms, skipped empty frames, compact coordinates; 3: class layers as zstd
 # chunks (``zstd-codes``), which a version-2 reader cannot decode; 4: correction layers of
 # error-bounded bands (``zstd-corrections``), which a version-3 reader would leave out (its
-# values off by up to the video's error). Cubes without one are still written as version 3.
-FORMAT_VERSION = 4
+# values off by up to the video's error); 5: video streams in the raw carrier (``carrier:
+# raw``: packets without a container, after their index), which a version-4 reader would
+# open as Matroska and refuse. A cube is written as the oldest version that reads it:
+# version 3 without corrections or raw streams.
+FORMAT_VERSION = 5
 BASE_VERSION = 3
 CORRECTION_VERSION = 4
+RAW_CARRIER_VERSION = 5
 
 Role = Literal["continuous", "categorical"]
+Carrier = Literal["matroska", "raw"]
 StreamKind = Literal["continuous", "categorical", "mask", "correction"]
 _T = TypeVar("_T")
 
@@ -162,6 +167,9 @@ class StreamInfo(_Model):
     frames: list[tuple[int, int]] | None = None
     # planes stacked top to bottom in each frame, each tile H rounded up to even rows
     tiles: int = Field(default=1, ge=1)
+    # video streams: "matroska", or "raw" (the codec's packets back to back after their
+    # index, no container: pipeline/codec/rawcarrier.py, docs/FORMAT.md "Raw carrier")
+    carrier: Carrier = "matroska"
 
     @model_validator(mode="after")
     def _tiles_are_its_planes(self) -> StreamInfo:

@@ -21,6 +21,10 @@ WINDOW_KEYINT = 16
 # class layers' lossless carriers: zstd chunks (smaller, faster to decode), or FFV1 as
 # cubes of format version 2 had them
 CLASS_CODECS = (CLASS_CODEC, FFV1_CODEC.name)
+# video streams' carriers: "auto" writes a stream's packets without a container (the raw
+# carrier, pipeline.codec.rawcarrier) where that is smaller than its Matroska file;
+# "matroska" keeps every stream in Matroska (cubes that format version 3-4 readers decode)
+CARRIERS = ("auto", "matroska")
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class EncodeOptions:
     # from 0 toward the cheaper neighbour while the total bytes (video + corrections) fall
     max_error: MaxError | float | str | None = None
     max_error_offsets: tuple[float, ...] = (-12.0, -6.0, 0.0, 6.0, 12.0, 18.0, 24.0, 30.0)
+    carrier: str = AUTO  # one of CARRIERS
 
     @property
     def stream_keyint(self) -> int:
@@ -115,6 +120,8 @@ class EncodeOptions:
             raise InvalidCubeError(
                 f"class_codec {self.class_codec!r} is not one of {', '.join(CLASS_CODECS)}"
             )
+        if self.carrier not in CARRIERS:
+            raise InvalidCubeError(f"carrier {self.carrier!r} is not one of {', '.join(CARRIERS)}")
         if self.decorrelate not in DECORRELATE:
             raise InvalidCubeError(
                 f"decorrelate {self.decorrelate!r} is not one of {', '.join(DECORRELATE)}"

@@ -18,6 +18,7 @@ import av
 import numpy as np
 
 from pipeline.codec.framebounds import FrameBounds
+from pipeline.codec.rawcarrier import PacketIndex, decode_packets
 from pipeline.codec.settings import VideoSettings, sample_dtype
 from pipeline.codec.videocodecs import get_codec
 from pipeline.errors import CorruptStreamError, CubecastError
@@ -187,7 +188,7 @@ def _open_video(
 
 
 def decode_frames(
-    data: bytes | StreamTarget,
+    data: bytes | memoryview | StreamTarget,
     n_planes_: int,
     start: int = 0,
     stop: int | None = None,
@@ -195,6 +196,8 @@ def decode_frames(
     stats: DecodeStats | None = None,
     expect: FrameBounds | None = None,
     raw: bool = False,
+    packets: PacketIndex | None = None,
+    codec: str = "",
 ) -> Iterator[tuple[int, Any]]:
     """Yield (frame index, planes) for frames in [start, stop); with ``raw``, (frame index,
     the decoded av.VideoFrame) for a caller that copies its planes into place itself
@@ -204,9 +207,60 @@ def decode_frames(
     late in a long cube costs at most one GOP of extra decoding. With ``expect``, FFmpeg
     refuses to allocate frames larger than its largest size, and every frame (and the
     stream's header) must have its pixel format and a size within its bounds: a
-    CorruptStreamError naming the stream otherwise.
+    CorruptStreamError naming the stream otherwise. With ``packets`` (a checked
+    :class:`~pipeline.codec.rawcarrier.PacketIndex`), ``data`` is a raw-carrier stream of
+    ``codec``: its packets go straight to a decoder, from the keyframe the index names.
     """
     stats = stats if stats is not None else DecodeStats()
+    expected = None
+    try:
+        for idx, frame in _frames(data, name, expect, start, stats, packets, codec):
+            stats.frames_decoded += 1
+            if expect is not None:
+                expect.check(name, frame.width, frame.height, frame.format.name)
+            if expected is not None and idx != expected:
+                raise CorruptStreamError(
+                    f"{name}: frame {expected} is missing (next decoded frame is {idx})"
+                )
+            expected = idx + 1
+            if idx < start:
+                continue
+            if stop is not None and idx >= stop:
+                break
+            yield idx, frame if raw else _from_frame(frame, n_planes_)
+    except av.FFmpegError as exc:
+        if expect is not None and "max_pixels" in str(exc):
+            raise CorruptStreamError(expect.too_large(name)) from exc
+        raise CorruptStreamError(f"{name}: stream does not decode ({exc})") from exc
+
+
+def _frames(
+    data: bytes | memoryview | StreamTarget,
+    name: str,
+    expect: FrameBounds | None,
+    start: int,
+    stats: DecodeStats,
+    packets: PacketIndex | None,
+    codec: str,
+) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(frame index, frame) as the decoder gives them, from the keyframe at or before
+    ``start``: demuxed from Matroska, or fed from a raw carrier's packets."""
+    if packets is not None:
+        if isinstance(data, str | os.PathLike):
+            with open(os.fspath(data), "rb") as fh:
+                data = fh.read()
+        elif not isinstance(data, bytes | memoryview):
+            data = data.read()
+        if start > 0:
+            stats.seeks.append(start)
+        max_pixels = None if expect is None else expect.max_pixels
+        for frame in decode_packets(
+            data, packets, codec, start, decode_threads(), max_pixels, name
+        ):
+            if frame.pts is None:
+                raise CorruptStreamError(f"{name}: a decoded frame has no timestamp")
+            yield int(frame.pts), frame
+        return
     with _open_video(data, name, expect) as container:
         vstream = container.streams.video[0]
         tb = vstream.time_base or Fraction(1, 1000)
@@ -214,24 +268,5 @@ def decode_frames(
         if start > 0:
             container.seek(int(start * frame_ticks), stream=vstream, backward=True)
             stats.seeks.append(start)
-        expected = None
-        try:
-            for frame in container.decode(vstream):
-                stats.frames_decoded += 1
-                if expect is not None:
-                    expect.check(name, frame.width, frame.height, frame.format.name)
-                idx = round(frame.pts / frame_ticks)
-                if expected is not None and idx != expected:
-                    raise CorruptStreamError(
-                        f"{name}: frame {expected} is missing (next decoded frame is {idx})"
-                    )
-                expected = idx + 1
-                if idx < start:
-                    continue
-                if stop is not None and idx >= stop:
-                    break
-                yield idx, frame if raw else _from_frame(frame, n_planes_)
-        except av.FFmpegError as exc:
-            if expect is not None and "max_pixels" in str(exc):
-                raise CorruptStreamError(expect.too_large(name)) from exc
-            raise CorruptStreamError(f"{name}: stream does not decode ({exc})") from exc
+        for frame in container.decode(vstream):
+            yield round(frame.pts / frame_ticks), frame

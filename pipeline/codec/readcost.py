@@ -13,6 +13,7 @@ from fractions import Fraction
 
 import av
 
+from pipeline.codec import rawcarrier
 from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.manifest import Manifest, StreamInfo
@@ -30,6 +31,7 @@ class Packets:
     frames: list[int]
     sizes: list[int]
     keys: list[bool]
+    head: int = 0  # bytes every read needs first (a raw-carrier file's packet index)
 
     @property
     def decoded(self) -> int:
@@ -48,7 +50,7 @@ class Packets:
         first = max(before, key=self.frames.__getitem__) if before else 0
         first = min(first, min(wanted))
         last = max(wanted)
-        return sum(self.sizes[first : last + 1]), last - first + 1
+        return self.head + sum(self.sizes[first : last + 1]), last - first + 1
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,14 @@ class ReadCost:
 
 
 def packets(enc: EncodedCube, stream: StreamInfo) -> Packets:
-    """The stream's packet index, from its container (nothing is decoded)."""
+    """The stream's packet index, from its container or a raw-carrier file's head (nothing
+    is decoded). A raw stream's head is read by every window."""
+    if stream.carrier == rawcarrier.CARRIER:
+        name = f"{enc.source}:{stream.file}"
+        n = len(stream.stored_frames(enc.manifest.n_frames))
+        index = rawcarrier.read_index(enc.read_file(stream.file), n, name)
+        keys = set(index.keys)
+        return Packets(index.frames, index.sizes, [i in keys for i in range(n)], index.start)
     data = enc.file_path(stream.file) or io.BytesIO(enc.read_file(stream.file))
     frames, sizes, keys = [], [], []
     try:

@@ -4,12 +4,15 @@ through PyAV, chunked carriers (masks, class layers) a chunk at a time."""
 from __future__ import annotations
 
 import bisect
+import mmap
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import av
 import numpy as np
 
+from pipeline.codec import rawcarrier
 from pipeline.codec.chunkcodecs import ChunkCodec, chunk_codec
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.groupcoder import untile
@@ -71,6 +74,14 @@ class ChunkFrames:
         return got
 
 
+def _mapped(path: Path) -> bytes | memoryview:
+    """The file's bytes, memory-mapped read-only (they stay mapped while referenced)."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return b""
+        return memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+
+
 class StreamFrames:
     """Consecutive frames of one stream from ``start`` on, decoded as they are asked for.
 
@@ -105,8 +116,14 @@ class StreamFrames:
         self._stored_set = set(self._stored)
         first = bisect.bisect_left(self._stored, start)
         last = bisect.bisect_left(self._stored, stop)
-        source: bytes | Path | None = enc.file_path(stream.file)
-        if source is None:
+        source: bytes | memoryview | Path | None = enc.file_path(stream.file)
+        packets = None
+        if stream.carrier == rawcarrier.CARRIER:
+            # mapped where the file is on disk (checked against the manifest), read where
+            # it is not: a window's packets are the pages the decoder touches
+            source = _mapped(source) if source is not None else enc.read_file(stream.file)
+            packets = rawcarrier.read_index(source, len(self._stored), self.name)
+        elif source is None:
             source = enc.read_file(stream.file)
         self._first: tuple[int, av.VideoFrame] | None = None
         if last > first:
@@ -119,6 +136,8 @@ class StreamFrames:
                 stats=stats,
                 expect=frame_bounds(m, stream),
                 raw=True,
+                packets=packets,
+                codec=stream.codec,
             )
             # the first frame now: a stream whose frames are not the manifest's size or
             # pixel format is refused before any window is allocated
