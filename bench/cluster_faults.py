@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -125,22 +124,23 @@ def run_logs(cluster: Cluster, run_id: str) -> list[str]:
 
 
 def verify_all(target: Path, twin: Path, cubes: int) -> str:
-    """'' when every sample of the target's shards verifies against its source cube."""
+    """'' when every sample of the target's shards is held once and verifies against its
+    source cube."""
     from flows.publish_dataset import _recipe
-    from pipeline.codec.metrics import compare_encoded
-    from pipeline.publish.verify import check_bands
+    from pipeline.publish.verify import verify_shards
     from pipeline.sources import load_cube
-    from pipeline.taco.read import sample_encoded, sample_ids
 
     recipe = _recipe("dynamicearthnet", str(twin), cubes)
-    for shard in sorted(target.glob("*.tacozip")):
-        with zipfile.ZipFile(shard) as archive:
-            for sid in sample_ids(archive):
-                enc = sample_encoded(archive, sid, str(shard))
-                quality = compare_encoded(load_cube(recipe, sid).dataset, enc, roles=recipe.roles())
-                checks = check_bands(sid, quality, recipe.verify.threshold)
-                if not checks or not all(c.passed for c in checks):
-                    return f"{sid}: {[c.failure() for c in checks if not c.passed]}"
+    v = verify_shards(
+        sorted(str(p) for p in target.glob("*.tacozip")),
+        lambda sid: load_cube(recipe, sid).dataset,
+        recipe.verify.threshold,
+        roles=recipe.roles(),
+        progress=False,
+    )
+    twice = [sid for sid, n in v.copies.items() if n != 1]
+    if twice or not v.passed:
+        return f"held more than once: {twice[:5]}; {v.summary()}"
     return ""
 
 

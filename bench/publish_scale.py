@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -114,10 +113,8 @@ def check_repo(hub: FakeHub, twin: Path, folder: Path) -> dict:
     verifies against its source."""
     import tacoreader
 
-    from pipeline.codec.metrics import compare_encoded
-    from pipeline.publish.verify import check_bands
+    from pipeline.publish.verify import verify_shards
     from pipeline.sources import load_cube
-    from pipeline.taco.read import sample_encoded, sample_ids
 
     files = hub.repos[REPO].files
     for rel, data in files.items():
@@ -126,16 +123,14 @@ def check_repo(hub: FakeHub, twin: Path, folder: Path) -> dict:
     index = PublishedIndex.parse(files[INDEX_FILE], "hub")
     rows = tacoreader.load(str(folder / ".tacocat")).data.to_arrow().column("id").to_pylist()
     local = recipe_for(str(twin), len(index.cubes))
-    held: Counter[str] = Counter()
-    failed = []
-    for shard in sorted(folder.glob("*.tacozip")):
-        with zipfile.ZipFile(shard) as archive:
-            for sid in sample_ids(archive):
-                held[sid] += 1
-                enc = sample_encoded(archive, sid, str(shard))
-                q = compare_encoded(load_cube(local, sid).dataset, enc, roles=local.roles())
-                checks = check_bands(sid, q, local.verify.threshold)
-                failed += [c.failure() for c in checks if not c.passed] + ([] if checks else [sid])
+    v = verify_shards(
+        sorted(str(p) for p in folder.glob("*.tacozip")),
+        lambda sid: load_cube(local, sid).dataset,
+        local.verify.threshold,
+        roles=local.roles(),
+        progress=False,
+    )
+    held, failed = v.copies, v.failures()
     return {
         "cubes_in_index": len(index.cubes),
         "tacocat_rows": len(rows),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import time
-import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,25 +93,22 @@ def check_published(folder: Path, twin: Path) -> list[str]:
 
     from flows.publish_dataset import _recipe
     from pipeline.build import select_cubes
-    from pipeline.codec.metrics import compare_encoded
-    from pipeline.publish.verify import check_bands
+    from pipeline.publish.verify import verify_shards
     from pipeline.sources import load_cube, mirror_for
-    from pipeline.taco.read import sample_encoded, sample_ids
 
     recipe = _recipe("dynamicearthnet", str(twin), CUBES)  # as the flow reads it (-p cubes=)
     ids, _ = select_cubes(recipe, mirror_for(recipe.source, progress=False))
     rows = tacoreader.load(str(folder / ".tacocat")).data.to_arrow().column("id").to_pylist()
     assert len(ids) == CUBES and sorted(rows) == sorted(ids)
-    held: Counter[str] = Counter()
-    for shard in sorted(folder.glob("*.tacozip")):
-        with zipfile.ZipFile(shard) as archive:
-            for sid in sample_ids(archive):
-                held[sid] += 1
-                enc = sample_encoded(archive, sid, str(shard))
-                quality = compare_encoded(load_cube(recipe, sid).dataset, enc, roles=recipe.roles())
-                checks = check_bands(sid, quality, recipe.verify.threshold)
-                assert checks and all(c.passed for c in checks), [c.failure() for c in checks]
-    assert held == Counter(dict.fromkeys(ids, 1))
+    v = verify_shards(
+        sorted(str(p) for p in folder.glob("*.tacozip")),
+        lambda sid: load_cube(recipe, sid).dataset,
+        recipe.verify.threshold,
+        roles=recipe.roles(),
+        progress=False,
+    )
+    assert v.passed, v.summary()
+    assert v.copies == Counter(dict.fromkeys(ids, 1))
     return ids
 
 

@@ -210,8 +210,8 @@ class Aom(VideoCodec):
     max_quality: int = 63
     relative_cost: float = 2.5
     pix_fmts: ClassVar[dict[int, str]] = {1: "gray12le", 3: "gbrp12le"}
-    # cpu-used 6 for 4: 1.5x quicker; 4 gained -0.17 to 0.39 dB at equal CRF (NDVI, Landsat,
-    # 1024 px twin; 0.14 on average), bytes within 1.6 %
+    # cpu-used 6 for 5 (medium): 1.3x quicker; 5 gains 0.03 to 0.8 dB at equal CRF (NDVI,
+    # Landsat, DEC twin), and the cube's measurement corrects the rest
     trial_presets: ClassVar[dict[str, tuple[str, float]]] = {"medium": ("veryfast", 0.15)}
     # libaom's step grows about linearly with its CRF: PSNR + 28 log10(CRF + 1) held
     # within 0.5 dB from CRF 1 to 14 on Landsat's KLT group (34 to 61 dB)
@@ -236,14 +236,17 @@ class Aom(VideoCodec):
         return opts
 
 
-# x265 preset names mapped onto libaom's speed levels (0 slowest .. 8 fastest)
+# x265 preset names mapped onto libaom's speed levels (0 slowest .. 8 fastest). medium is
+# cpu-used 5, not 4: at equal CRF 2.0x quicker on NDVI, 1.2x on Landsat and the DEC twin,
+# for 0.0-0.5 dB (about 0-3 % of the bytes at equal PSNR); that time pays for landing on
+# the floor (pipeline.codec.landing), whose re-encodes save 1-19 % (docs/BENCHMARKS.md)
 AOM_CPU_USED = {
     "ultrafast": 8,
     "superfast": 7,
     "veryfast": 6,
     "faster": 6,
     "fast": 5,
-    "medium": 4,
+    "medium": 5,
     "slow": 3,
     "slower": 2,
 }

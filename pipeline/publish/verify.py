@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -105,6 +106,8 @@ class Verification:
     shards: dict[str, str] = field(default_factory=dict)  # shard file name -> sha256
     # every published file but this record itself -> sha256: publish mirrors exactly these
     files: dict[str, str] = field(default_factory=dict)
+    # how many of the shards hold each sample: 1 each in a whole dataset
+    copies: Counter[str] = field(default_factory=Counter)
 
     @property
     def passed(self) -> bool:
@@ -270,6 +273,7 @@ def verify_shards(
             for sid in tqdm(
                 sample_ids(archive), desc=f"verify {Path(shard).name}", disable=not progress
             ):
+                result.copies[sid] += 1
                 enc = sample_encoded(archive, sid, shard)
                 manifest = enc.manifest
                 source = load_source(sid)
