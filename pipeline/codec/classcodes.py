@@ -21,9 +21,9 @@ import os
 from typing import BinaryIO
 
 import numpy as np
-import zstandard
 
 from pipeline.codec.chunkwriter import ChunkWriter
+from pipeline.codec.zstdframes import inflate_exact
 from pipeline.errors import CorruptStreamError
 
 CODEC = "zstd-codes"
@@ -96,22 +96,8 @@ def codes_chunk(
     width = 1 if palette is not None else code_width(pix_fmt, name)
     expected = frames * int(np.prod(shape)) * width
     body = blob[_HEADER.itemsize * (1 + (0 if palette is None else len(palette))) :]
-    try:
-        declared = zstandard.frame_content_size(body)
-    except zstandard.ZstdError as exc:
-        raise CorruptStreamError(f"{where} is not a zstd frame ({exc})") from exc
-    if declared != expected:
-        what = "no size" if declared < 0 else f"{declared} bytes"
-        raise CorruptStreamError(
-            f"{where} declares {what}; its {frames} frames of {' x '.join(map(str, shape))} "
-            f"codes take {expected} bytes (corrupt or crafted stream)"
-        )
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(body, allow_extra_data=False)
-    except zstandard.ZstdError as exc:
-        raise CorruptStreamError(f"{where} does not decompress ({exc})") from exc
-    if len(raw) != expected:
-        raise CorruptStreamError(f"{where} holds {len(raw)} bytes, not {expected}")
+    what = f"{frames} frames of {' x '.join(map(str, shape))} codes"
+    raw = inflate_exact(body, expected, where, what)
     dtype = np.uint8 if width == 1 else np.dtype("<u2")
     codes = np.frombuffer(raw, dtype=dtype).reshape(frames, *shape)
     if palette is None:

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
-import zstandard
 
 from pipeline.codec.chunkwriter import ChunkWriter
+from pipeline.codec.zstdframes import inflate_exact
 from pipeline.errors import CorruptStreamError, InvalidCubeError
 
 CODEC = "zstd-corrections"
@@ -240,23 +240,8 @@ def correction_chunk(
     if width not in WIDTHS:
         raise CorruptStreamError(f"{where}: code width {width} is not one of 1, 2, 4 (corrupt)")
     expected = frames * int(np.prod(shape)) * width
-    body = blob[1:]
-    try:
-        declared = zstandard.frame_content_size(body)
-    except zstandard.ZstdError as exc:
-        raise CorruptStreamError(f"{where} is not a zstd frame ({exc})") from exc
-    if declared != expected:
-        what = "no size" if declared < 0 else f"{declared} bytes"
-        raise CorruptStreamError(
-            f"{where} declares {what}; its {frames} frames of {' x '.join(map(str, shape))} "
-            f"{width}-byte codes take {expected} bytes (corrupt or crafted stream)"
-        )
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(body, allow_extra_data=False)
-    except zstandard.ZstdError as exc:
-        raise CorruptStreamError(f"{where} does not decompress ({exc})") from exc
-    if len(raw) != expected:
-        raise CorruptStreamError(f"{where} holds {len(raw)} bytes, not {expected}")
+    what = f"{frames} frames of {' x '.join(map(str, shape))} {width}-byte codes"
+    raw = inflate_exact(blob[1:], expected, where, what)
     codes = np.frombuffer(raw, dtype=f"<i{width}")
     if by_pixel:
         return np.moveaxis(codes.reshape(*shape, frames), -1, 0).astype(np.int32)
