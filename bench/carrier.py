@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     import pipeline
     from pipeline.codec.chunkcodecs import chunk_codec
     from pipeline.codec.decode import decode_cube
-    from pipeline.codec.rawcarrier import read_index
+    from pipeline.codec.packetindex import read_index
 
     rows = []
     for name, ds in cubes().items():

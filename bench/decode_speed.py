@@ -115,7 +115,8 @@ def _streams(shard: Path, sid: str) -> Streams:
     """Each stream's bytes, with its chunk offsets where it is zstd chunks (else None) and
     its packet index and codec where it is in the raw carrier (else None)."""
     from pipeline.codec.chunkcodecs import chunk_codec
-    from pipeline.codec.rawcarrier import CARRIER, read_index
+    from pipeline.codec.packetindex import read_index
+    from pipeline.codec.rawcarrier import CARRIER
     from pipeline.taco.read import _open_archive, sample_encoded
 
     archive, fh = _open_archive(shard)

@@ -101,25 +101,29 @@ def check_max_error(text: str | None, lossless: bool, crf: float | None) -> MaxE
     return bound
 
 
+CrfOpt = Annotated[
+    float | None,
+    typer.Option(help="the codec's quantiser: VVC QP (0-63) or x265/AV1 CRF (0-51/63)"),
+]
+MaxErrorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-error",
+        help="bound on every valid value's absolute error: in the band's units (0.01) or "
+        "a percentage of each band's valid range (0.1%); with --psnr both hold",
+    ),
+]
+
+
 def encode(
     input: Annotated[str, typer.Argument(help="netCDF file or zarr store")],
     output: Annotated[Path, typer.Argument(help="output folder (or .tar file)")],
-    crf: Annotated[
-        float | None,
-        typer.Option(help="the codec's quantiser: VVC QP (0-63) or x265/AV1 CRF (0-51/63)"),
-    ] = None,
+    crf: CrfOpt = None,
     lossless: Annotated[
         bool, typer.Option("--lossless", help="FFV1 16-bit for every band")
     ] = False,
     psnr: PsnrFloorOpt = None,
-    max_error: Annotated[
-        str | None,
-        typer.Option(
-            "--max-error",
-            help="bound on every valid value's absolute error: in the band's units (0.01) or "
-            "a percentage of each band's valid range (0.1%); with --psnr both hold",
-        ),
-    ] = None,
+    max_error: MaxErrorOpt = None,
     preset: Annotated[
         str, typer.Option(help="x265 preset name (mapped onto VVC's and libaom's speeds)")
     ] = "medium",
@@ -224,9 +228,8 @@ def info(input: Annotated[Path, typer.Argument(help="encoded cube folder or .tar
 
 
 def _quality_table(m: Manifest) -> Table:
-    """Per band: what it was encoded to (a PSNR floor, a quantiser, lossless, an error
-    bound), what the encoder measured on the decoded cube, and the stream and codec that
-    carry it."""
+    """Per band: what it was encoded to (PSNR floor, quantiser, lossless, error bound), what
+    the encoder measured on the decoded cube, and the stream and codec that carry it."""
     streams = {s.name: s for s in m.streams}
     comps = {t.name: t.components[0].stream for t in m.transforms if t.components}
     table = Table("band", "mode", "asked", "reached", "stream", "codec", title="quality per band")

@@ -52,7 +52,8 @@ def test_the_coarser_encode_is_kept_exactly_when_it_meets_the_floor(monkeypatch)
     import pipeline.codec.encode as encode_module
 
     monkeypatch.setattr(encode_module, "hedge_results", spy)
-    monkeypatch.setattr(encode_module, "MAX_REFINES", 0)  # the pair's choice alone
+    monkeypatch.setattr(landing, "MAX_REFINES", 0)  # the pair's choice alone
+    monkeypatch.setattr(landing, "bracketed", lambda *a: False)
     ds = s2_like(t=24, h=64, w=64)[["B02", "SCL"]]  # one video stream, one class layer
     floor = 40.0
     enc = encode_cube(ds, EncodeOptions(psnr=floor, codec="libx265", decorrelate="none"))

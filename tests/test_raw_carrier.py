@@ -14,12 +14,12 @@ import xarray as xr
 import zstandard
 
 from pipeline import EncodeOptions, encode_cube
-from pipeline.codec import rawcarrier
+from pipeline.codec import packetindex, rawcarrier
 from pipeline.codec.decode import decode_cube
 from pipeline.codec.encoded import EncodedCube, MemoryStore, sha256
 from pipeline.codec.manifest import FORMAT_VERSION, Manifest
+from pipeline.codec.packetindex import PacketIndex, pack, read_index, unpack
 from pipeline.codec.pyav_engine import DecodeStats
-from pipeline.codec.rawcarrier import PacketIndex, pack, read_index, unpack
 from pipeline.codec.readcost import read_costs
 from pipeline.errors import CorruptStreamError, InvalidCubeError, ManifestError
 from pipeline.taco.pack import DatasetInfo, encode_sample, pack_shards
@@ -132,15 +132,15 @@ def test_shard_over_http_reads_raw_streams(tmp_path):
 def test_pack_unpack_roundtrip():
     idx = PacketIndex([5, 300, 70000, 1], [1, 0, 3, 2], [0, 2], b"xyz")
     assert unpack(pack(idx), 70306, 4, "s") == idx
-    data = rawcarrier.head(idx) + bytes(70306)
+    data = packetindex.head(idx) + bytes(70306)
     got = read_index(data, 4, "s")
-    assert got.start == len(rawcarrier.head(idx)) and got.offsets[1] == got.start + 5
+    assert got.start == len(packetindex.head(idx)) and got.offsets[1] == got.start + 5
 
 
 def _packed_varints(values: list[int], tail: bytes = b"") -> bytes:
     out = bytearray()
     for v in values:
-        rawcarrier._varint(v, out)
+        packetindex._varint(v, out)
     return zstandard.ZstdCompressor(write_content_size=True).compress(bytes(out) + tail)
 
 
@@ -172,7 +172,7 @@ def test_crafted_index_is_refused_naming_the_stream(case):
         unpack(blob, 40, 4, "cube:v.mkv")
     # the same at the head of a file of 40 bytes of packets
     out = bytearray()
-    rawcarrier._varint(len(blob), out)
+    packetindex._varint(len(blob), out)
     with pytest.raises(CorruptStreamError, match=f"^cube:v.mkv: corrupt packet index.*{match}"):
         read_index(bytes(out) + blob + bytes(40), 4, "cube:v.mkv")
 
@@ -189,7 +189,7 @@ def test_index_bomb_is_refused_before_inflating():
 
 def test_head_longer_than_frames_allow_or_the_file_is_refused():
     out = bytearray()
-    rawcarrier._varint(1 << 40, out)
+    packetindex._varint(1 << 40, out)
     with pytest.raises(CorruptStreamError, match="s: corrupt packet index.*index length"):
         read_index(bytes(out) + bytes(100), 4, "s")
     with pytest.raises(CorruptStreamError, match="s: corrupt packet index.*run past the file"):
@@ -205,7 +205,7 @@ def _with_head(enc: EncodedCube, index: PacketIndex, **update: object) -> Encode
     s = m.streams[0]
     data = enc.read_file(s.file)
     old = read_index(data, len(s.stored_frames(m.n_frames)), s.file)
-    data = rawcarrier.head(index) + data[old.start :]
+    data = packetindex.head(index) + data[old.start :]
     files = {s.file: data}
     s = s.model_copy(update={"nbytes": len(data), "sha256": sha256(data), **update})
     return EncodedCube(m.model_copy(update={"streams": [s]}), MemoryStore(files), "cube")

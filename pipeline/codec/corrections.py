@@ -8,12 +8,13 @@ stream and each bounded channel's bound, step and reached error comes out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import xarray as xr
 
 from pipeline.codec import errorbound
-from pipeline.codec.cube import CubeLayout, channel_array, read_block, valid_mask
+from pipeline.codec.cube import Channel, CubeLayout, channel_array, read_block, valid_mask
 from pipeline.codec.decode import iter_decode
 from pipeline.codec.encoded import EncodedCube, SpoolStore, file_sha256
 from pipeline.codec.manifest import CORRECTION_VERSION, Manifest, StreamInfo
@@ -44,8 +45,6 @@ def add_corrections(
     """``manifest`` with a correction layer for the channels of ``bounds`` (channel name ->
     absolute bound), written into ``store``. Channels stored bit for bit, or with no valid
     pixel, are exact already: they get their bound and reached error 0 but no codes."""
-    import xarray as xr
-
     assert isinstance(ds, xr.Dataset)
     m = manifest
     # every quantised band gets codes (x265's "lossless" still rounds a float band to its
@@ -68,35 +67,10 @@ def add_corrections(
     steps = {c.name: _step(m, c.name, c.variable, bounds[c.name]) for c in lossy}
     writer = errorbound.CorrectionWriter(path, chunk)
     video = EncodedCube(m, store, source=str(store.path))
-    variables = list(dict.fromkeys(c.variable for c in lossy))
-    t0 = 0
     try:
-        # a few Mpx per decode window (the layer's chunks are buffered by the writer): the
-        # float64 work arrays of a 1024 x 1024 cube stay a few tens of MiB
-        h, w = m.frame_shape
-        window = max(1, min(chunk, WINDOW_PX // max(1, h * w * len(lossy))))
-        for block in iter_decode(video, variables=variables, window=window):
-            n = block.sizes[m.time_dim]
-            idx = list(range(t0, t0 + n))
-            original = read_block(ds, layout, lossy, idx)
-            planes = []
-            for c in lossy:
-                x = original[c.name]
-                dec = np.asarray(channel_array(block, layout, c).values)
-                valid = valid_mask(x, layout.nodata[c.variable])
-                k, got = errorbound.correction_codes(
-                    x, dec, valid, steps[c.name], bounds[c.name], c.name
-                )
-                reached[c.name] = max(reached[c.name], got)
-                planes.append(k)
-            codes = np.stack(planes, axis=1)
-            for frame in codes:
-                writer.write(frame)
-            t0 += n
+        _write_codes(ds, layout, video, lossy, (steps, bounds, reached), writer, chunk)
     finally:
         writer.close()
-    if t0 != m.n_frames:
-        raise InvalidCubeError(f"corrections: decoded {t0} of {m.n_frames} frames")
     stream = StreamInfo(
         name=name,
         file=file,
@@ -114,6 +88,45 @@ def add_corrections(
     )
     where = {c.name: (name, i, steps[c.name]) for i, c in enumerate(lossy)}
     return _with_bounds(m, bounds, reached, stream, where)
+
+
+def _write_codes(
+    ds: xr.Dataset,
+    layout: CubeLayout,
+    video: EncodedCube,
+    lossy: Sequence[Channel],
+    per_channel: tuple[Mapping[str, float], Mapping[str, float], dict[str, float]],
+    writer: errorbound.CorrectionWriter,
+    chunk: int,
+) -> None:
+    """Decode ``video`` as a reader does and write each frame's correction codes; the
+    largest error left per channel goes into ``reached``. A few Mpx per decode window (the
+    layer's chunks are buffered by the writer): a 1024 x 1024 cube's float64 work arrays
+    stay a few tens of MiB. ``per_channel``: each channel's step, bound and reached error."""
+    steps, bounds, reached = per_channel
+    m = video.manifest
+    h, w = m.frame_shape
+    window = max(1, min(chunk, WINDOW_PX // max(1, h * w * len(lossy))))
+    variables = list(dict.fromkeys(c.variable for c in lossy))
+    t0 = 0
+    for block in iter_decode(video, variables=variables, window=window):
+        n = block.sizes[m.time_dim]
+        original = read_block(ds, layout, list(lossy), list(range(t0, t0 + n)))
+        planes = []
+        for c in lossy:
+            x = original[c.name]
+            dec = np.asarray(channel_array(block, layout, c).values)
+            valid = valid_mask(x, layout.nodata[c.variable])
+            k, got = errorbound.correction_codes(
+                x, dec, valid, steps[c.name], bounds[c.name], c.name
+            )
+            reached[c.name] = max(reached[c.name], got)
+            planes.append(k)
+        for frame in np.stack(planes, axis=1):
+            writer.write(frame)
+        t0 += n
+    if t0 != m.n_frames:
+        raise InvalidCubeError(f"corrections: decoded {t0} of {m.n_frames} frames")
 
 
 def _step(m: Manifest, channel: str, variable: str, bound: float) -> float:

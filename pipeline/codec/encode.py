@@ -8,7 +8,6 @@ holds a few frames per stream.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,14 +30,14 @@ from pipeline.codec.groupcoder import (
     klt_moments,
 )
 from pipeline.codec.hedge import encode_hedged, hedge_jobs, hedge_results, worth_hedging
-from pipeline.codec.landing import AIM_DB, MAX_REFINES, aimed, bracketed, landed, retarget
+from pipeline.codec.landing import AIM_DB, aimed, land
 from pipeline.codec.manifest import (
     BASE_VERSION,
     RAW_CARRIER_VERSION,
     Manifest,
 )
 from pipeline.codec.memory import block_frames, limit_heap_growth, release_free_memory
-from pipeline.codec.passes import EncodedGroup, bounded_lookahead, encode_pass
+from pipeline.codec.passes import EncodedGroup, bounded_lookahead
 from pipeline.codec.planning import (
     EncodeOptions,
     GroupPlan,
@@ -48,7 +47,6 @@ from pipeline.codec.planning import (
 from pipeline.codec.quality import group_psnr
 from pipeline.codec.search import Choice, choose
 from pipeline.codec.settings import VideoSettings
-from pipeline.errors import InvalidCubeError
 
 __all__ = ["encode_cube"]
 
@@ -99,72 +97,8 @@ def _encode_groups(
             done[name], psnr[name] = alt, measured
         else:
             alt.unlink()
-    _land(ctx, spool, pending, choices, done, psnr, points, options)
+    land(ctx, spool, pending, {n: c.model for n, c in choices.items()}, done, psnr, points, options)
     return done
-
-
-def _land(
-    ctx: CubeContext,
-    spool: Path,
-    pending: Sequence[GroupPlan],
-    choices: Mapping[str, Choice],
-    done: dict[str, EncodedGroup],
-    psnr: dict[str, float],
-    points: dict[str, list[tuple[VideoSettings, float]]],
-    options: EncodeOptions,
-) -> None:
-    """Re-encode each group that missed its floor (until it meets it, down to lossless
-    x265) or landed above the window (``MAX_REFINES`` times), re-aimed from the measured
-    encode nearest the aim; the smallest encode that meets the floor is kept (``done`` and
-    ``psnr`` updated in place)."""
-    h, w = ctx.shape
-    all_idx = list(range(ctx.ds.sizes[ctx.layout.time_dim]))
-    refines = dict.fromkeys((g.name for g in pending), 0)
-    attempt = 0
-    while True:
-        retry = []
-        for g in pending:
-            floor, measured = cast(float, g.psnr_target), psnr[g.name]
-            limit = MAX_REFINES + bracketed(points[g.name], floor)
-            if landed(measured, floor) or (measured > floor and refines[g.name] >= limit):
-                continue
-            if measured < floor:
-                _refuse_unreachable([g], done, psnr)
-            else:
-                refines[g.name] += 1
-            aim = floor + AIM_DB
-            nearest, at = min(points[g.name], key=lambda p: abs(p[1] - aim))
-            settings = retarget(nearest, choices[g.name].model, at, floor, points[g.name])
-            retry.append((g, bounded_lookahead(settings, h * w)))
-        if not retry:
-            return
-        attempt += 1
-        encoded = encode_pass(ctx, spool, retry, all_idx, f".{attempt}", options)
-        measured_now = group_psnr(ctx, [e for e in encoded.values() if e.failed is None], all_idx)
-        for g, _ in retry:
-            enc, before = encoded[g.name], psnr[g.name]
-            now = measured_now.get(g.name, -math.inf)
-            points[g.name].append((enc.settings, now))
-            floor = cast(float, g.psnr_target)
-            if before < floor or (now >= floor and enc.nbytes < done[g.name].nbytes):
-                done[g.name].unlink()
-                done[g.name], psnr[g.name] = enc, now
-            else:
-                enc.unlink()
-
-
-def _refuse_unreachable(
-    failed: Sequence[GroupPlan], done: Mapping[str, EncodedGroup], psnr: Mapping[str, float]
-) -> None:
-    """A group that missed its floor even coded losslessly: its quantisation to the codec's
-    depth is the limit (about 83 dB on a smooth float band at 12 bits), nothing finer is left."""
-    for g in failed:
-        if done[g.name].settings.lossless:
-            raise InvalidCubeError(
-                f"group {g.name!r}: a PSNR floor of {g.psnr_target:g} dB is out of reach: "
-                f"coded losslessly at {done[g.name].coder.quantisers[0].bits} bits it decodes "
-                f"at {psnr[g.name]:.2f} dB; lower the floor or set lossless (FFV1, exact)"
-            )
 
 
 def _planned(group: GroupPlan, choices: Mapping[str, Choice]) -> VideoSettings:

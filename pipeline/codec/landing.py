@@ -16,12 +16,19 @@ that lands outside ``[floor, floor + WINDOW_DB]`` is re-aimed from what was meas
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
+from typing import cast
 
+from pipeline.codec.groupcoder import CubeContext
+from pipeline.codec.passes import EncodedGroup, bounded_lookahead, encode_pass
+from pipeline.codec.planning import EncodeOptions, GroupPlan
+from pipeline.codec.quality import group_psnr
 from pipeline.codec.ratecontrol import SLOPE_PRIOR, RateModel
 from pipeline.codec.settings import VideoSettings
 from pipeline.codec.videocodecs import X265_CODEC, get_codec
+from pipeline.errors import InvalidCubeError
 
 GAIN_SLOPE = 1.1  # dB of PSNR per dB of gain before any is measured (see above)
 SLOPES = (0.5, 2.0)  # a measured gain slope outside this is noise: clamped
@@ -134,3 +141,67 @@ def retarget(
         return replace(settings, codec=X265_CODEC.name, lossless=True, crf=None, gain=1.0)
     q = max(fits)
     return replace(settings, crf=float(q), gain=gain_of((above(q) - want) / slope))
+
+
+def land(
+    ctx: CubeContext,
+    spool: Path,
+    pending: Sequence[GroupPlan],
+    models: Mapping[str, RateModel | None],
+    done: dict[str, EncodedGroup],
+    psnr: dict[str, float],
+    points: dict[str, list[tuple[VideoSettings, float]]],
+    options: EncodeOptions,
+) -> None:
+    """Re-encode each group that missed its floor (until it meets it, down to lossless
+    x265) or landed above the window (``MAX_REFINES`` times), re-aimed from the measured
+    encode nearest the aim; the smallest encode that meets the floor is kept (``done`` and
+    ``psnr`` updated in place)."""
+    h, w = ctx.shape
+    all_idx = list(range(ctx.ds.sizes[ctx.layout.time_dim]))
+    refines = dict.fromkeys((g.name for g in pending), 0)
+    attempt = 0
+    while True:
+        retry = []
+        for g in pending:
+            floor, measured = cast(float, g.psnr_target), psnr[g.name]
+            limit = MAX_REFINES + bracketed(points[g.name], floor)
+            if landed(measured, floor) or (measured > floor and refines[g.name] >= limit):
+                continue
+            if measured < floor:
+                refuse_unreachable([g], done, psnr)
+            else:
+                refines[g.name] += 1
+            aim = floor + AIM_DB
+            nearest, at = min(points[g.name], key=lambda p: abs(p[1] - aim))
+            settings = retarget(nearest, models[g.name], at, floor, points[g.name])
+            retry.append((g, bounded_lookahead(settings, h * w)))
+        if not retry:
+            return
+        attempt += 1
+        encoded = encode_pass(ctx, spool, retry, all_idx, f".{attempt}", options)
+        measured_now = group_psnr(ctx, [e for e in encoded.values() if e.failed is None], all_idx)
+        for g, _ in retry:
+            enc, before = encoded[g.name], psnr[g.name]
+            now = measured_now.get(g.name, -math.inf)
+            points[g.name].append((enc.settings, now))
+            floor = cast(float, g.psnr_target)
+            if before < floor or (now >= floor and enc.nbytes < done[g.name].nbytes):
+                done[g.name].unlink()
+                done[g.name], psnr[g.name] = enc, now
+            else:
+                enc.unlink()
+
+
+def refuse_unreachable(
+    failed: Sequence[GroupPlan], done: Mapping[str, EncodedGroup], psnr: Mapping[str, float]
+) -> None:
+    """A group that missed its floor even coded losslessly: its quantisation to the codec's
+    depth is the limit (about 83 dB on a smooth float band at 12 bits), nothing finer is left."""
+    for g in failed:
+        if done[g.name].settings.lossless:
+            raise InvalidCubeError(
+                f"group {g.name!r}: a PSNR floor of {g.psnr_target:g} dB is out of reach: "
+                f"coded losslessly at {done[g.name].coder.quantisers[0].bits} bits it decodes "
+                f"at {psnr[g.name]:.2f} dB; lower the floor or set lossless (FFV1, exact)"
+            )

@@ -12,12 +12,11 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.codec.manifestbytes import MAX_DEPTH, MAX_MANIFEST, inflate_manifest, json_depth
 from pipeline.errors import ManifestError
 
 FORMAT = "cubecast-cube"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-MAX_MANIFEST = 64 << 20  # bytes of JSON: far above any real cube, below a decompression bomb
-MAX_DEPTH = 64  # JSON nesting: real manifests nest about 8 deep
 MAX_SIDE = 1 << 20  # any one dimension's length
 MAX_FRAME = 1 << 30  # pixels in one frame: a reader allocates frames of this size
 # 2: KLT transforms, skipped empty frames, compact coordinates; 3: class layers as zstd
@@ -297,7 +296,7 @@ class Manifest(_Model):
     def from_json(cls, text: str | bytes, source: str = "manifest") -> Manifest:
         """Read a manifest as stored (zstd-compressed JSON) or as plain JSON text."""
         if isinstance(text, bytes) and text[:4] == ZSTD_MAGIC:
-            text = _decompress(text, source)
+            text = inflate_manifest(text, source)
         if len(text) > MAX_MANIFEST:
             raise ManifestError(f"{source}: manifest is larger than {MAX_MANIFEST >> 20} MiB")
         try:
@@ -306,7 +305,7 @@ class Manifest(_Model):
             raise ManifestError(f"{source}: not valid JSON ({exc})") from exc
         except RecursionError:
             raise ManifestError(f"{source}: JSON nested too deeply") from None
-        if _depth(raw) > MAX_DEPTH:
+        if json_depth(raw) > MAX_DEPTH:
             raise ManifestError(f"{source}: JSON nested deeper than {MAX_DEPTH} levels")
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise ManifestError(f"{source}: not a cubecast manifest (format != {FORMAT!r})")
@@ -321,48 +320,3 @@ class Manifest(_Model):
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"])
             raise ManifestError(f"{source}: invalid manifest at {loc}: {first['msg']}") from exc
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth of parsed JSON, without recursion (values are decoded recursively
-    later, so a crafted depth must be refused first)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        deepest = max(deepest, d)
-        if deepest > MAX_DEPTH:
-            break
-        if isinstance(v, dict):
-            stack.extend((x, d + 1) for x in v.values())
-        elif isinstance(v, list):
-            stack.extend((x, d + 1) for x in v)
-    return deepest
-
-
-FEED = 512  # compressed bytes per step: at most 64 KiB per byte of output, ~32 MiB a step
-
-
-def _decompress(data: bytes, source: str) -> bytes:
-    """One zstd frame, fed a little at a time so that no more than ``MAX_MANIFEST`` (and
-    one step) is inflated whatever the frame claims; its content checksum (which every
-    manifest since the checksum was introduced carries) is verified by zstd. A frame that
-    ends early, or bytes after it (a flipped checksum flag leaves its 4 bytes there), are
-    refused: no single flipped bit of a stored manifest decodes silently."""
-    import zstandard
-
-    dobj = zstandard.ZstdDecompressor().decompressobj()
-    out = bytearray()
-    pos = 0
-    try:
-        while pos < len(data) and not dobj.eof:
-            out += dobj.decompress(data[pos : pos + FEED])
-            pos += FEED
-            if len(out) > MAX_MANIFEST:
-                raise ManifestError(f"{source}: manifest is larger than {MAX_MANIFEST >> 20} MiB")
-    except zstandard.ZstdError as exc:
-        raise ManifestError(f"{source}: manifest does not decompress (corrupt: {exc})") from exc
-    if not dobj.eof:
-        raise ManifestError(f"{source}: manifest is truncated (its zstd frame does not end)")
-    if dobj.unused_data or pos < len(data):
-        raise ManifestError(f"{source}: manifest has bytes after its zstd frame (corrupt)")
-    return bytes(out)

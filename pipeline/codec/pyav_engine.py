@@ -18,7 +18,8 @@ import av
 import numpy as np
 
 from pipeline.codec.framebounds import FrameBounds
-from pipeline.codec.rawcarrier import PacketIndex, decode_packets
+from pipeline.codec.packetindex import PacketIndex
+from pipeline.codec.rawcarrier import decode_packets
 from pipeline.codec.settings import VideoSettings, sample_dtype
 from pipeline.codec.videocodecs import get_codec
 from pipeline.errors import CorruptStreamError, CubecastError
@@ -208,7 +209,7 @@ def decode_frames(
     refuses to allocate frames larger than its largest size, and every frame (and the
     stream's header) must have its pixel format and a size within its bounds: a
     CorruptStreamError naming the stream otherwise. With ``packets`` (a checked
-    :class:`~pipeline.codec.rawcarrier.PacketIndex`), ``data`` is a raw-carrier stream of
+    :class:`~pipeline.codec.packetindex.PacketIndex`), ``data`` is a raw-carrier stream of
     ``codec``: its packets go straight to a decoder, from the keyframe the index names.
     """
     stats = stats if stats is not None else DecodeStats()

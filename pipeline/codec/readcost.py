@@ -13,7 +13,7 @@ from fractions import Fraction
 
 import av
 
-from pipeline.codec import rawcarrier
+from pipeline.codec import packetindex, rawcarrier
 from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.manifest import Manifest, StreamInfo
@@ -94,7 +94,7 @@ def packets(enc: EncodedCube, stream: StreamInfo) -> Packets:
     if stream.carrier == rawcarrier.CARRIER:
         name = f"{enc.source}:{stream.file}"
         n = len(stream.stored_frames(enc.manifest.n_frames))
-        index = rawcarrier.read_index(enc.read_file(stream.file), n, name)
+        index = packetindex.read_index(enc.read_file(stream.file), n, name)
         keys = set(index.keys)
         return Packets(index.frames, index.sizes, [i in keys for i in range(n)], index.start)
     data = enc.file_path(stream.file) or io.BytesIO(enc.read_file(stream.file))

@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.codec import rawcarrier
+from pipeline.codec import packetindex, rawcarrier
 from pipeline.codec.chunkcodecs import ChunkCodec, chunk_codec
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.groupcoder import untile
@@ -122,7 +122,7 @@ class StreamFrames:
             # mapped where the file is on disk (checked against the manifest), read where
             # it is not: a window's packets are the pages the decoder touches
             source = _mapped(source) if source is not None else enc.read_file(stream.file)
-            packets = rawcarrier.read_index(source, len(self._stored), self.name)
+            packets = packetindex.read_index(source, len(self._stored), self.name)
         elif source is None:
             source = enc.read_file(stream.file)
         self._first: tuple[int, av.VideoFrame] | None = None
