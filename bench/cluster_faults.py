@@ -127,17 +127,10 @@ def verify_all(target: Path, twin: Path, cubes: int) -> str:
     """'' when every sample of the target's shards is held once and verifies against its
     source cube."""
     from flows.publish_dataset import _recipe
-    from pipeline.publish.verify import verify_shards
-    from pipeline.sources import load_cube
+    from pipeline.build import shards_in, verify_against_sources
 
     recipe = _recipe("dynamicearthnet", str(twin), cubes)
-    v = verify_shards(
-        sorted(str(p) for p in target.glob("*.tacozip")),
-        lambda sid: load_cube(recipe, sid).dataset,
-        recipe.verify.threshold,
-        roles=recipe.roles(),
-        progress=False,
-    )
+    v = verify_against_sources(recipe, [str(p) for p in shards_in(target)], progress=False)
     twice = [sid for sid, n in v.copies.items() if n != 1]
     if twice or not v.passed:
         return f"held more than once: {twice[:5]}; {v.summary()}"

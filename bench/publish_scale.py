@@ -113,8 +113,7 @@ def check_repo(hub: FakeHub, twin: Path, folder: Path) -> dict:
     verifies against its source."""
     import tacoreader
 
-    from pipeline.publish.verify import verify_shards
-    from pipeline.sources import load_cube
+    from pipeline.build import shards_in, verify_against_sources
 
     files = hub.repos[REPO].files
     for rel, data in files.items():
@@ -123,13 +122,7 @@ def check_repo(hub: FakeHub, twin: Path, folder: Path) -> dict:
     index = PublishedIndex.parse(files[INDEX_FILE], "hub")
     rows = tacoreader.load(str(folder / ".tacocat")).data.to_arrow().column("id").to_pylist()
     local = recipe_for(str(twin), len(index.cubes))
-    v = verify_shards(
-        sorted(str(p) for p in folder.glob("*.tacozip")),
-        lambda sid: load_cube(local, sid).dataset,
-        local.verify.threshold,
-        roles=local.roles(),
-        progress=False,
-    )
+    v = verify_against_sources(local, [str(p) for p in shards_in(folder)], progress=False)
     held, failed = v.copies, v.failures()
     return {
         "cubes_in_index": len(index.cubes),

@@ -190,13 +190,7 @@ def verify_step(
     (folder / REPORT_JSON).unlink(missing_ok=True)
     if whole:  # a dataset folder: its catalogue and the recipe's selection must match it
         check_tacocat(folder, [Path(p) for p in paths])
-    verification = verify_shards(
-        paths,
-        lambda sid: load_cube(recipe, sid, mirror).dataset,
-        recipe.verify.threshold,
-        roles=recipe.roles(),
-        progress=progress,
-    )
+    verification = verify_against_sources(recipe, paths, mirror, progress)
     if whole:
         check_selection(recipe, mirror, verification, folder)
     panel = draw_sample_panel(recipe, paths, mirror, folder / PLOTS, verification=verification)
@@ -205,6 +199,22 @@ def verify_step(
     verification.record_files(folder)  # what publish will mirror, hashed after it is all written
     verification.write(folder)
     return verification
+
+
+def verify_against_sources(
+    recipe: Recipe, paths: Sequence[str], mirror: Mirror | None = None, progress: bool = True
+) -> Verification:
+    """Each sample of the shards at ``paths`` decoded and held to its source cube (read
+    through ``mirror``, the recipe's by default) and the recipe's thresholds; nothing is
+    written."""
+    mirror = mirror or mirror_for(recipe.source, progress=progress)
+    return verify_shards(
+        list(paths),
+        lambda sid: load_cube(recipe, sid, mirror).dataset,
+        recipe.verify.threshold,
+        roles=recipe.roles(),
+        progress=progress,
+    )
 
 
 def check_selection(

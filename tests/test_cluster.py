@@ -92,21 +92,14 @@ def check_published(folder: Path, twin: Path) -> list[str]:
     import tacoreader
 
     from flows.publish_dataset import _recipe
-    from pipeline.build import select_cubes
-    from pipeline.publish.verify import verify_shards
-    from pipeline.sources import load_cube, mirror_for
+    from pipeline.build import select_cubes, shards_in, verify_against_sources
+    from pipeline.sources import mirror_for
 
     recipe = _recipe("dynamicearthnet", str(twin), CUBES)  # as the flow reads it (-p cubes=)
     ids, _ = select_cubes(recipe, mirror_for(recipe.source, progress=False))
     rows = tacoreader.load(str(folder / ".tacocat")).data.to_arrow().column("id").to_pylist()
     assert len(ids) == CUBES and sorted(rows) == sorted(ids)
-    v = verify_shards(
-        sorted(str(p) for p in folder.glob("*.tacozip")),
-        lambda sid: load_cube(recipe, sid).dataset,
-        recipe.verify.threshold,
-        roles=recipe.roles(),
-        progress=False,
-    )
+    v = verify_against_sources(recipe, [str(p) for p in shards_in(folder)], progress=False)
     assert v.passed, v.summary()
     assert v.copies == Counter(dict.fromkeys(ids, 1))
     return ids
