@@ -127,8 +127,8 @@ def _analyse(
     options: EncodeOptions,
     roles: Mapping[str, str] | None,
     nodata: dict[str, float | int] | None,
-) -> tuple[CubeContext, list[GroupPlan]]:
-    """The cube's layout and stats (one read, KLT moments included) and its groups."""
+) -> CubeContext:
+    """The cube's layout and stats (one read, KLT moments included)."""
     limit_heap_growth()
     layout = analyse(ds, roles=roles, nodata=nodata)
 
@@ -145,8 +145,13 @@ def _analyse(
     shape = (ds.sizes[layout.y_dim], ds.sizes[layout.x_dim])
     stats = cube_stats(ds, layout, moments=moments, block=block_frames(shape[0] * shape[1], 2))
     release_free_memory()
-    groups = plan_groups(layout, stats, options, coding_gains(moments, stats), shape)
-    return CubeContext(ds, layout, stats, moments, options.skip_empty), groups
+    return CubeContext(ds, layout, stats, moments, options.skip_empty)
+
+
+def _plan(ctx: CubeContext, options: EncodeOptions) -> list[GroupPlan]:
+    """The cube's band groups and each one's codec plan."""
+    gains = coding_gains(ctx.moments, ctx.stats)
+    return plan_groups(ctx.layout, ctx.stats, options, gains, ctx.shape)
 
 
 def encode_cube(
@@ -171,21 +176,28 @@ def encode_cube(
     """
     options = options or EncodeOptions()
     if not _bounded(options):
-        return _encode(ds, options, cube_id, roles, nodata, progress, workdir)
+        return _encode(_analyse(ds, options, roles, nodata), options, cube_id, progress, workdir)
     options = replace(options, decorrelate="none")  # a KLT's float32 matmul is not bit-exact
-    ctx, _ = _analyse(ds, options, roles, nodata)
+    # the trials differ only in their PSNR floors: the cube is read for its stats once
+    ctx = _analyse(ds, options, roles, nodata)
     bounds = channel_bounds(ctx, options)
-    tried: dict[float, EncodedCube] = {}
+    nbytes: dict[float, int] = {}
+    cheapest: dict[float, EncodedCube] = {}  # the trials no other has beaten (their files)
 
-    def encoded(offset: float) -> EncodedCube:
-        if offset not in tried:
+    def cost(offset: float) -> int:
+        if offset not in nbytes:
             trial = _video_options(ctx, options, bounds, offset)
-            tried[offset] = _encode(ds, trial, cube_id, roles, nodata, progress, workdir, bounds)
-        return tried[offset]
+            enc = _encode(ctx, trial, cube_id, progress, workdir, bounds)
+            nbytes[offset] = enc.nbytes
+            cheapest[offset] = enc
+            least = min(nbytes.values())
+            for o in [o for o in cheapest if nbytes[o] > least]:
+                del cheapest[o]  # never the walk's answer: its spool is freed now
+        return nbytes[offset]
 
-    best = encoded(walk_offsets(options.max_error_offsets, lambda o: encoded(o).nbytes))
-    assert best is not None
-    return best
+    best = walk_offsets(options.max_error_offsets, cost)
+    cost(best)  # a one-offset grid is walked without encoding
+    return cheapest[best]
 
 
 def walk_offsets(grid: Sequence[float], cost: Callable[[float], int]) -> float:
@@ -255,17 +267,16 @@ def _video_options(
 
 
 def _encode(
-    ds: xr.Dataset,
+    ctx: CubeContext,
     options: EncodeOptions,
     cube_id: str | None,
-    roles: Mapping[str, str] | None,
-    nodata: dict[str, float | int] | None,
     progress: bool,
     workdir: str | os.PathLike[str] | None,
     bounds: Mapping[str, float] | None = None,
 ) -> EncodedCube:
-    """One encode: the video pass, then (``bounds``) its correction layer."""
-    ctx, groups = _analyse(ds, options, roles, nodata)
+    """One encode of the analysed cube: the video pass, then (``bounds``) its correction
+    layer."""
+    ds, groups = ctx.ds, _plan(ctx, options)
     store = SpoolStore(workdir)
     encoded = _encode_groups(ctx, store.path, groups, options, progress)
     layout = ctx.layout
