@@ -71,7 +71,8 @@ def flow_on(args: Any, dask_workers: int, threads: int | None = None) -> dict[st
         seen: dict[int, dict[str, float]] = {}
         _sample(fixed, seen)
         t = time.perf_counter()
-        run = subprocess.Popen(cmd, env=cl.services.env, stdout=subprocess.DEVNULL)
+        log = (tmp / "flow.log").open("wb")  # the flow's own log, kept for a look afterwards
+        run = subprocess.Popen(cmd, env=cl.services.env, stdout=log, stderr=subprocess.STDOUT)
         flow = psutil.Process(run.pid)
         busy: list[float] = []  # when the workers were using CPU: the encode phase
         while run.poll() is None:
@@ -80,6 +81,7 @@ def flow_on(args: Any, dask_workers: int, threads: int | None = None) -> dict[st
                 busy.append(time.perf_counter() - t)
             time.sleep(0.5)
         seconds = time.perf_counter() - t
+        log.close()
         if run.returncode:
             raise SystemExit(f"cubecast run failed ({run.returncode})\n{cl.services.tails()}")
     workers = [

@@ -28,6 +28,7 @@ from prefect.futures import wait  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
 from pipeline.build import stage_cube  # noqa: E402
+from pipeline.codec.cores import shared_threads  # noqa: E402
 from pipeline.publish.incremental import publish_incremental  # noqa: E402
 from pipeline.publish.runplan import EncodeMany  # noqa: E402
 from pipeline.recipe import Recipe  # noqa: E402
@@ -35,12 +36,39 @@ from pipeline.taco.staged import StagedSample  # noqa: E402
 
 
 @task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10))
-def stage_for_publish(recipe: Recipe, cube_id: str, out: str) -> tuple[str, bool]:
-    """Download and encode one cube into the work folder (or find it staged there)."""
-    staged, encoded = stage_cube(recipe, cube_id, out)
+def stage_for_publish(
+    recipe: Recipe, cube_id: str, out: str, concurrent: int = 1
+) -> tuple[str, bool]:
+    """Download and encode one cube into the work folder (or find it staged there), its
+    encoders on this host's share of the cores (``concurrent``: the flow's cubes at once)."""
+    threads = encoder_share(concurrent)
+    staged, encoded = stage_cube(recipe, cube_id, out, threads=threads)
     verb = "encoded" if encoded else "found staged"
-    get_run_logger().info("%s %s on %s", verb, cube_id, where())
+    get_run_logger().info("%s %s on %s (%s)", verb, cube_id, where(), threads_note(threads))
     return str(staged.folder), encoded
+
+
+def threads_note(n: int) -> str:
+    """What a task's log says of its encoders' threads."""
+    return f"{n} thread{'s' * (n > 1)} per encoder" if n else "encoders on every core"
+
+
+def encoder_share(concurrent: int) -> int:
+    """Encoder threads for a task: on a Dask worker, this host's cores shared by the task
+    threads of every worker on it (the scheduler's count); elsewhere by ``concurrent``."""
+    return shared_threads(_dask_threads_on_host() or concurrent)
+
+
+def _dask_threads_on_host() -> int:
+    """Task threads of the Dask workers on this worker's host (0: not on a Dask worker)."""
+    try:
+        from distributed import get_client, get_worker
+
+        host = get_worker().address.rsplit(":", 1)[0]
+        workers = get_client().scheduler_info(n_workers=-1)["workers"]
+    except (ImportError, ValueError, KeyError, OSError):
+        return 0
+    return sum(int(w.get("nthreads", 1)) for a, w in workers.items() if a.startswith(host + ":"))
 
 
 def where() -> str:
@@ -53,11 +81,13 @@ def where() -> str:
         return f"process {os.getpid()}"
 
 
-def task_encoder() -> EncodeMany:
-    """Encode a group of cubes as concurrent tasks on the flow's task runner."""
+def task_encoder(workers: int) -> EncodeMany:
+    """Encode a group of cubes as concurrent tasks on the flow's task runner (``workers``
+    at once, where the runner is not a Dask cluster that counts its own)."""
 
     def encode(recipe: Recipe, ids: list[str], out: Path) -> list[tuple[StagedSample, bool]]:
-        futures = [stage_for_publish.submit(recipe, cid, str(out)) for cid in ids]
+        concurrent = min(len(ids), workers)
+        futures = [stage_for_publish.submit(recipe, cid, str(out), concurrent) for cid in ids]
         wait(futures)
         done = [f.result() for f in futures]
         return [(StagedSample(Path(folder)), encoded) for folder, encoded in done]
@@ -99,7 +129,7 @@ def publish_incremental_flow(
         batch_cubes=batch_cubes,
         workers=workers,
         prune=prune,
-        encode_many=task_encoder(),
+        encode_many=task_encoder(workers),
         log=log.info,
         dry_run=dry_run,
     )

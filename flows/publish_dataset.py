@@ -30,7 +30,7 @@ from prefect.futures import wait
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from flows.incremental import publish_incremental_flow
+from flows.incremental import encoder_share, publish_incremental_flow
 from pipeline.build import encode_step, fingerprint, pack_step, select_cubes, verify_step
 from pipeline.errors import CubecastError
 from pipeline.lock import folder_lock
@@ -72,9 +72,9 @@ def _encode_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
     cache_key_fn=_encode_cache_key,
     persist_result=True,
 )
-def encode_cube(recipe: Recipe, cube_id: str, out: str) -> str:
+def encode_cube(recipe: Recipe, cube_id: str, out: str, concurrent: int = 1) -> str:
     """Download one source cube, encode it and stage it on disk; returns the staged folder."""
-    return str(encode_step(recipe, cube_id, out).folder)
+    return str(encode_step(recipe, cube_id, out, threads=encoder_share(concurrent)).folder)
 
 
 @task
@@ -161,20 +161,23 @@ def task_runner(
 
 
 @flow(name="encode-cubes")
-def encode_cubes(recipe: Recipe, cube_ids: list[str], out: str) -> list[str]:
-    futures = [encode_cube.submit(recipe, cid, out) for cid in cube_ids]
+def encode_cubes(recipe: Recipe, cube_ids: list[str], out: str, workers: int = 1) -> list[str]:
+    concurrent = min(len(cube_ids), workers)
+    futures = [encode_cube.submit(recipe, cid, out, concurrent) for cid in cube_ids]
     wait(futures)
     return [f.result() for f in futures]
 
 
-def single_shot(spec: Recipe, out: str, target: str, runner: Any, dry_run: bool) -> dict:
+def single_shot(
+    spec: Recipe, out: str, target: str, runner: Any, workers: int, dry_run: bool
+) -> dict:
     """Every selected cube encoded into ``out``, packed, verified, then published at once."""
     log = get_run_logger()
     ids = list_cubes(spec)
     log.info("%d cubes from %s", len(ids), spec.source.location)
     encoder = encode_cubes.with_options(task_runner=runner)
     with folder_lock(out, "cubecast run or pack"):  # one writer per output folder
-        staged = encoder(spec, ids, out)
+        staged = encoder(spec, ids, out, workers)
         shards = pack(spec, staged, out)
         verification = verify(spec, shards, out)
     result = push(out, target, dry_run, spec.publish.private)
@@ -244,7 +247,7 @@ def publish_dataset(
         return publish_incremental_flow.with_options(task_runner=runner_)(
             spec, target, out, max_disk, batch_cubes, workers, prune, hf_token_secret, dry_run
         )
-    return single_shot(spec, out, target, runner_, dry_run)
+    return single_shot(spec, out, target, runner_, workers, dry_run)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline import __version__
@@ -84,9 +84,11 @@ def encode_step(
     out: str | Path,
     mirror: Mirror | None = None,
     force: bool = False,
+    threads: int = 0,
 ) -> StagedSample:
-    """Fetch one source cube, encode it at the recipe's settings and stage it on disk."""
-    return stage_cube(recipe, cube_id, out, mirror, force)[0]
+    """Fetch one source cube, encode it at the recipe's settings (``threads`` per encoder,
+    0: their own choice) and stage it on disk."""
+    return stage_cube(recipe, cube_id, out, mirror, force, threads)[0]
 
 
 def shared_files(recipe: Recipe) -> set[str]:
@@ -110,6 +112,7 @@ def stage_cube(
     out: str | Path,
     mirror: Mirror | None = None,
     force: bool = False,
+    threads: int = 0,
 ) -> tuple[StagedSample, bool]:
     """:func:`encode_step`, also saying whether it encoded (``False``: the staged cube was
     already there, made with these settings from files that have not changed). The
@@ -126,7 +129,7 @@ def stage_cube(
     staging.mkdir(parents=True, exist_ok=True)
     sample = encode_sample(
         cube.dataset,
-        recipe.encode_options(),
+        replace(recipe.encode_options(), threads=threads),
         cube_id=cube_id,
         split=cube.split,
         roles=recipe.roles(),

@@ -131,6 +131,7 @@ class Cluster:
     services: Services
     tmp: Path
     seen: set[str] = field(default_factory=set)  # ids of the task logs read so far
+    threads: set[str] = field(default_factory=set)  # the thread notes of those task logs
 
     def start_dask_worker(self, name: str, nthreads: int = 1, env: dict | None = None) -> str:
         """``dask worker SCHEDULER --nthreads N --name NAME``; its address once registered."""

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from flows.incremental import threads_note
+from pipeline.codec.cores import shared_threads
 from pipeline.errors import CubecastError
 from pipeline.sources.twins import write_dynamicearthnet
 from tests.cluster_services import Cluster, running_cluster
@@ -78,10 +80,11 @@ def encoded_on(cluster: Cluster, count: int) -> dict[str, str]:
                 while batch := client.read_logs(limit=200, offset=offset):
                     logs, offset = logs + batch, offset + len(batch)
         for log in logs:
-            m = re.match(r"encoded (\S+) on dask worker (\S+)", log.message)
+            m = re.match(r"encoded (\S+) on dask worker (\S+) \((.*)\)", log.message)
             if m and str(log.id) not in cluster.seen:
                 cluster.seen.add(str(log.id))
                 found[m[1]] = m[2]
+                cluster.threads.add(m[3])
         time.sleep(1)
     return found
 
@@ -119,6 +122,8 @@ def test_deployment_encodes_on_dask_workers_and_publishes_to_a_folder(
     where = encoded_on(cluster, len(ids))
     assert sorted(where) == sorted(ids), cluster.services.tails()
     assert set(where.values()) == cluster.workers  # both workers took cubes, nothing else did
+    # the two workers share this host's cores: their encoders get half each (issue 27)
+    assert cluster.threads == {threads_note(shared_threads(2))}, cluster.threads
     assert "PASS" in (target / "REPORT.md").read_text()
 
 

@@ -276,3 +276,27 @@ def test_the_flow_publishes_incrementally_with_its_task_runner(twin, tmp_path):
     assert len(first["encoded"]) == 2 and len(first["commits"]) == 2
     index = PublishedIndex.parse((target / INDEX_FILE).read_bytes(), "target")
     assert sorted(index.cubes) == sorted(first["encoded"]) and index.batch == 2
+
+
+def test_the_task_runner_gets_every_cube_the_disk_and_batch_allow(twin, tmp_path):
+    """No group of ``workers`` cubes waits for its slowest before the next starts: with no
+    disk cap the encoder gets the whole batch at once (its task runner keeps ``workers``
+    busy); under a cap, one cube until a cube's footprint is known."""
+    from pipeline.publish.runplan import serial_encoder
+    from pipeline.sources import mirror_for
+
+    recipe = recipe_for(str(twin), 4)
+    groups: list[int] = []
+    serial = serial_encoder(mirror_for(recipe.source, progress=False))
+
+    def encode(r, ids, out):
+        groups.append(len(ids))
+        return serial(r, ids, out)
+
+    kwargs = dict(batch_cubes=3, workers=2, encode_many=encode)
+    publish_incremental(recipe, str(tmp_path / "free"), tmp_path / "w1", **kwargs)
+    assert groups == [3, 1]
+    groups.clear()
+    kwargs["max_disk"] = "50MB"
+    publish_incremental(recipe, str(tmp_path / "capped"), tmp_path / "w2", **kwargs)
+    assert groups == [1, 2, 1]  # the rest of the first batch once one cube's size is known

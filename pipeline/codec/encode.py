@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline.codec import jsonvalues, rawcarrier
+from pipeline.codec.cores import encode_threads
 from pipeline.codec.corrections import add_corrections
 from pipeline.codec.cube import analyse, cube_stats
 from pipeline.codec.describe import channel_infos, coords_and_aux, stream_infos, variable_infos
@@ -175,6 +176,7 @@ def encode_cube(
     within the bound by a correction layer (:mod:`pipeline.codec.errorbound`).
     """
     options = options or EncodeOptions()
+    options = replace(options, threads=encode_threads(options.threads))
     if not _bounded(options):
         return _encode(_analyse(ds, options, roles, nodata), options, cube_id, progress, workdir)
     options = replace(options, decorrelate="none")  # a KLT's float32 matmul is not bit-exact

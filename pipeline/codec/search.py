@@ -112,7 +112,8 @@ def _fits(
     floor = cast(float, group.psnr_target)
     parts = _bias_parts(ctx, grid, sample, group)
     lones = {n: _lone(ctx, group, n, options) for n in names}
-    with ThreadPoolExecutor(max_workers=min(len(names) + 1, os.cpu_count() or 1)) as pool:
+    cores = options.threads or os.cpu_count() or 1  # a worker's share where cubes run side by side
+    with ThreadPoolExecutor(max_workers=min(len(names) + 1, cores)) as pool:
         cube_side = None
         if grid is not None:
             cube_side = pool.submit(_bias_trial, spool, group, floor, parts[1], "cube")

@@ -229,6 +229,8 @@ class Aom(VideoCodec):
         }
         if s.lookahead is not None:
             opts["lag-in-frames"] = str(s.lookahead)
+        if s.threads:
+            opts["threads"] = str(s.threads)
         if s.lossless:
             opts["lossless"] = "1"
         elif s.crf is not None:

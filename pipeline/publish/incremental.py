@@ -160,7 +160,9 @@ class Run:
                     raise CubecastError(self.too_small())
                 batch = self.close(batch)
                 continue
-            take = min(room, self.opts.workers, self.opts.batch_cubes - len(batch), len(pending))
+            # the task runner keeps ``workers`` cubes encoding; a group as large as the disk and
+            # the batch allow leaves no worker idle while a slower cube of its group finishes
+            take = min(room, self.opts.batch_cubes - len(batch), len(pending))
             group = [pending.popleft() for _ in range(max(take, 1))]
             for shard in self.shards_of([c for c in group if c in plan.changed]):
                 batch = self.carry(batch, shard, plan)
@@ -255,8 +257,9 @@ def publish_incremental(
 
     ``out`` is the work folder (downloads, staged cubes, one batch's shards); ``max_disk``
     caps it (``"10GB"``); a batch holds at most ``batch_cubes`` cubes and one shard per
-    split of the recipe's split size; ``workers`` cubes are handed to ``encode_many`` at a
-    time (default: one after the other here; the flow passes its task runner's).
+    split of the recipe's split size; ``encode_many`` gets as many cubes at a time as the
+    disk and the batch allow (default: one after the other here; the flow passes its task
+    runner's, which encodes ``workers`` at once).
     ``prune`` deletes published cubes that are no longer selected (kept otherwise).
     ``dry_run`` reads the target, reconciles and plans, and stops: nothing is encoded.
     ``fault(step, detail)`` is called at each step (download, encode, pack, verify, upload,

@@ -156,6 +156,8 @@ class Budget:
         return self.limit - used_bytes(self.root) - batch.encoded_bytes - reserve
 
     def room(self, batch: Batch) -> int:
+        if self.limit is None:
+            return 1 << 30
         free = self.free(batch)
         if free <= 0:
             return 0
