@@ -15,6 +15,8 @@ Each measurement runs in its own child process, so its peak RSS is its own:
     python bench/throughput.py --cubes 2 --steps flow_1,flow_2,flow_dask
     python bench/throughput.py --size 512 --frames 48 --cubes 4 --flow-cubes 4 \
         --steps dask_addr_1,dask_addr_2,process_runner_2
+    python bench/throughput.py --recipe deepextremecubes --size 128 --frames 120 --cubes 8 \
+        --flow-cubes 8 --steps dask_addr_1,dask_addr_2   # DEC-sized tiles: one core each
 
 - recipe pack: ``cubecast pack`` on the recipe (PSNR floor, codec choice, quality check)
 - flow 1 / 2 / dask: ``cubecast run`` (the Prefect flow, publish to a folder) with one or two
@@ -270,6 +272,8 @@ def measure(name: str, args) -> dict:
         args.engine,
         "--flow-cubes",
         str(args.flow_cubes),
+        "--recipe",
+        args.recipe,
     ]
     t = time.perf_counter()
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -335,11 +339,18 @@ def main() -> None:
     ap.add_argument("--preset", default="medium")
     ap.add_argument("--engine", default="auto", help="pipeline encode engine: auto|ffmpeg|pyav")
     ap.add_argument("--twin", type=Path, default=None)
+    ap.add_argument(
+        "--recipe",
+        default="dynamicearthnet",
+        choices=["dynamicearthnet", "deepextremecubes"],
+        help="the twin's dataset (the cluster steps only: the others are DynamicEarthNet's)",
+    )
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--cubes", type=int, default=1, help="cubes in the twin")
     ap.add_argument("--flow-cubes", type=int, default=2, help="cubes the flow steps publish")
     ap.add_argument("--steps", default="", help="comma-separated subset of: " + ",".join(CHILDREN))
+    ap.add_argument("--label", default="", help="appended to the result files' names")
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -353,14 +364,17 @@ def main() -> None:
     if args.quick:
         args.size, args.frames = 256, 60
     tag = f"{args.size}x{args.size}x{args.frames}"
+    if args.recipe != "dynamicearthnet":
+        tag += "_dec"
     args.twin = args.twin or Path(f"/tmp/cubecast-bench/twin-{tag}")
     args.work = args.work or Path(f"/tmp/cubecast-bench/work-{tag}")
     args.work.mkdir(parents=True, exist_ok=True)
     if not (args.twin / "SHA256SUMS").exists():
-        from pipeline.sources.twins import write_dynamicearthnet
+        from pipeline.sources.twins import TWIN_WRITERS
 
         t = time.perf_counter()
-        write_dynamicearthnet(args.twin, cubes=args.cubes, frames=args.frames, size=args.size)
+        write = TWIN_WRITERS[args.recipe]
+        write(args.twin, cubes=args.cubes, frames=args.frames, size=args.size)
         print(f"twin written in {time.perf_counter() - t:.0f} s", flush=True)
 
     steps = args.steps.split(",") if args.steps else list(CHILDREN)
@@ -390,6 +404,7 @@ def main() -> None:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"throughput_{tag}_{args.engine}" + (f"_{'_'.join(steps)}" if args.steps else "")
+    stem += f"_{args.label}" if args.label else ""
     (args.out / f"{stem}.md").write_text(text + "\n")
     (args.out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
 

@@ -60,7 +60,7 @@ def flow_on(args: Any, dask_workers: int, threads: int | None = None) -> dict[st
     tmp.mkdir(parents=True)
     extra = {"CUBECAST_ENCODE_THREADS": str(threads)} if threads else {}
     with running_cluster(tmp, extra, dask_workers=dask_workers, prefect_worker=False) as cl:
-        cmd = [str(Path(sys.executable).with_name("cubecast")), "run", "dynamicearthnet",
+        cmd = [str(Path(sys.executable).with_name("cubecast")), "run", args.recipe,
                "--source", str(args.twin), "--out", str(tmp / "work"), "--to",
                str(tmp / "published"), "--cubes", str(args.flow_cubes),
                "--workers", "2"]  # fmt: skip
