@@ -131,6 +131,7 @@ def test_deployment_runs_on_a_real_prefect_server(twins, tmp_path):
         assert "prefect deployment run 'publish-dataset/publish-dynamicearthnet'" in printed
         out, target = tmp_path / "out", tmp_path / "published"
         params = f"-p source={twins['dynamicearthnet']} -p out={out} -p target={target}"
+        params += " -p cubes=1"  # one cube is enough to see the served deployment run
         # the printed lines, pasted into a shell as they are (plus --watch and -p)
         command = next(line for line in printed if line.endswith("publish-dynamicearthnet'"))
         script = f"{printed[0]}\n{command} --watch {params}"
