@@ -150,7 +150,7 @@ def iter_decode(
         chunks = streams.chunks(spans)
         for lo, hi in windows:
             with _manifest_faults(enc):
-                values = WindowArrays(m, wanted, hi - lo)
+                values = WindowArrays(m, wanted, hi - lo, lo)
                 for c in range(lo, hi, CHUNK):
                     values.fill(codemap, next(chunks), c - lo, min(c + CHUNK, hi) - lo)
                 ds = _assemble(enc, wanted, values, lo, hi, aux)
