@@ -1,13 +1,17 @@
 """The decoder's shortcuts give exactly the values of the plain mapping: a plane read
 through a table of every code's value, frames a stream does not store written as the value
-of zero codes."""
+of zero codes, streams decoded ahead on threads of their own, and a window of several GOPs
+decoded as segments side by side."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
 
-from pipeline import EncodeOptions, GroupSpec, decode_cube, encode_cube
+from pipeline import EncodeOptions, GroupSpec, decode_cube, encode_cube, iter_decode
+from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.codec.codemap import CodeMap, _store
 from pipeline.codec.manifest import ChannelInfo
 from pipeline.codec.pyav_engine import DecodeStats
@@ -81,3 +85,39 @@ def test_frames_a_klt_group_leaves_out_take_the_value_of_zero_codes(dtype):
         assert np.delete(kept[b], 4, axis=0).tobytes() == np.delete(want[b], 4, axis=0).tobytes()
     dec = decode_cube(enc)
     assert all(np.isnan(dec[b].values[empty]).all() for b in BANDS)
+
+
+def _decode_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "cubecast-decode"]
+
+
+def test_a_window_loop_stopped_early_leaves_no_decode_thread(monkeypatch):
+    monkeypatch.setenv("CUBECAST_DECODE_THREADS", "2")
+    enc = encode_cube(s2_like(t=40), EncodeOptions(crf=20, keyint=8))
+    windows = iter_decode(enc, window=4)
+    first = next(windows)
+    assert first.sizes["time"] == 4 and _decode_threads()  # the rest is decoding ahead
+    windows.close()
+    assert not _decode_threads()
+    whole = decode_cube(enc)
+    assert not _decode_threads()
+    np.testing.assert_array_equal(whole["B02"].values[:4], first["B02"].values)
+
+
+def test_a_window_of_several_gops_decodes_as_segments_to_the_same_values(monkeypatch):
+    from pipeline.codec import segments
+
+    monkeypatch.setenv("CUBECAST_DECODE_THREADS", "2")
+    enc = encode_cube(s2_like(t=40), EncodeOptions(crf=20, keyint=8))
+    monkeypatch.setattr(segments, "MIN_SEGMENT", 1 << 30)
+    whole = decode_cube(enc)
+    monkeypatch.setattr(segments, "MIN_SEGMENT", 8)
+    m = enc.manifest
+    assert segments.split_frames(m, m.streams, 0, 40, 2) == [0, 16, 40]
+    stats = DecodeStats()
+    split = decode_cube(enc, stats=stats)
+    n_video = sum(1 for s in m.streams if chunk_codec(s.codec) is None)
+    assert stats.frames_decoded == 40 * n_video  # each segment from its own keyframe
+    for name in whole.data_vars:
+        assert split[name].values.tobytes() == whole[name].values.tobytes()
+    assert not _decode_threads()
