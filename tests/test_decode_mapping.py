@@ -108,12 +108,15 @@ def test_a_window_of_several_gops_decodes_as_segments_to_the_same_values(monkeyp
     from pipeline.codec import segments
 
     monkeypatch.setenv("CUBECAST_DECODE_THREADS", "2")
-    enc = encode_cube(s2_like(t=40), EncodeOptions(crf=20, keyint=8))
+    groups = (GroupSpec(BANDS, name="s2"),)  # one video stream: two cores, two segments
+    opts = EncodeOptions(crf=20, keyint=8, groups=groups, decorrelate="klt")
+    enc = encode_cube(s2_like(t=40), opts)
     monkeypatch.setattr(segments, "MIN_SEGMENT", 1 << 30)
     whole = decode_cube(enc)
     monkeypatch.setattr(segments, "MIN_SEGMENT", 8)
     m = enc.manifest
     assert segments.split_frames(m, m.streams, 0, 40, 2) == [0, 16, 40]
+    assert segments.split_frames(m, [*m.streams, *m.streams], 0, 40, 2) == [0, 40]
     stats = DecodeStats()
     split = decode_cube(enc, stats=stats)
     n_video = sum(1 for s in m.streams if chunk_codec(s.codec) is None)

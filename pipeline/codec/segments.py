@@ -35,12 +35,14 @@ MAP_NICE = 10  # the mapping thread's niceness (Linux): 5 to 19 measured alike
 def split_frames(
     m: Manifest, streams: Sequence[StreamInfo], start: int, stop: int, parts: int
 ) -> list[int]:
-    """Bounds ``[start, ..., stop]`` of up to ``parts`` segments of at least MIN_SEGMENT
-    frames, each inner bound a keyframe of every video stream (where its ``keyint`` puts
-    them among its stored frames: a stream whose keyframes lie elsewhere decodes from the
-    keyframe before, the same frames at more cost), nearest to equal shares."""
+    """Bounds ``[start, ..., stop]`` of up to ``parts`` segments (divided by the video
+    streams' count) of at least MIN_SEGMENT frames, each inner bound a keyframe of every
+    video stream (where its ``keyint`` puts them among its stored frames: a stream whose
+    keyframes lie elsewhere decodes from the keyframe before, the same frames at more
+    cost), nearest to equal shares."""
     video = [s for s in streams if chunk_codec(s.codec) is None]
-    if parts < 2 or not video or stop - start < 2 * MIN_SEGMENT:
+    parts //= max(1, len(video))  # streams that decode side by side fill the cores already
+    if parts < 2 or stop - start < 2 * MIN_SEGMENT:
         return [start, stop]
     keys: set[int] | None = None
     for s in video:
