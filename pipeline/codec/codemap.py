@@ -12,6 +12,7 @@ normalisation fold into one ``(bands x components)`` matrix and one offset per b
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -61,8 +62,49 @@ def _store(values: np.ndarray, out: np.ndarray, clip: Clip | None) -> None:
     if clip is None:
         out[...] = values
         return
-    lo, hi = (np.asarray(b).astype(out.dtype) for b in clip)
+    lo, hi = _bounds(clip, out.dtype)
     np.clip(values, lo, hi, out=out)
+
+
+@functools.lru_cache(maxsize=256)
+def _bounds(clip: Clip, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """A clip range in the output's dtype (once per band, not once per block)."""
+    lo, hi = (np.asarray(b).astype(dtype) for b in clip)
+    return lo, hi
+
+
+CODES, ZERO, SKIP = 0, 1, 2  # how a frame is written: see _states
+
+
+def _states(n: int, empty: np.ndarray | None, skip: np.ndarray | None) -> np.ndarray | None:
+    """Per frame: CODES (its codes mapped), ZERO (the stream stores no codes for it: the
+    value of zero codes, once per frame) or SKIP (every pixel is overwritten after: left
+    as it is); None where every frame is CODES."""
+    if (empty is None or not empty.any()) and (skip is None or not skip.any()):
+        return None
+    states = np.full(n, CODES, dtype=np.int8)
+    if empty is not None:
+        states[empty] = ZERO
+    if skip is not None:
+        states[skip] = SKIP
+    return states
+
+
+def runs(states: np.ndarray | None, n: int) -> list[tuple[int, int, int]]:
+    """Frames [0, n) as runs [lo, hi) of one state each (all of them one run for None)."""
+    if states is None:
+        return [(0, n, CODES)]
+    edges = (np.flatnonzero(states[1:] != states[:-1]) + 1).tolist()
+    bounds = [0, *edges, n]
+    return [(a, b, int(states[a])) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _take(lut: np.ndarray, codes: np.ndarray, out: np.ndarray) -> None:
+    """``out = lut[codes]`` in one pass (the table holds every value of the codes' dtype)."""
+    if out.flags.c_contiguous:
+        np.take(lut, codes, out=out, mode="clip")
+    else:
+        out[...] = np.take(lut, codes, mode="clip")
 
 
 class CodeMap:
@@ -83,6 +125,7 @@ class CodeMap:
         self.transforms = dict(transforms)
         self.bits = dict(bits)
         self._affine = {n: klt_affine(t, self.channels) for n, t in self.transforms.items()}
+        self._luts: dict[tuple, np.ndarray] = {}
 
     @classmethod
     def from_manifest(cls, m: Manifest) -> CodeMap:
@@ -116,10 +159,16 @@ class CodeMap:
         outputs: Mapping[str, np.ndarray],
         decoded: Mapping[str, np.ndarray],
         clips: Mapping[str, Clip] | None = None,
+        empty: Mapping[str, np.ndarray] | None = None,
+        skip: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Write each named channel's values into its (frames, H, W) output array (a view
-        is fine), clipped to ``clips[name]`` where given."""
-        clips = clips or {}
+        is fine), clipped to ``clips[name]`` where given. ``empty[stream]`` flags the
+        frames a stream does not store (their codes are zeros): they take the value zero
+        codes map to, written once per frame instead of computed per pixel.
+        ``skip[name]`` flags frames of an output the caller overwrites whole (masked in
+        every pixel): they are not written."""
+        clips, empty, skip = clips or {}, empty or {}, skip or {}
         groups: dict[str, list[str]] = {}
         for name, out in outputs.items():
             c = self.channels[name]
@@ -133,19 +182,42 @@ class CodeMap:
                 out[...] = 0
             else:
                 assert c.plane is not None
-                self._fill_plane(c, decoded[c.stream], out, clips.get(name))
+                n = out.shape[0]
+                states = _states(n, empty.get(c.stream), skip.get(name))
+                self._fill_plane(c, decoded[c.stream], out, clips.get(name), states)
         for transform, names in groups.items():
-            self._fill_group(transform, names, decoded, outputs, clips)
+            self._fill_group(transform, names, decoded, outputs, clips, empty, skip)
 
     def _fill_plane(
-        self, c: ChannelInfo, codes: np.ndarray, out: np.ndarray, clip: Clip | None
+        self,
+        c: ChannelInfo,
+        codes: np.ndarray,
+        out: np.ndarray,
+        clip: Clip | None,
+        states: np.ndarray | None = None,
     ) -> None:
-        assert c.stream is not None
+        """A plane's codes to values through a table of every code's value (the same
+        arithmetic, once per code value instead of once per pixel: one pass)."""
+        assert c.stream is not None and c.plane is not None
         q = Quantiser(c.offset, c.scale, self.bits[c.stream])
-        step = _block_frames(codes.shape[-1] * codes.shape[-2], 1)
-        for t0 in range(0, codes.shape[0], step):
-            block = codes[t0 : t0 + step, c.plane]
-            _store(q.from_codes(block, out.dtype), out[t0 : t0 + step], clip)
+        if codes.dtype not in (np.uint8, np.uint16):  # no table: per block
+            step = _block_frames(codes.shape[-1] * codes.shape[-2], 1)
+            for t0 in range(0, codes.shape[0], step):
+                block = codes[t0 : t0 + step, c.plane]
+                _store(q.from_codes(block, out.dtype), out[t0 : t0 + step], clip)
+            return
+        key = (c.name, codes.dtype, out.dtype, clip)
+        lut = self._luts.get(key)
+        if lut is None:
+            every = np.arange(1 << (8 * codes.dtype.itemsize), dtype=codes.dtype)
+            lut = np.empty(len(every), dtype=out.dtype)
+            _store(q.from_codes(every, out.dtype), lut, clip)
+            self._luts[key] = lut
+        for a, b, state in runs(states, codes.shape[0]):
+            if state == ZERO:
+                out[a:b] = lut[0]
+            elif state == CODES:
+                _take(lut, codes[a:b, c.plane], out[a:b])
 
     def _fill_group(
         self,
@@ -154,6 +226,8 @@ class CodeMap:
         decoded: Mapping[str, np.ndarray],
         outputs: Mapping[str, np.ndarray],
         clips: Mapping[str, Clip],
+        empty: Mapping[str, np.ndarray],
+        skip: Mapping[str, np.ndarray],
     ) -> None:
         t = self.transforms[transform]
         # float32 is exact enough (about 140 dB) unless an output itself is 64-bit
@@ -168,15 +242,51 @@ class CodeMap:
         n_frames, h, w = self.frames_shape(names[0], decoded)
         k = len(planes)
         step = _block_frames(h * w, k + len(rows))
-        for t0 in range(0, n_frames, step):
-            t1 = min(t0 + step, n_frames)
-            if in_order:
-                assert one is not None
-                codes = one[t0:t1]
-            else:
-                codes = np.stack([decoded[s][t0:t1, p] for s, p in planes], axis=1)
-            x = codes.reshape(t1 - t0, k, h * w).astype(work)
-            y = np.matmul(a, x)  # (frames, bands, pixels): one BLAS call per block
-            y += c[None, :, None]
-            for j, name in enumerate(names):
-                _store(y[:, j].reshape(t1 - t0, h, w), outputs[name][t0:t1], clips.get(name))
+        outs = [outputs[n] for n in names]
+        bounds = [clips.get(n) for n in names]
+        # frames none of the group's streams stores (zero codes: one value per band), and
+        # frames every wanted band of the group has masked whole
+        states = _states(
+            n_frames, _every([empty.get(s) for s in streams]), _every([skip.get(n) for n in names])
+        )
+        for r0, r1, state in runs(states, n_frames):
+            if state == SKIP:
+                continue
+            if state == ZERO:
+                values = [np.empty((1, 1, 1), dtype=o.dtype) for o in outs]
+                _group_values(np.zeros((1, k, 1, 1), np.uint16), a, c, values, bounds)
+                for out, value in zip(outs, values, strict=True):
+                    out[r0:r1] = value[0, 0, 0]
+                continue
+            for t0 in range(r0, r1, step):
+                t1 = min(t0 + step, r1)
+                if in_order:
+                    assert one is not None
+                    codes = one[t0:t1]
+                else:
+                    codes = np.stack([decoded[s][t0:t1, p] for s, p in planes], axis=1)
+                _group_values(codes, a, c, [o[t0:t1] for o in outs], bounds)
+
+
+def _group_values(
+    codes: np.ndarray,
+    a: np.ndarray,
+    c: np.ndarray,
+    outs: list[np.ndarray],
+    clips: list[Clip | None],
+) -> None:
+    """One block of a KLT group's (frames, components, H, W) codes into its bands'
+    (frames, H, W) outputs: one BLAS call for the block."""
+    f, k, h, w = codes.shape
+    x = codes.reshape(f, k, h * w).astype(a.dtype)
+    y = np.matmul(a, x)  # (frames, bands, pixels)
+    y += c[None, :, None]
+    for j, (out, clip) in enumerate(zip(outs, clips, strict=True)):
+        _store(y[:, j].reshape(f, h, w), out, clip)
+
+
+def _every(flags: list[np.ndarray | None]) -> np.ndarray | None:
+    """Frames flagged in every one of ``flags`` (None where one of them is None)."""
+    if not flags or any(f is None for f in flags):
+        return None
+    return np.logical_and.reduce(flags)

@@ -16,7 +16,8 @@ from pipeline.codec.codemap import CodeMap
 from pipeline.codec.encoded import EncodedCube
 from pipeline.codec.manifest import Manifest
 from pipeline.codec.netcdf import dataset_from_bytes
-from pipeline.codec.pyav_engine import DecodeStats
+from pipeline.codec.pyav_engine import DecodeStats, decode_threads
+from pipeline.codec.segments import Segments, split_frames
 from pipeline.codec.sizes import check_budget, needed_streams
 from pipeline.codec.streamchunks import CHUNK, StreamChunks
 from pipeline.codec.windowarrays import WindowArrays
@@ -150,7 +151,7 @@ def iter_decode(
         chunks = streams.chunks(spans)
         for lo, hi in windows:
             with _manifest_faults(enc):
-                values = WindowArrays(m, wanted, hi - lo)
+                values = WindowArrays(m, wanted, hi - lo, lo)
                 for c in range(lo, hi, CHUNK):
                     values.fill(codemap, next(chunks), c - lo, min(c + CHUNK, hi) - lo)
                 ds = _assemble(enc, wanted, values, lo, hi, aux)
@@ -199,9 +200,27 @@ def decode_cube(
     """Decode (some variables of) an encoded cube back into the Dataset that went in.
 
     Only the streams holding the requested variables (and their masks) are read.  ``time``
-    is a frame-index slice; decoding seeks to the keyframe before its start. For cubes
-    larger than memory, use :func:`iter_decode`.
+    is a frame-index slice; decoding seeks to the keyframe before its start. A window of
+    several GOPs decodes as segments side by side (:mod:`pipeline.codec.segments`). For
+    cubes larger than memory, use :func:`iter_decode`.
     """
     m = enc.manifest
     start, stop = _time_window(m, time)
-    return next(iter_decode(enc, variables, window=stop - start, time=time, stats=stats))
+    wanted = _wanted(m, variables)
+    stats = stats if stats is not None else DecodeStats()
+    with _manifest_faults(enc):
+        check_budget(enc, wanted, stop - start)
+    segments: Segments | None = None
+    try:
+        with _manifest_faults(enc):
+            needed = needed_streams(m, wanted)
+            bounds = split_frames(m, needed, start, stop, decode_threads())
+            segments = Segments(enc, needed, bounds, stats)  # first frames checked here
+            aux = _aux_dataset(enc, wanted)
+            codemap = CodeMap.from_manifest(m)
+            values = WindowArrays(m, wanted, stop - start, start)
+            segments.fill(values, codemap, start)
+            return _assemble(enc, wanted, values, start, stop, aux)
+    finally:
+        if segments is not None:
+            segments.close()

@@ -101,7 +101,7 @@ def _chunk_bits(
         )
     n = min(frames, (len(raw) * 8) // per_frame) if per_frame else 0
     bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=n * per_frame)
-    return bits.reshape(n, planes, h, w).astype(bool)
+    return bits.reshape(n, planes, h, w).view(bool)  # unpackbits gives 0 and 1 only
 
 
 def _inflate(

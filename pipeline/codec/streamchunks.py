@@ -1,16 +1,19 @@
 """The streams one decode reads, taken a chunk of frames at a time, decoded side by side
-and one chunk ahead of the caller.
+and a few chunks ahead of the caller.
 
 PyAV releases the GIL while FFmpeg decodes and numpy releases it in its loops, so while
-the caller maps one chunk's codes to values, the pool decodes the next chunk of every
-stream: the cores stay busy through both steps, and a single-threaded decoder (VVC, kept
-so for determinism: see pyav_engine) runs beside the others.
+the caller maps one chunk's codes to values, each stream's own thread decodes the next
+chunks: the cores stay busy through both steps, and a single-threaded decoder (VVC, kept
+so for determinism: see pyav_engine) runs beside the others. Each stream runs up to
+``AHEAD`` chunks ahead: one chunk ahead, the decoder stood idle whenever mapping a chunk
+took longer than decoding the next one (the mapping shares the cores with it).
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -20,8 +23,14 @@ from pipeline.codec.pyav_engine import DecodeStats, decode_threads
 from pipeline.codec.streamframes import StreamFrames
 
 CHUNK = 32  # frames decoded per step: a VVC GOP; its codes stay a few MiB per stream
+AHEAD = 3  # chunks a stream's thread may decode before the caller takes them
 
-Pending = list[Future] | int
+
+class _Failed:
+    """A stream thread's exception, handed to the caller in place of its chunk."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
 
 
 class StreamChunks:
@@ -36,40 +45,71 @@ class StreamChunks:
         stats: DecodeStats,
     ) -> None:
         self.readers: list[StreamFrames] = []
-        self.pool: ThreadPoolExecutor | None = None
+        self.threads: list[threading.Thread] = []
+        self._stop = threading.Event()
         try:
             for s in streams:
                 self.readers.append(StreamFrames(enc, s, start, stop, stats))
         except BaseException:
             self.close()
             raise
-        threads = decode_threads()
-        if self.readers and threads > 1:
-            self.pool = ThreadPoolExecutor(min(len(self.readers), threads), "cubecast-decode")
+        # at most this many streams decode at once (each decoder has threads of its own)
+        self._busy = threading.Semaphore(max(1, decode_threads()))
+        self.threaded = decode_threads() > 1
 
     def chunks(self, spans: Sequence[tuple[int, int]]) -> Iterator[dict[str, np.ndarray]]:
-        """Each span's codes per stream name; the next span is decoding while the caller
+        """Each span's codes per stream name; the next spans are decoding while the caller
         works on this one. Spans must be consecutive, in order."""
-        pending = self._submit(spans[0][1] - spans[0][0]) if spans else 0
-        for i in range(len(spans)):
-            decoded = self._result(pending)
-            if i + 1 < len(spans):
-                pending = self._submit(spans[i + 1][1] - spans[i + 1][0])
-            yield decoded
+        sizes = [hi - lo for lo, hi in spans]
+        if not self.threaded or not self.readers:
+            for n in sizes:
+                yield {r.stream.name: r.take(n) for r in self.readers}
+            return
+        queues: list[queue.Queue] = []
+        for r in self.readers:
+            q: queue.Queue = queue.Queue(maxsize=AHEAD)
+            t = threading.Thread(
+                target=self._produce, args=(r, q, sizes), name="cubecast-decode", daemon=True
+            )
+            queues.append(q)
+            self.threads.append(t)
+            t.start()
+        for _ in sizes:
+            yield {r.stream.name: _got(q.get()) for r, q in zip(self.readers, queues, strict=True)}
 
-    def _submit(self, n: int) -> Pending:
-        if self.pool is None:
-            return n  # taken when asked for
-        return [self.pool.submit(r.take, n) for r in self.readers]
-
-    def _result(self, pending: Pending) -> dict[str, np.ndarray]:
-        if isinstance(pending, int):
-            return {r.stream.name: r.take(pending) for r in self.readers}
-        return {r.stream.name: f.result() for r, f in zip(self.readers, pending, strict=True)}
+    def _produce(self, reader: StreamFrames, q: queue.Queue, sizes: list[int]) -> None:
+        """One stream's chunks into its queue, in order, until done, failed or closed."""
+        for n in sizes:
+            if self._stop.is_set():
+                return
+            item: np.ndarray | _Failed
+            try:
+                with self._busy:
+                    if self._stop.is_set():
+                        return
+                    item = reader.take(n)
+            except BaseException as exc:  # handed to the caller, who raises it
+                item = _Failed(exc)
+            while not self._stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, _Failed):
+                return
 
     def close(self) -> None:
-        """Wait for chunks in flight (no thread may be inside a reader when it closes)."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the stream threads and wait for them (no thread may be inside a reader
+        when it closes)."""
+        self._stop.set()
+        for t in self.threads:
+            t.join()
         for r in self.readers:
             r.close()
+
+
+def _got(item: np.ndarray | _Failed) -> np.ndarray:
+    if isinstance(item, _Failed):
+        raise item.exc
+    return item

@@ -44,8 +44,13 @@ class ChunkFrames:
         self._kept: tuple[int, np.ndarray] | None = None
 
     def take(self, lo: int, hi: int) -> np.ndarray:
-        """Frames [lo, hi) as (hi - lo, planes, H, W) of the codec's dtype."""
+        """Frames [lo, hi) as (hi - lo, planes, H, W) of the codec's dtype: a view of the
+        chunk where one chunk holds them all (nothing writes to decoded codes)."""
         k = self.keyint
+        if lo // k == (hi - 1) // k:
+            frames = self.chunk(lo // k)
+            if len(frames) >= hi - lo // k * k:
+                return frames[lo - lo // k * k : hi - lo // k * k]
         out = np.empty((hi - lo, *self.shape), dtype=self.codec.dtype)
         for c in range(lo // k, (hi - 1) // k + 1):
             frames = self.chunk(c)

@@ -13,16 +13,19 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from pipeline.codec import errorbound, jsonvalues
-from pipeline.codec.codemap import Clip, CodeMap
+from pipeline.codec.chunkcodecs import chunk_codec
+from pipeline.codec.codemap import Clip, CodeMap, runs
 from pipeline.codec.manifest import Manifest, VariableInfo
 
 
 class WindowArrays:
     """One array per wanted image variable, in the manifest's canonical dims
-    (time[, band], y, x), and per channel the (time, y, x) view it is written through."""
+    (time[, band], y, x), and per channel the (time, y, x) view it is written through.
+    ``first``: the window's first frame in the cube (which frames the streams store)."""
 
-    def __init__(self, m: Manifest, wanted: Sequence[str], n_frames: int) -> None:
-        self.m = m
+    def __init__(self, m: Manifest, wanted: Sequence[str], n_frames: int, first: int = 0) -> None:
+        self.m, self.first = m, first
+        self.stored = _stored(m, first, n_frames)
         h, w = m.frame_shape
         self.arrays: dict[str, tuple[VariableInfo, np.ndarray]] = {}
         self.outputs: dict[str, np.ndarray] = {}
@@ -44,9 +47,17 @@ class WindowArrays:
             self.arrays[v.name] = (v, arr)
 
     def fill(self, codemap: CodeMap, decoded: Mapping[str, np.ndarray], lo: int, hi: int) -> None:
-        """Frames [lo, hi) of the window from their decoded codes."""
+        """Frames [lo, hi) of the window from their decoded codes. Frames a channel masks
+        in every pixel take its fill value once, its codes left unmapped."""
         outputs = {name: out[lo:hi] for name, out in self.outputs.items()}
-        codemap.fill(outputs, decoded, self.clips)
+        empty = {name: ~stored[lo:hi] for name, stored in self.stored.items()}
+        covered = {}
+        for cname in outputs:
+            c = self.m.channel(cname)
+            if c.mask_stream is not None and c.correction_stream is None:
+                bits = decoded[c.mask_stream][:, c.mask_bit]
+                covered[cname] = bits.reshape(len(bits), -1).all(axis=1)
+        codemap.fill(outputs, decoded, self.clips, empty, covered)
         for cname, out in outputs.items():
             c = self.m.channel(cname)
             if c.correction_stream is not None:  # error-bounded: before the mask, as encoded
@@ -57,7 +68,11 @@ class WindowArrays:
                 continue
             bits = decoded[c.mask_stream]
             fill = np.array(self.fill_values[cname], dtype=out.dtype)
-            np.copyto(out, fill, where=bits[:, c.mask_bit])
+            for a, b, state in runs(covered.get(cname), len(out)):
+                if state:  # masked whole
+                    out[a:b] = fill
+                else:
+                    np.copyto(out[a:b], fill, where=bits[a:b, c.mask_bit])
             for bit, inf in ((c.posinf_bit, np.inf), (c.neginf_bit, -np.inf)):
                 if bit is not None:
                     np.copyto(out, np.array(inf, dtype=out.dtype), where=bits[:, bit])
@@ -71,3 +86,16 @@ class WindowArrays:
                 dims.insert(1, v.band_dim)
             out[name] = (v, arr, dims)
         return out
+
+
+def _stored(m: Manifest, first: int, n_frames: int) -> dict[str, np.ndarray]:
+    """Per video stream that leaves frames out, which of the window's frames it stores
+    (the frames it does not decode to zeros: see StreamFrames)."""
+    out = {}
+    for s in m.streams:
+        if s.frames is not None and chunk_codec(s.codec) is None:
+            stored = np.zeros(n_frames, dtype=bool)
+            for a, b in s.frames:
+                stored[max(a - first, 0) : max(b - first, 0)] = True
+            out[s.name] = stored
+    return out
