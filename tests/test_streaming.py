@@ -12,7 +12,15 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from pipeline import EncodedCube, EncodeOptions, GroupSpec, decode_cube, encode_cube, iter_decode
+from pipeline import (
+    EncodedCube,
+    EncodeOptions,
+    GroupSpec,
+    decode_cube,
+    encode_cube,
+    iter_decode,
+    sources,
+)
 from pipeline.codec.chunkcodecs import chunk_codec
 from pipeline.codec.encoded import FolderStore, SpoolStore
 from pipeline.codec.passes import READ_BLOCK
@@ -66,7 +74,16 @@ def den_cube(tmp_path_factory) -> xr.Dataset:
     root = tmp_path_factory.mktemp("den-stream")
     write_dynamicearthnet(root, cubes=1, frames=FRAMES, size=64, progress=False)
     recipe = load_recipe("dynamicearthnet", location=str(root))
-    return load_cube(recipe, cube_ids(recipe)[0]).dataset
+    with pytest.MonkeyPatch.context() as mp:  # as a cube too large to hold would stream
+        mp.setattr(sources, "IN_MEMORY_BYTES", -1)
+        return load_cube(recipe, cube_ids(recipe)[0]).dataset
+
+
+def test_a_small_cube_is_read_into_memory_once(tmp_path):
+    write_dynamicearthnet(tmp_path, cubes=1, frames=4, size=16, progress=False)
+    recipe = load_recipe("dynamicearthnet", location=str(tmp_path))
+    ds = load_cube(recipe, cube_ids(recipe)[0]).dataset
+    assert all(isinstance(v.variable._data, np.ndarray) for v in ds.data_vars.values())
 
 
 def _cache(ds: xr.Dataset):
