@@ -201,12 +201,15 @@ def deploy(check: bool = False, echo: Callable[[str], None] = print) -> dict[str
 
     api = require_api()
     root = project_root()
-    with api_client(api) as client:
-        if not check:
+    if not check:
+        with api_client(api) as client:
             ensure_pools(client, load_spec(root), echo)
             ensure_crash_automation(client, echo)
-            echo(f"prefect deploy --all --prefect-file {root / PREFECT_FILE} on {api}")
-            prefect_deploy(root, api)
+        echo(f"prefect deploy --all --prefect-file {root / PREFECT_FILE} on {api}")
+        prefect_deploy(root, api)
+    # a client of its own: one kept open across the deploy's subprocess was reset by the
+    # server ("Connection reset by peer" on its idle keep-alive connection, seen in CI)
+    with api_client(api) as client:
         report = stale_deployments(client, root)
     for name, drift in report.items():
         echo(f"stale: {name}: {'; '.join(drift)}" if drift else f"up to date: {name}")
